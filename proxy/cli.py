@@ -1,0 +1,151 @@
+"""``llm-throttle``: serve, check-config, status, dispatch.
+
+Exit codes: 0 success, 1 runtime failure (cannot reach the proxy), 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from .config import Config, ConfigError, load_config, quick_config
+
+EXIT_CONFIG = 2
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    if args.config:
+        return load_config(args.config)
+    if args.upstream:
+        return quick_config(args.upstream, args.max_in_flight, args.listen or "127.0.0.1:8080",
+                            api_key=args.upstream_key)
+    raise ConfigError(["give --config FILE, or --upstream URL for the file-less quick mode"])
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional on platforms without it
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .app import create_app
+    from .config import parse_listen
+
+    try:
+        config = _config_from_args(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    host, port = config.listen_host, config.listen_port
+    if args.listen:
+        host, port = parse_listen(args.listen)
+    app = create_app(config)
+    models = ", ".join(config.models)
+    print(f"llm-throttle listening on http://{host}:{port}  store={config.store.split('@')[-1]}"
+          f"  models={models}", flush=True)
+    web.run_app(
+        app, host=host, port=port, handler_cancellation=True, access_log=None,
+        shutdown_timeout=config.shutdown_grace_s, print=None, loop=_new_loop(),
+    )
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(f"{args.file}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{args.file}: OK  store={config.store.split('@')[-1]}  "
+          f"upstreams={len(config.upstreams)}  models={len(config.models)}  "
+          f"gpus={len(config.gpus)}  clients={len(config.clients)}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import render_table
+
+    async def fetch() -> dict:
+        if args.redis:
+            from .limits.redis import read_status_document
+
+            return await read_status_document(args.redis, key_prefix=args.key_prefix)
+        import aiohttp
+
+        url = args.url.rstrip("/")
+        if not url.endswith("/throttle/status"):
+            url += "/throttle/status"
+        headers = {"Authorization": f"Bearer {args.admin_key}"} if args.admin_key else {}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            async with session.get(url, headers=headers) as response:
+                response.raise_for_status()
+                return await response.json()
+
+    try:
+        doc = asyncio.run(fetch())
+    except Exception as exc:  # any failure to read the status is reported, not raised
+        print(f"cannot read status: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(doc, indent=2) if args.json else render_table(doc))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm-throttle",
+        description="A drop-in OpenAI-compatible proxy that caps load on self-hosted LLMs.",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", "-c", help="YAML configuration file")
+    serve.add_argument("--upstream", help="quick mode: the one upstream's origin URL")
+    serve.add_argument("--upstream-key", help="quick mode: API key injected upstream")
+    serve.add_argument("--max-in-flight", type=int, help="quick mode: in-flight cap")
+    serve.add_argument("--listen", help="host:port (overrides the file's listen)")
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+
+    status = sub.add_parser("status", help="show in flight, caps and queues")
+    status.add_argument("--url", default="http://127.0.0.1:8080",
+                        help="a proxy's base URL (or its /throttle/status URL)")
+    status.add_argument("--redis", help="read the shared Redis store directly, no proxy needed")
+    status.add_argument("--key-prefix", default="llmthrottle")
+    status.add_argument("--admin-key", help="admin key, when the proxy requires one")
+    status.add_argument("--json", action="store_true", help="print the JSON document")
+    status.set_defaults(func=cmd_status)
+
+    try:
+        from .dispatcher.cli import add_dispatch_arguments, run_dispatch
+    except ImportError:
+        pass
+    else:
+        dispatch = sub.add_parser("dispatch", help="pace Hermes Kanban dispatch by the backlog")
+        add_dispatch_arguments(dispatch)
+        dispatch.set_defaults(func=run_dispatch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,469 @@
+"""The proxy's configuration: YAML in, frozen dataclasses out, every error with its key path.
+
+A bad file never half-loads: ``parse_config`` collects every problem it finds (unknown keys,
+wrong types, references to undefined upstreams or GPUs, unset ``${ENV}`` variables) and raises
+one ``ConfigError`` listing them all, each prefixed with the path of the bad key
+(``models.qwen.upstreams[1]: unknown upstream 'vllm-c'``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+WILDCARD_MODEL = "*"
+PRIORITIES = ("interactive", "batch")
+STORE_ERROR_POLICIES = ("local_share", "open", "closed")
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; ``problems`` holds one line per bad key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True, slots=True)
+class GpuConfig:
+    name: str
+    max_in_flight: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    name: str
+    url: str  # origin, no trailing slash; the request path is appended
+    api_key: str | None = None
+    gpus: tuple[str, ...] = ()
+    max_in_flight: int | None = None
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 300.0  # longest silence allowed between two upstream bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str
+    upstreams: tuple[str, ...]
+    max_in_flight: int | None = None
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    max_tokens_estimate: int = 4096  # cap on what a request without max_tokens reserves
+    burst_s: float = 5.0  # bucket size, in seconds of rate
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    name: str
+    key: str | None = None
+    key_sha256: str | None = None
+    priority: str = "batch"
+    max_in_flight: int | None = None
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    burst_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    max_depth: int = 1000
+    max_wait_s: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class AttributionConfig:
+    """Finer client identity from a request header, under an authenticated key."""
+
+    header: str | None = None  # e.g. "x-hermes-profile"
+    max_in_flight: int | None = None  # per attributed identity, within the key's own limits
+    priority_header: str | None = None  # may lower priority (interactive -> batch), never raise
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    heartbeat_s: float = 1.0
+    lease_ttl_s: float = 5.0
+    on_store_error_concurrency: str = "local_share"
+    on_store_error_rates: str = "open"
+    key_prefix: str = "llmthrottle"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    admin_listen: tuple[str, int] | None = None  # serve /metrics and /throttle/status apart
+    admin_key: str | None = None
+    store: str = "memory"
+    gpus: Mapping[str, GpuConfig] = field(default_factory=dict)
+    upstreams: Mapping[str, UpstreamConfig] = field(default_factory=dict)
+    models: Mapping[str, ModelConfig] = field(default_factory=dict)
+    clients: Mapping[str, ClientConfig] = field(default_factory=dict)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    max_body_bytes: int = 16 * 1024 * 1024
+    passthrough_upstream: str | None = None  # where model-less paths go; default: the first
+    shutdown_grace_s: float = 30.0
+
+    @property
+    def requires_client_keys(self) -> bool:
+        return bool(self.clients)
+
+    @property
+    def default_passthrough(self) -> UpstreamConfig:
+        name = self.passthrough_upstream or next(iter(self.upstreams))
+        return self.upstreams[name]
+
+
+def interpolate_env(text: str, environ: Mapping[str, str], problems: list[str], path: str) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}``; an unset variable without default is an error."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        problems.append(f"{path}: environment variable {name} is not set")
+        return ""
+
+    return _ENV_PATTERN.sub(replace, text)
+
+
+class _Section:
+    """Reads one mapping of the file, recording problems instead of raising at the first."""
+
+    def __init__(self, data: Any, path: str, problems: list[str], environ: Mapping[str, str]):
+        self.path = path
+        self.problems = problems
+        self.environ = environ
+        self.seen: set[str] = set()
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            problems.append(f"{path or '(top level)'}: expected a mapping, got {_kind(data)}")
+            data = {}
+        self.data: Mapping[str, Any] = data
+
+    def key_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def _get(self, key: str) -> Any:
+        self.seen.add(key)
+        value = self.data.get(key)
+        if isinstance(value, str):
+            value = interpolate_env(value, self.environ, self.problems, self.key_path(key))
+        return value
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def section(self, key: str) -> _Section:
+        self.seen.add(key)
+        return _Section(self.data.get(key), self.key_path(key), self.problems, self.environ)
+
+    def str(self, key: str, default: str | None = None, *, choices: tuple[str, ...] = ()) -> Any:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.problems.append(f"{self.key_path(key)}: expected a string, got {_kind(value)}")
+            return default
+        if choices and value not in choices:
+            self.problems.append(
+                f"{self.key_path(key)}: must be one of {', '.join(choices)}, got {value!r}"
+            )
+            return default
+        return value
+
+    def number(
+        self, key: str, default: Any = None, *, integer: bool = False, minimum: float = 0,
+        exclusive: bool = True,
+    ) -> Any:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, str):
+            value = _parse_number(value)
+        ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok_type:
+            what = "an integer" if integer else "a number"
+            self.problems.append(f"{self.key_path(key)}: expected {what}, got {_kind(value)}")
+            return default
+        if value < minimum or (exclusive and value == minimum):
+            sign = ">" if exclusive else ">="
+            self.problems.append(f"{self.key_path(key)}: must be {sign} {minimum}, got {value}")
+            return default
+        return value
+
+    def str_list(self, key: str) -> tuple[str, ...]:
+        value = self._get(key)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            self.problems.append(f"{self.key_path(key)}: expected a list, got {_kind(value)}")
+            return ()
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                self.problems.append(f"{self.key_path(key)}[{i}]: expected a string")
+                continue
+            out.append(interpolate_env(item, self.environ, self.problems, f"{self.key_path(key)}[{i}]"))
+        return tuple(out)
+
+    def finish(self) -> None:
+        """Unknown keys are errors: a typo must not silently drop a limit."""
+        for key in self.data:
+            if key not in self.seen:
+                self.problems.append(f"{self.key_path(str(key))}: unknown key")
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), f"{type(value).__name__} {value!r}"
+    )
+
+
+def _parse_number(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` or ``:port``; raises ValueError."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"expected host:port, got {text!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    port_number = int(port)
+    if not 0 <= port_number < 65536:
+        raise ValueError(f"port out of range: {port_number}")
+    return host, port_number
+
+
+def _named(
+    section: _Section, key: str, build: Callable[[str, _Section], Any]
+) -> dict[str, Any]:
+    group = section.section(key)
+    out = {}
+    for name in group.data:
+        entry = group.section(str(name))
+        out[str(name)] = build(str(name), entry)
+        entry.finish()
+    return out
+
+
+def _gpu(name: str, s: _Section) -> GpuConfig:
+    return GpuConfig(name, s.number("max_in_flight", integer=True))
+
+
+def _upstream(name: str, s: _Section) -> UpstreamConfig:
+    url = s.str("url")
+    if url is None:
+        s.problems.append(f"{s.key_path('url')}: required")
+        url = ""
+    else:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            s.problems.append(f"{s.key_path('url')}: expected http(s)://host:port, got {url!r}")
+        elif parts.query or parts.fragment:
+            s.problems.append(f"{s.key_path('url')}: must not carry a query or fragment")
+        url = url.rstrip("/")
+    return UpstreamConfig(
+        name=name,
+        url=url,
+        api_key=s.str("api_key") or None,
+        gpus=s.str_list("gpus"),
+        max_in_flight=s.number("max_in_flight", integer=True),
+        connect_timeout_s=s.number("connect_timeout_s", 5.0),
+        read_timeout_s=s.number("read_timeout_s", 300.0),
+    )
+
+
+def _model(name: str, s: _Section) -> ModelConfig:
+    upstreams = s.str_list("upstreams")
+    if not upstreams:
+        s.problems.append(f"{s.key_path('upstreams')}: at least one upstream is required")
+    return ModelConfig(
+        name=name,
+        upstreams=upstreams,
+        max_in_flight=s.number("max_in_flight", integer=True),
+        requests_per_minute=s.number("requests_per_minute"),
+        tokens_per_minute=s.number("tokens_per_minute"),
+        max_tokens_estimate=s.number("max_tokens_estimate", 4096, integer=True),
+        burst_s=s.number("burst_s", 5.0),
+    )
+
+
+def _client(name: str, s: _Section) -> ClientConfig:
+    key, digest = s.str("key") or None, s.str("key_sha256")
+    if digest is not None:
+        digest = digest.lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            s.problems.append(f"{s.key_path('key_sha256')}: expected 64 hex digits")
+    if key is None and digest is None:
+        s.problems.append(f"{s.path}: needs a key or a key_sha256")
+    return ClientConfig(
+        name=name,
+        key=key,
+        key_sha256=digest,
+        priority=s.str("priority", "batch", choices=PRIORITIES),
+        max_in_flight=s.number("max_in_flight", integer=True),
+        requests_per_minute=s.number("requests_per_minute"),
+        tokens_per_minute=s.number("tokens_per_minute"),
+        burst_s=s.number("burst_s", 5.0),
+    )
+
+
+def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
+    """Validate a decoded YAML document; raises ``ConfigError`` listing every problem."""
+    problems: list[str] = []
+    environ = os.environ if environ is None else environ
+    top = _Section(data, "", problems, environ)
+
+    host, port = "127.0.0.1", 8080
+    listen = top.str("listen")
+    if listen is not None:
+        try:
+            host, port = parse_listen(listen)
+        except ValueError as exc:
+            problems.append(f"listen: {exc}")
+    admin_listen = None
+    if (admin := top.str("admin_listen")) is not None:
+        try:
+            admin_listen = parse_listen(admin)
+        except ValueError as exc:
+            problems.append(f"admin_listen: {exc}")
+
+    store = top.str("store", "memory")
+    if store != "memory" and not store.startswith(("redis://", "rediss://", "unix://")):
+        problems.append(f"store: expected 'memory' or a redis:// URL, got {store!r}")
+
+    gpus = _named(top, "gpus", _gpu)
+    upstreams = _named(top, "upstreams", _upstream)
+    models = _named(top, "models", _model)
+    clients = _named(top, "clients", _client)
+
+    q = top.section("queue")
+    queue = QueueConfig(
+        max_depth=q.number("max_depth", 1000, integer=True, minimum=0, exclusive=False),
+        max_wait_s=q.number("max_wait_s", 120.0),
+    )
+    q.finish()
+
+    a = top.section("attribution")
+    attribution = AttributionConfig(
+        header=(a.str("header") or "").lower() or None,
+        max_in_flight=a.number("max_in_flight", integer=True),
+        priority_header=(a.str("priority_header") or "").lower() or None,
+    )
+    a.finish()
+
+    r = top.section("redis")
+    redis_config = RedisConfig(
+        heartbeat_s=r.number("heartbeat_s", 1.0),
+        lease_ttl_s=r.number("lease_ttl_s", 5.0),
+        on_store_error_concurrency=r.str(
+            "on_store_error_concurrency", "local_share", choices=STORE_ERROR_POLICIES
+        ),
+        on_store_error_rates=r.str("on_store_error_rates", "open", choices=STORE_ERROR_POLICIES),
+        key_prefix=r.str("key_prefix", "llmthrottle"),
+    )
+    r.finish()
+
+    config = Config(
+        listen_host=host,
+        listen_port=port,
+        admin_listen=admin_listen,
+        admin_key=top.str("admin_key") or None,
+        store=store,
+        gpus=gpus,
+        upstreams=upstreams,
+        models=models,
+        clients=clients,
+        queue=queue,
+        attribution=attribution,
+        redis=redis_config,
+        max_body_bytes=top.number("max_body_bytes", 16 * 1024 * 1024, integer=True),
+        passthrough_upstream=top.str("passthrough_upstream"),
+        shutdown_grace_s=top.number("shutdown_grace_s", 30.0, minimum=0, exclusive=False),
+    )
+    top.finish()
+    _check_references(config, problems)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _check_references(config: Config, problems: list[str]) -> None:
+    if not config.upstreams:
+        problems.append("upstreams: at least one upstream is required")
+    if not config.models:
+        problems.append("models: at least one model is required (use '*' to match any)")
+    for up in config.upstreams.values():
+        for i, gpu in enumerate(up.gpus):
+            if gpu not in config.gpus:
+                problems.append(f"upstreams.{up.name}.gpus[{i}]: unknown gpu {gpu!r}")
+    for model in config.models.values():
+        for i, up_name in enumerate(model.upstreams):
+            if up_name not in config.upstreams:
+                problems.append(f"models.{model.name}.upstreams[{i}]: unknown upstream {up_name!r}")
+    if config.passthrough_upstream and config.passthrough_upstream not in config.upstreams:
+        problems.append(f"passthrough_upstream: unknown upstream {config.passthrough_upstream!r}")
+    seen_keys: dict[str, str] = {}
+    for client in config.clients.values():
+        if client.key:
+            if client.key in seen_keys:
+                problems.append(
+                    f"clients.{client.name}.key: same key as clients.{seen_keys[client.key]}"
+                )
+            seen_keys[client.key] = client.name
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a YAML file; raises ``ConfigError`` (also for unreadable files)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError([f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from exc
+    return parse_config(data, environ)
+
+
+def quick_config(upstream_url: str, max_in_flight: int | None, listen: str = "127.0.0.1:8080",
+                 api_key: str | None = None) -> Config:
+    """The file-less mode: one upstream, one wildcard model with an in-flight cap."""
+    data: dict[str, Any] = {
+        "listen": listen,
+        "upstreams": {"default": {"url": upstream_url}},
+        "models": {WILDCARD_MODEL: {"upstreams": ["default"]}},
+    }
+    if api_key:
+        data["upstreams"]["default"]["api_key"] = api_key
+    if max_in_flight:
+        data["models"][WILDCARD_MODEL]["max_in_flight"] = max_in_flight
+    return parse_config(data, environ={})

@@ -1,0 +1,199 @@
+"""The limiter interface: what a request asks for, what it gets, and what a store must keep.
+
+Theory of operation
+-------------------
+A request needs a set of *resources*, each an in-flight counter with a cap
+(``model:<name>``, ``client:<name>``, ``upstream:<name>``, ``gpu:<id>``), and draws from
+*buckets* (``rpm:model:<name>``, ``tpm:client:<name>``, ...). Some resources are needed
+whatever happens (``Demand.resources``); the rest come with the upstream the store picks among
+``Demand.options`` (an upstream and its GPUs). A store admits a demand in ONE atomic step:
+every resource of the shared set and of one option, and every bucket charge, or nothing.
+Nothing is held while waiting, so no two requests can deadlock on each other.
+
+A request's life in the store::
+
+    QUEUED -> GRANTED -> (STREAMING, outside the store) -> RELEASED
+       |         \\-> LOST  (its host died: the lease expires and the store takes it back)
+       |-> CANCELLED  (client went away while queued)
+       \\-> TIMED_OUT (waited longer than the queue allows)
+
+Waiters form one queue ordered by priority class, then arrival. A waiter that cannot be
+served blocks only what it lacks (a resource at cap, an empty bucket): later waiters that
+need none of those go ahead, later waiters that need one of them wait behind it (no barging,
+no starvation of big requests). A release hands permits straight to the next eligible waiter.
+
+Buckets may go into debt: a request needs ``min(amount, capacity)`` tokens in the bucket and
+then takes its whole amount, so a request larger than the burst waits a finite time instead of
+starving. A charge that could not be met within the queue's max wait is refused at once with
+the time it would take (and charges nothing).
+
+Every store implements ``LimitStore``; ``proxy.limits.memory`` (one process) and
+``proxy.limits.redis`` (shared by many hosts) pass the same test suite.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class Priority(enum.IntEnum):
+    """Lower is served first."""
+
+    INTERACTIVE = 0
+    BATCH = 1
+
+    @classmethod
+    def parse(cls, name: str) -> Priority:
+        return cls[name.upper()]
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSpec:
+    """A token bucket: holds at most ``capacity``, refills at ``rate_per_s``."""
+
+    capacity: float
+    rate_per_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSpec:
+    """Every cap and bucket a store enforces, built once from the configuration."""
+
+    caps: Mapping[str, int | None]
+    buckets: Mapping[str, BucketSpec] = field(default_factory=dict)
+    max_queue_depth: int = 1000
+    max_wait_s: float = 120.0
+    #: caps for resources named at run time (``attr:<client>/<header value>``), by prefix
+    prefix_caps: Mapping[str, int] = field(default_factory=dict)
+
+    def cap_of(self, resource: str) -> int | None:
+        cap = self.caps.get(resource)
+        if cap is None and self.prefix_caps:
+            for prefix, prefix_cap in self.prefix_caps.items():
+                if resource.startswith(prefix):
+                    return prefix_cap
+        return cap
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One way to serve a request: an upstream and the resources it needs (its GPUs)."""
+
+    name: str
+    resources: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """Tokens taken from (or, negative, given back to) one bucket."""
+
+    bucket: str
+    amount: float
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """Everything one request needs, decided before it asks the store."""
+
+    request_id: str
+    priority: Priority
+    resources: tuple[str, ...]
+    options: tuple[Option, ...]
+    charges: tuple[Charge, ...] = ()
+    max_wait_s: float | None = None  # None: the queue's default
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a request holds once admitted; handed back whole to ``release``."""
+
+    request_id: str
+    option: Option
+    resources: tuple[str, ...]  # everything held: shared resources + the option's
+    charges: tuple[Charge, ...]
+    queued_s: float  # how long it waited before the grant
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceState:
+    in_flight: int
+    cap: int | None
+    queued: int
+    oldest_wait_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class BucketState:
+    level: float
+    capacity: float
+    rate_per_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A consistent read of the whole store, for status pages and the dispatcher."""
+
+    resources: Mapping[str, ResourceState]
+    buckets: Mapping[str, BucketState]
+    queue_depth: int
+    oldest_wait_s: float
+    store: str
+    degraded: bool = False
+    hosts: int = 1
+
+
+class LimitStore(abc.ABC):
+    """Admits demands atomically, queues the rest fairly, and takes permits back.
+
+    Guarantees every implementation keeps:
+    - no resource's in-flight count exceeds its cap (while the store is healthy);
+    - ``acquire`` either returns a ``Grant`` the caller must ``release``, or raises and holds
+      nothing (also when the calling task is cancelled while queued);
+    - ``release`` is idempotent per request id.
+    """
+
+    name: str = "abstract"
+
+    def __init__(self, spec: LimitSpec):
+        self.spec = spec
+        #: releases in progress; they never run inside a request task, so a cancelled
+        #: handler cannot abandon one half done
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Connect, load scripts, start background loops."""
+
+    async def close(self) -> None:
+        """Release what this host holds and stop background loops."""
+        await self.drain()
+
+    def release_nowait(self, grant: Grant, settle: tuple[Charge, ...] = ()) -> None:
+        """Release from a tracked background task (safe from a handler being cancelled)."""
+        task = asyncio.get_running_loop().create_task(self.release(grant, settle))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for every background release to finish (shutdown, tests)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    @abc.abstractmethod
+    async def acquire(self, demand: Demand) -> Grant:
+        """Admit now, or wait in the queue; raises QueueFull, QueueTimeout or RateLimited."""
+
+    @abc.abstractmethod
+    async def release(self, grant: Grant, settle: tuple[Charge, ...] = ()) -> None:
+        """Give the permits back and apply ``settle`` (actual minus reserved) to the buckets."""
+
+    @abc.abstractmethod
+    async def snapshot(self) -> Snapshot:
+        """Current in-flight, queue and bucket state."""
+
+    async def cancel_waiters(self, reason: Exception) -> int:
+        """Fail every request of this host still queued (shutdown); returns how many."""
+        return 0

@@ -1,0 +1,350 @@
+"""The embedded store: every limit held in this process, no dependencies.
+
+Atomicity comes free: the event loop runs one callback at a time and nothing here awaits
+between checking a cap and taking a permit. Waiters park on a future; a release (or a bucket
+refill timer) rescans the queue in order and resolves the futures it can serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+
+from ..errors import QueueFull, QueueTimeout, RateLimited, ShuttingDown
+from .base import (
+    BucketState,
+    Charge,
+    Demand,
+    Grant,
+    LimitSpec,
+    LimitStore,
+    Option,
+    Priority,
+    ResourceState,
+    Snapshot,
+)
+from .bucket import TokenBucket
+
+#: assumed permit hold time before any release was seen (for retry-after estimates)
+DEFAULT_HOLD_S = 1.0
+#: weight of the newest observation in the hold-time average
+HOLD_EWMA_ALPHA = 0.2
+
+
+class _Waiter:
+    __slots__ = ("demand", "future", "enqueued_at", "touches")
+
+    def __init__(self, demand: Demand, future: asyncio.Future[Grant], now: float):
+        self.demand = demand
+        self.future = future
+        self.enqueued_at = now
+        #: every resource and bucket this waiter could need (for per-resource queue counts)
+        self.touches = _touched(demand)
+
+
+def _touched(demand: Demand) -> tuple[str, ...]:
+    seen = dict.fromkeys(demand.resources)
+    for option in demand.options:
+        seen.update(dict.fromkeys(option.resources))
+    return tuple(seen)
+
+
+class MemoryStore(LimitStore):
+    """One process's limits. Never exceeds a cap; serves waiters by priority, then arrival."""
+
+    name = "memory"
+
+    def __init__(self, spec: LimitSpec, clock: Callable[[], float] = time.monotonic):
+        super().__init__(spec)
+        self._clock = clock
+        self._in_flight: dict[str, int] = {}
+        now = clock()
+        self._buckets = {name: TokenBucket(b, now) for name, b in spec.buckets.items()}
+        self._queues: list[deque[_Waiter]] = [deque() for _ in Priority]
+        self._depth = 0
+        self._queued: dict[str, int] = {}
+        self._held: dict[str, tuple[Grant, float]] = {}
+        #: what waiters of priority <= p are blocked on, as of the last scan (index p)
+        self._blocked: list[set[str]] = [set() for _ in Priority]
+        self._hold_ewma: dict[str, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._rescan_pending = False
+        self._closed = False
+
+    # -- admission -----------------------------------------------------------------------
+
+    async def acquire(self, demand: Demand) -> Grant:
+        if self._closed:
+            raise ShuttingDown()
+        held = self._held.get(demand.request_id)
+        if held is not None:  # the same request asking twice gets the same grant
+            return held[0]
+        now = self._clock()
+        grant, missing, _ = self._try(demand, self._blocked[demand.priority], now, 0.0)
+        if grant is not None:
+            return grant
+
+        max_wait = demand.max_wait_s if demand.max_wait_s is not None else self.spec.max_wait_s
+        solo_wait = self._bucket_wait(demand.charges, now)
+        if solo_wait > max_wait:
+            raise RateLimited(
+                f"token budget exhausted: this request would wait {solo_wait:.1f}s "
+                f"(max {max_wait:g}s)",
+                retry_after_s=solo_wait,
+            )
+        if self._depth >= self.spec.max_queue_depth:
+            raise QueueFull(
+                f"queue is full ({self._depth} waiting)",
+                retry_after_s=self._estimate_wait(demand, now, max_wait),
+            )
+
+        waiter = self._enqueue(demand, now, missing)
+        try:
+            async with asyncio.timeout(max_wait):
+                return await waiter.future
+        except TimeoutError:
+            if waiter.future.done() and not waiter.future.cancelled():
+                return waiter.future.result()  # granted just as the timer fired
+            self._dequeue(waiter)
+            raise QueueTimeout(
+                f"waited {max_wait:g}s in the queue without a free slot",
+                retry_after_s=self._estimate_wait(demand, self._clock(), max_wait),
+            ) from None
+        except asyncio.CancelledError:
+            if waiter.future.done() and not waiter.future.cancelled():
+                if waiter.future.exception() is None:
+                    self._release_now(waiter.future.result(), ())
+            else:
+                self._dequeue(waiter)
+            raise
+        except ShuttingDown:
+            self._dequeue(waiter)
+            raise
+
+    async def release(self, grant: Grant, settle: tuple[Charge, ...] = ()) -> None:
+        self._release_now(grant, settle)
+
+    def release_nowait(self, grant: Grant, settle: tuple[Charge, ...] = ()) -> None:
+        # Nothing here awaits, so it cannot be interrupted: no background task needed.
+        self._release_now(grant, settle)
+
+    def _release_now(self, grant: Grant, settle: Iterable[Charge]) -> None:
+        entry = self._held.pop(grant.request_id, None)
+        if entry is None:
+            return  # released already
+        now = self._clock()
+        held_for = now - entry[1]
+        for resource in grant.resources:
+            self._in_flight[resource] -= 1
+            previous = self._hold_ewma.get(resource)
+            self._hold_ewma[resource] = (
+                held_for if previous is None
+                else previous + HOLD_EWMA_ALPHA * (held_for - previous)
+            )
+        for charge in settle:
+            bucket = self._buckets.get(charge.bucket)
+            if bucket is not None:
+                bucket.refill(now)
+                bucket.take(charge.amount)
+        self._scan()
+
+    # -- the one atomic step ---------------------------------------------------------------
+
+    def _try(
+        self, demand: Demand, blocked: set[str], now: float, queued_s: float
+    ) -> tuple[Grant | None, list[str], float]:
+        """Admit ``demand`` now if everything it needs is free; else say what is missing."""
+        missing = [r for r in demand.resources if r in blocked or self._at_cap(r)]
+        best: Option | None = None
+        best_load = (math.inf, math.inf)
+        option_missing: list[str] = []
+        for option in demand.options:
+            lacking = [r for r in option.resources if r in blocked or self._at_cap(r)]
+            if lacking:
+                option_missing.extend(lacking)
+                continue
+            load = self._load(option.resources[0]) if option.resources else (0.0, 0.0)
+            if load < best_load:
+                best, best_load = option, load
+        if best is None:
+            missing.extend(option_missing)
+        wait = 0.0
+        for charge in demand.charges:
+            if charge.bucket in blocked:
+                missing.append(charge.bucket)
+                continue
+            bucket = self._buckets.get(charge.bucket)
+            if bucket is not None and (w := bucket.wait_for(charge.amount, now)) > 0:
+                missing.append(charge.bucket)
+                wait = max(wait, w)
+        if missing or best is None:
+            return None, missing, wait
+
+        resources = demand.resources + best.resources
+        for resource in resources:
+            self._in_flight[resource] = self._in_flight.get(resource, 0) + 1
+        for charge in demand.charges:
+            bucket = self._buckets.get(charge.bucket)
+            if bucket is not None:
+                bucket.take(charge.amount)
+        grant = Grant(demand.request_id, best, resources, demand.charges, queued_s)
+        self._held[demand.request_id] = (grant, now)
+        return grant, [], 0.0
+
+    def _at_cap(self, resource: str) -> bool:
+        cap = self.spec.cap_of(resource)
+        return cap is not None and self._in_flight.get(resource, 0) >= cap
+
+    def _load(self, resource: str) -> tuple[float, float]:
+        in_flight = self._in_flight.get(resource, 0)
+        cap = self.spec.cap_of(resource)
+        return (in_flight / cap if cap else 0.0, float(in_flight))
+
+    def _bucket_wait(self, charges: Iterable[Charge], now: float) -> float:
+        waits = [
+            self._buckets[c.bucket].wait_for(c.amount, now)
+            for c in charges if c.bucket in self._buckets
+        ]
+        return max(waits, default=0.0)
+
+    # -- the queue ---------------------------------------------------------------------------
+
+    def _enqueue(self, demand: Demand, now: float, missing: list[str]) -> _Waiter:
+        waiter = _Waiter(demand, asyncio.get_running_loop().create_future(), now)
+        self._queues[demand.priority].append(waiter)
+        self._depth += 1
+        for resource in waiter.touches:
+            self._queued[resource] = self._queued.get(resource, 0) + 1
+        # Later arrivals of this priority or lower must not pass it on what it lacks.
+        for p in range(demand.priority, len(self._blocked)):
+            self._blocked[p].update(missing)
+        if all(m in self._buckets for m in missing):
+            self._arm_timer(self._bucket_wait(demand.charges, now))
+        return waiter
+
+    def _forget(self, waiter: _Waiter) -> None:
+        self._depth -= 1
+        for resource in waiter.touches:
+            self._queued[resource] -= 1
+
+    def _dequeue(self, waiter: _Waiter) -> None:
+        """A waiter gave up: drop it, and let those it blocked be reconsidered."""
+        try:
+            self._queues[waiter.demand.priority].remove(waiter)
+        except ValueError:
+            return
+        self._forget(waiter)
+        if not self._rescan_pending:
+            self._rescan_pending = True
+            asyncio.get_running_loop().call_soon(self._scan)
+
+    def _scan(self) -> None:
+        """Serve waiters in order; each one not served blocks only what it lacks."""
+        self._rescan_pending = False
+        now = self._clock()
+        blocked: set[str] = set()
+        next_wake = math.inf
+        for priority, queue in enumerate(self._queues):
+            kept: deque[_Waiter] = deque()
+            for waiter in queue:
+                if waiter.future.done():
+                    self._forget(waiter)
+                    continue
+                grant, missing, wait = self._try(
+                    waiter.demand, blocked, now, now - waiter.enqueued_at
+                )
+                if grant is not None:
+                    self._forget(waiter)
+                    waiter.future.set_result(grant)
+                    continue
+                if wait > 0:
+                    next_wake = min(next_wake, wait)
+                blocked.update(missing)
+                kept.append(waiter)
+            self._queues[priority] = kept
+            self._blocked[priority] = set(blocked)
+        if next_wake < math.inf:
+            self._arm_timer(next_wake)
+
+    def _arm_timer(self, delay: float) -> None:
+        """Rescan when a bucket has refilled enough for a waiter blocked only on it."""
+        loop = asyncio.get_running_loop()
+        at = loop.time() + delay
+        if self._timer is not None and self._timer_at <= at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        self._scan()
+
+    def _estimate_wait(self, demand: Demand, now: float, max_wait: float) -> float:
+        """How long until this demand could likely be served: queue ahead x hold time / cap."""
+        estimate = self._bucket_wait(demand.charges, now)
+        for resource in _touched(demand):
+            cap = self.spec.cap_of(resource)
+            if not cap:
+                continue
+            hold = self._hold_ewma.get(resource, DEFAULT_HOLD_S)
+            ahead = self._queued.get(resource, 0) + 1
+            estimate = max(estimate, hold * ahead / cap)
+        return min(max(estimate, 0.001), max_wait)
+
+    # -- observation and shutdown ----------------------------------------------------------------
+
+    async def snapshot(self) -> Snapshot:
+        now = self._clock()
+        oldest: dict[str, float] = {}
+        oldest_any = math.inf
+        for queue in self._queues:
+            for waiter in queue:
+                oldest_any = min(oldest_any, waiter.enqueued_at)
+                for resource in waiter.touches:
+                    if waiter.enqueued_at < oldest.get(resource, math.inf):
+                        oldest[resource] = waiter.enqueued_at
+        names = dict.fromkeys(self.spec.caps)
+        names.update(dict.fromkeys(self._in_flight))
+        resources = {
+            name: ResourceState(
+                in_flight=self._in_flight.get(name, 0),
+                cap=self.spec.cap_of(name),
+                queued=self._queued.get(name, 0),
+                oldest_wait_s=now - oldest[name] if name in oldest else 0.0,
+            )
+            for name in names
+        }
+        buckets = {}
+        for name, bucket in self._buckets.items():
+            bucket.refill(now)
+            buckets[name] = BucketState(bucket.level, bucket.spec.capacity, bucket.spec.rate_per_s)
+        return Snapshot(
+            resources=resources,
+            buckets=buckets,
+            queue_depth=self._depth,
+            oldest_wait_s=now - oldest_any if oldest_any < math.inf else 0.0,
+            store=self.name,
+        )
+
+    async def cancel_waiters(self, reason: Exception) -> int:
+        count = 0
+        for queue in self._queues:
+            for waiter in queue:
+                if not waiter.future.done():
+                    waiter.future.set_exception(reason)
+                    count += 1
+        return count
+
+    async def close(self) -> None:
+        self._closed = True
+        await self.cancel_waiters(ShuttingDown())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

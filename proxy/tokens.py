@@ -1,0 +1,124 @@
+"""Token accounting: what a request reserves before it runs, and what it really used.
+
+A request reserves ``prompt estimate + min(max_tokens, model cap)`` against its TPM buckets.
+The prompt estimate is the body size / 4 (about 4 bytes per token for English and JSON), which
+costs nothing to compute and errs on the high side; the real ``usage`` settles the difference.
+A stream cut short is charged what it generated: one token per content chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+BYTES_PER_TOKEN = 4
+_USAGE = b'"usage"'
+_NULL_USAGE = (b'"usage":null', b'"usage": null')
+_DONE = b"[DONE]"
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+#: a partial event longer than this is passed on as is (not SSE after all, or a huge event)
+_MAX_PENDING = 1 << 20
+
+
+def estimate_prompt_tokens(body_size: int) -> int:
+    return body_size // BYTES_PER_TOKEN + 1
+
+
+def reservation(body_size: int, max_tokens: int | None, cap: int, generates: bool) -> int:
+    """Tokens to reserve; embeddings (``generates=False``) only pay for their input."""
+    completion = min(max_tokens if max_tokens is not None else cap, cap) if generates else 0
+    return estimate_prompt_tokens(body_size) + completion
+
+
+def usage_tokens(usage: Any) -> tuple[int, int] | None:
+    """(prompt, completion) from an OpenAI ``usage`` object, or None when absent or malformed."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens", 0)
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        total = usage.get("total_tokens")
+        return (total, 0) if isinstance(total, int) else None
+    return prompt, completion
+
+
+def usage_from_body(body: bytes) -> tuple[int, int] | None:
+    """Usage of a plain JSON response; cheap when there is none."""
+    if _USAGE not in body:
+        return None
+    try:
+        return usage_tokens(json.loads(body).get("usage"))
+    except (ValueError, AttributeError):
+        return None
+
+
+class SSEUsageTap:
+    """Watches a server-sent-event stream for ``usage`` as it is relayed, event by event.
+
+    Complete events are passed on at once; only a partial event at the end of a read waits
+    for its remainder. With ``strip_usage`` the usage-only chunk that the proxy asked for on
+    the client's behalf (``choices: []``) is removed, so the client sees what it asked for.
+    """
+
+    __slots__ = ("strip_usage", "usage", "chunks", "_pending")
+
+    def __init__(self, strip_usage: bool):
+        self.strip_usage = strip_usage
+        #: (prompt, completion) once the usage chunk went by
+        self.usage: tuple[int, int] | None = None
+        #: data events seen (not counting [DONE] or the usage chunk): a floor for completion
+        self.chunks = 0
+        self._pending = b""
+
+    def feed(self, data: bytes) -> bytes:
+        """Returns the bytes to send on now."""
+        if self._pending:
+            data = self._pending + data
+        end = data.rfind(b"\n\n") + 2
+        if end < 2:
+            end = data.rfind(b"\n\r\n") + 3
+            if end < 3:
+                if len(data) > _MAX_PENDING:
+                    self._pending = b""
+                    return data
+                self._pending = data
+                return b""
+        self._pending = data[end:]
+        complete = data[:end]
+        if _USAGE not in complete:
+            self.chunks += complete.count(b"data:") - complete.count(_DONE)
+            return complete
+        kept = []
+        for event in _EVENT_END.split(complete)[:-1]:
+            if self._consume(event):
+                kept.append(event)
+        return b"".join(e + b"\n\n" for e in kept)
+
+    def flush(self) -> bytes:
+        """Whatever is left when the upstream ends (a stream not ending in a blank line)."""
+        rest, self._pending = self._pending, b""
+        return rest
+
+    def _consume(self, event: bytes) -> bool:
+        """Record usage in ``event``; False when the event is to be dropped."""
+        if _USAGE not in event or any(n in event for n in _NULL_USAGE):
+            if b"data:" in event and _DONE not in event:
+                self.chunks += 1
+            return True
+        payload = None
+        for line in event.split(b"\n"):
+            if line.startswith(b"data:"):
+                try:
+                    payload = json.loads(line[5:])
+                except ValueError:
+                    payload = None
+        if not isinstance(payload, dict):
+            return True
+        usage = usage_tokens(payload.get("usage"))
+        if usage is not None:
+            self.usage = usage
+        if payload.get("choices"):
+            self.chunks += 1
+            return True
+        return not (self.strip_usage and usage is not None)
