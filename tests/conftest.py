@@ -127,3 +127,21 @@ async def make_store(request: pytest.FixtureRequest, store_kind: str) -> AsyncIt
     yield make
     for store in started:
         await store.close()
+
+
+@pytest.fixture
+async def openai_client() -> AsyncIterator[Callable[..., Any]]:
+    """``openai_client(origin, key=..., **kwargs)`` -> AsyncOpenAI on origin + /v1, closed after."""
+    from openai import AsyncOpenAI
+
+    made: list[AsyncOpenAI] = []
+
+    def make(origin: str, key: str = "client-key", **kwargs: Any) -> AsyncOpenAI:
+        kwargs.setdefault("max_retries", 0)
+        client = AsyncOpenAI(base_url=origin + "/v1", api_key=key, **kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()
