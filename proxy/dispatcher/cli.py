@@ -1,0 +1,284 @@
+"""``llm-throttle dispatch``: flags, wiring, and the process lifetime of the companion.
+
+:func:`add_dispatch_arguments` and :func:`run_dispatch` are what ``proxy/cli.py`` mounts as the
+``dispatch`` subcommand; ``python -m proxy.dispatcher`` runs the same thing standalone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from .backlog import HttpStatusBacklog
+from .hermes import BoardProbe, HermesCLI, MaxSemantics, SQLiteProbe, kanban_root
+from .lock import (
+    GATEWAY_LOCK,
+    BoardLocks,
+    FileLock,
+    NullLock,
+    file_lock_factory,
+    gateway_dispatch_warnings,
+    redis_lock_factory,
+)
+from .loop import Dispatcher, DispatchSettings
+from .metrics import status_app
+from .policy import Watermarks
+
+log = logging.getLogger("llm_throttle.dispatch")
+
+DEFAULT_STATUS_URL = "http://127.0.0.1:8080/throttle/status"
+DEFAULT_LISTEN = "127.0.0.1:8090"
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _regex(text: str) -> re.Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"bad regular expression {text!r}: {exc}") from exc
+
+
+def add_dispatch_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every flag of ``llm-throttle dispatch`` (documented in docs/dispatcher.md)."""
+    src = parser.add_argument_group("backlog source")
+    src.add_argument("--status-url", default=DEFAULT_STATUS_URL, metavar="URL",
+                     help="the proxy's JSON status (default: %(default)s)")
+    src.add_argument("--status-key", default=os.environ.get("LLM_THROTTLE_ADMIN_KEY"),
+                     metavar="KEY", help="bearer key for the status URL "
+                     "(default: $LLM_THROTTLE_ADMIN_KEY)")
+    src.add_argument("--models", type=_csv, default=(), metavar="A,B",
+                     help="models the boards' workers use; backlog = their queued requests "
+                     "(default: the proxy's whole queue depth)")
+    src.add_argument("--redis", metavar="URL",
+                     help="Redis shared with the proxies: board locks live there, so "
+                     "companions on several hosts exclude each other")
+
+    pol = parser.add_argument_group("policy")
+    pol.add_argument("--boards", default="all", metavar="all|A,B",
+                     help="boards to dispatch (default: all, new boards included)")
+    pol.add_argument("--max-running", type=_positive_int, required=True, metavar="N",
+                     help="cap on running tasks summed over the boards")
+    pol.add_argument("--high-watermark", type=_positive_int, default=8, metavar="N",
+                     help="hold when the backlog reaches N (default: %(default)s)")
+    pol.add_argument("--low-watermark", type=_non_negative_int, default=2, metavar="N",
+                     help="resume when the backlog falls below N (default: %(default)s)")
+    pol.add_argument("--interval", type=_seconds, default=10.0, metavar="S",
+                     help="seconds between ticks (default: %(default)s)")
+    pol.add_argument("--maintenance-interval", type=_seconds, default=60.0, metavar="S",
+                     help="a board not dispatched for S seconds gets a `dispatch --max 0` "
+                     "pass, holding or not (default: %(default)s)")
+
+    her = parser.add_argument_group("hermes")
+    her.add_argument("--hermes", default=os.environ.get("HERMES_BIN") or "hermes",
+                     metavar="PATH", help="the hermes executable (default: $HERMES_BIN or "
+                     "`hermes` on PATH)")
+    her.add_argument("--hermes-home", metavar="DIR",
+                     help="HERMES_HOME for the hermes calls (default: inherited)")
+    her.add_argument("--hermes-timeout", type=_seconds, default=60.0, metavar="S",
+                     help="kill a hermes call after S seconds (default: %(default)s)")
+    her.add_argument("--probe", choices=("cli", "sqlite"), default="cli",
+                     help="count tasks with `hermes kanban boards list --json` (cli) or by "
+                     "reading the board databases read-only (sqlite) (default: %(default)s)")
+    her.add_argument("--max-semantics", choices=("auto", "running", "spawns"), default="auto",
+                     help="what `dispatch --max N` means: caps running tasks (Hermes >= "
+                     "0.13.0) or spawns per pass (older); auto asks `hermes --version`")
+    her.add_argument("--ignore-stderr", type=_regex, action="append", default=[],
+                     metavar="REGEX", help="stderr lines of hermes that do not mean failure "
+                     "(repeatable; by default any stderr text fails the call)")
+
+    lck = parser.add_argument_group("locking")
+    lck.add_argument("--lock-dir", metavar="DIR",
+                     help="where the per-board lock files live "
+                     "(default: <kanban root>/kanban/llm-throttle-dispatch)")
+    lck.add_argument("--lock-prefix", default="{llmthrottle}:dispatch-lock", metavar="KEY",
+                     help="Redis key prefix of board locks (default: %(default)s)")
+    lck.add_argument("--lock-ttl", type=_seconds, default=60.0, metavar="S",
+                     help="Redis lock TTL; renewed every third of it (default: %(default)s)")
+    lck.add_argument("--hold-gateway-lock", action="store_true",
+                     help="also hold Hermes' own dispatcher lock so a gateway started later "
+                     "does not dispatch (use with --boards all: it stops the gateway "
+                     "dispatching every board)")
+
+    run = parser.add_argument_group("running")
+    run.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                     help="serve /metrics, /status and /healthz here; 'off' to disable "
+                     "(default: %(default)s)")
+    run.add_argument("--once", action="store_true", help="run one tick and exit (status 1 if "
+                     "the tick failed)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="decide and print, never call `hermes kanban dispatch`")
+
+
+def _listen_address(text: str) -> tuple[str, int] | None:
+    if text.lower() in {"off", "none", ""}:
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise SystemExit(f"--listen: expected HOST:PORT or 'off', got {text!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def _hermes_env(args: argparse.Namespace) -> dict[str, str]:
+    env = dict(os.environ)
+    if args.hermes_home:
+        env["HERMES_HOME"] = str(Path(args.hermes_home).expanduser())
+    # Workers are started by `hermes` resolving itself via $HERMES_BIN, then PATH: pin it to
+    # the executable we call so workers run the same Hermes we measured.
+    resolved = shutil.which(args.hermes)
+    if resolved and "HERMES_BIN" not in env:
+        env["HERMES_BIN"] = os.path.abspath(resolved)
+    return env
+
+
+def settings_from_args(args: argparse.Namespace) -> DispatchSettings:
+    try:
+        marks = Watermarks(high=args.high_watermark, low=args.low_watermark)
+    except ValueError as exc:
+        raise SystemExit(f"llm-throttle dispatch: {exc}") from None
+    semantics = None if args.max_semantics == "auto" else MaxSemantics(args.max_semantics)
+    boards = None if args.boards.strip().lower() == "all" else _csv(args.boards)
+    return DispatchSettings(
+        max_running=args.max_running,
+        marks=marks,
+        interval_s=args.interval,
+        maintenance_interval_s=args.maintenance_interval,
+        boards=boards,
+        dry_run=args.dry_run,
+        semantics=semantics,
+    )
+
+
+async def _main(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    env = _hermes_env(args)
+    root = kanban_root(args.hermes_home, env)
+    hermes = HermesCLI(args.hermes, timeout_s=args.hermes_timeout, env=env,
+                       ignore_stderr=args.ignore_stderr)
+    probe: BoardProbe = SQLiteProbe(root) if args.probe == "sqlite" else hermes
+    backlog = HttpStatusBacklog(args.status_url, args.models, api_key=args.status_key)
+
+    redis_client = None
+    if args.dry_run:
+        locks = BoardLocks(lambda slug: NullLock())
+    elif args.redis:
+        import redis.asyncio as aioredis
+
+        redis_client = aioredis.from_url(args.redis)
+        locks = BoardLocks(redis_lock_factory(redis_client, args.lock_prefix, args.lock_ttl))
+    else:
+        lock_dir = Path(args.lock_dir) if args.lock_dir else root / "kanban" / \
+            "llm-throttle-dispatch"
+        locks = BoardLocks(file_lock_factory(lock_dir))
+
+    gateway_lock: FileLock | None = None
+    if args.hold_gateway_lock and not args.dry_run:
+        gateway_lock = FileLock(root / GATEWAY_LOCK, write_owner=False)
+        if not await gateway_lock.acquire():
+            log.error("a Hermes gateway already holds %s and is dispatching; stop it or set "
+                      "kanban.dispatch_in_gateway: false", gateway_lock.path)
+            return 2
+
+    dispatcher = Dispatcher(settings, hermes=hermes, probe=probe, backlog=backlog, locks=locks)
+    for message in gateway_dispatch_warnings(root, holding_gateway_lock=gateway_lock is not None):
+        dispatcher.add_warning(message)
+    await dispatcher.start()
+
+    runner: web.AppRunner | None = None
+    renewal: asyncio.Task[None] | None = None
+    try:
+        if args.once:
+            report = await dispatcher.tick()
+            if args.dry_run:
+                print(report.log_line())
+                for slug, board in sorted(report.boards.items()):
+                    if board.max_arg is not None:
+                        cmd = hermes.command_line(["kanban", "--board", slug, "dispatch",
+                                                   "--max", str(board.max_arg), "--json"])
+                        print(f"would run: {cmd}")
+            return 0 if report.ok else 1
+        address = _listen_address(args.listen)
+        if address is not None:
+            runner = web.AppRunner(status_app(dispatcher), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, *address).start()
+            log.info("status on http://%s:%d/status, metrics on /metrics", *address)
+        if redis_client is not None:
+            renewal = asyncio.create_task(locks.renew_forever(args.lock_ttl / 3))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await dispatcher.run(stop)
+        return 0
+    finally:
+        if renewal is not None:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+        await locks.release_all()
+        if gateway_lock is not None:
+            await gateway_lock.release()
+        if runner is not None:
+            await runner.cleanup()
+        await backlog.close()
+        if redis_client is not None:
+            await redis_client.aclose()
+
+
+def run_dispatch(args: argparse.Namespace) -> int:
+    """Run the companion until SIGINT/SIGTERM (or one tick with ``--once``)."""
+    # `llm-throttle --log-level` belongs to the top-level parser, which configures logging
+    # first; this only takes effect when run standalone.
+    logging.basicConfig(
+        level=str(getattr(args, "log_level", "INFO")).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return asyncio.run(_main(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="llm-throttle dispatch",
+        description="Spawn Hermes Kanban workers only as fast as the GPUs behind the proxy "
+        "can take them.",
+    )
+    parser.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_dispatch_arguments(parser)
+    return run_dispatch(parser.parse_args(argv))

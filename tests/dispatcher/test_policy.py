@@ -1,0 +1,132 @@
+"""The pure decision: hysteresis between the watermarks and the fair share of free slots."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.dispatcher.policy import BoardLoad, Watermarks, decide, fair_grants, next_holding
+
+MARKS = Watermarks(high=8, low=2)
+
+
+def test_watermarks_must_leave_a_band() -> None:
+    with pytest.raises(ValueError):
+        Watermarks(high=4, low=4)
+    with pytest.raises(ValueError):
+        Watermarks(high=0, low=0)
+
+
+@pytest.mark.parametrize(
+    ("holding", "backlog", "expected"),
+    [
+        (False, 7, False),   # below high: keep spawning
+        (False, 8, True),    # reaches high: hold
+        (True, 7, True),     # between the marks: keep holding
+        (True, 2, True),     # at low: still holding
+        (True, 1, False),    # below low: resume
+        (False, 3, False),   # between the marks while spawning: keep spawning
+    ],
+)
+def test_hysteresis(holding: bool, backlog: int, expected: bool) -> None:
+    assert next_holding(holding, backlog, MARKS) is expected
+
+
+def test_no_flapping_on_a_backlog_that_oscillates_between_the_marks() -> None:
+    """A backlog wobbling 3..7 after one spike must give exactly one hold and one release."""
+    backlogs = [0, 9, 7, 3, 7, 3, 7, 1, 3, 7, 3, 7]
+    states = []
+    holding = False
+    for b in backlogs:
+        holding = next_holding(holding, b, MARKS)
+        states.append(holding)
+    assert states == [False, True, True, True, True, True, True, False,
+                      False, False, False, False]
+
+
+def test_equal_split_among_boards_with_ready_work() -> None:
+    boards = {"a": BoardLoad(0, 10), "b": BoardLoad(0, 10), "c": BoardLoad(0, 0)}
+    assert fair_grants(6, boards) == {"a": 3, "b": 3}
+
+
+def test_a_board_ahead_gets_nothing_until_the_others_catch_up() -> None:
+    boards = {"a": BoardLoad(4, 10), "b": BoardLoad(0, 10)}
+    assert fair_grants(2, boards) == {"b": 2}
+    assert fair_grants(6, boards) == {"a": 1, "b": 5}
+
+
+def test_grants_never_exceed_ready() -> None:
+    boards = {"a": BoardLoad(0, 1), "b": BoardLoad(0, 10)}
+    assert fair_grants(6, boards) == {"a": 1, "b": 5}
+
+
+def test_the_odd_slot_follows_the_tiebreak_order() -> None:
+    boards = {"a": BoardLoad(0, 10), "b": BoardLoad(0, 10)}
+    assert fair_grants(1, boards, tiebreak=["b", "a"]) == {"b": 1}
+    assert fair_grants(1, boards, tiebreak=["a", "b"]) == {"a": 1}
+
+
+def test_decide_holds_and_grants_nothing() -> None:
+    d = decide(holding=False, backlog=8, marks=MARKS, max_running=6,
+               boards={"a": BoardLoad(0, 5)})
+    assert d.holding and d.grants == {}
+    assert "high 8" in d.reason
+
+
+def test_decide_resumes_below_low_and_fills_the_cap() -> None:
+    d = decide(holding=True, backlog=1, marks=MARKS, max_running=6,
+               boards={"a": BoardLoad(2, 5), "b": BoardLoad(1, 5)})
+    assert not d.holding
+    assert d.free_slots == 3
+    assert d.grants == {"a": 1, "b": 2}
+    assert d.reason.startswith("resume")
+
+
+def test_decide_at_cap() -> None:
+    d = decide(holding=False, backlog=0, marks=MARKS, max_running=4,
+               boards={"a": BoardLoad(5, 5)})
+    assert d.grants == {} and d.free_slots == 0 and "at cap" in d.reason
+
+
+def test_boards_without_ready_work_still_count_against_the_cap() -> None:
+    """Running tasks of a board with nothing ready (or another companion's) use slots too."""
+    d = decide(holding=False, backlog=0, marks=MARKS, max_running=6,
+               boards={"busy": BoardLoad(5, 0), "a": BoardLoad(0, 5)})
+    assert d.grants == {"a": 1}
+
+
+loads = st.dictionaries(
+    st.sampled_from("abcdef"),
+    st.builds(BoardLoad, running=st.integers(0, 12), ready=st.integers(0, 12)),
+    max_size=6,
+)
+
+
+@given(loads, st.integers(1, 20), st.integers(0, 30), st.booleans())
+def test_never_over_the_cap(boards: dict[str, BoardLoad], cap: int, backlog: int,
+                            holding: bool) -> None:
+    d = decide(holding=holding, backlog=backlog, marks=MARKS, max_running=cap, boards=boards)
+    running = sum(b.running for b in boards.values())
+    granted = sum(d.grants.values())
+    assert granted <= max(cap - running, 0)
+    for slug, n in d.grants.items():
+        assert 0 < n <= boards[slug].ready
+    if d.holding:
+        assert granted == 0
+    # Work-conserving: while not holding, a slot stays free only when nothing is ready.
+    if not d.holding:
+        ready = sum(b.ready for b in boards.values())
+        assert granted == min(max(cap - running, 0), ready)
+
+
+@given(loads, st.integers(1, 20))
+def test_max_min_fair(boards: dict[str, BoardLoad], free: int) -> None:
+    """After granting, a board with ready work left is never two behind another that got one."""
+    grants = fair_grants(free, boards)
+    after = {s: b.running + grants.get(s, 0) for s, b in boards.items()}
+    for s, b in boards.items():
+        if grants.get(s, 0) < b.ready:  # s could have taken more
+            for t, n in grants.items():
+                if n:
+                    assert after[t] <= after[s] + 1
