@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what it needs, runs the fast suite, then the slow
+# (load / end-to-end) tests as a separate, time-bounded step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+bash scripts/install.sh
+
+echo "== fast suite"
+"$PYTHON" -m pytest -q -p no:cacheprovider "$@"
+
+echo "== slow suite (load, multi-host, hermes end to end; bounded to ${SLOW_TIMEOUT:-900}s)"
+set +e
+timeout --signal=INT --kill-after=30 "${SLOW_TIMEOUT:-900}" \
+    "$PYTHON" -m pytest -q -p no:cacheprovider -m slow "$@"
+code=$?
+set -e
+if [ "$code" -eq 5 ]; then  # no test carries the slow mark: nothing to run is not a failure
+    code=0
+fi
+exit "$code"
