@@ -1,0 +1,176 @@
+"""Reading the proxy's backlog: the status schema, and failures that must not read as zero."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from proxy.dispatcher.backlog import BacklogError, HttpStatusBacklog, backlog_from_status
+
+STATUS: dict[str, Any] = {
+    "store": "memory",
+    "degraded": False,
+    "queue": {"depth": 5, "max_depth": 1000, "max_wait_s": 120, "oldest_wait_s": 1.5},
+    "models": {
+        "qwen": {"in_flight": 4, "cap": 4, "queued": 3, "oldest_wait_s": 1.5, "saturated": True},
+        "llama": {"in_flight": 1, "cap": None, "queued": 2, "oldest_wait_s": 0.2,
+                  "saturated": False},
+    },
+    "upstreams": {"vllm-a": {"in_flight": 4, "cap": 4, "queued": 3, "oldest_wait_s": 1.5,
+                             "saturated": True}},
+    "gpus": {},
+    "clients": {},
+}
+
+
+def test_total_queue_depth_without_models() -> None:
+    b = backlog_from_status(STATUS)
+    assert b.queued == 5 and b.per_model == {} and not b.degraded
+
+
+def test_sum_over_the_watched_models() -> None:
+    assert backlog_from_status(STATUS, ["qwen"]).queued == 3
+    b = backlog_from_status(STATUS, ["qwen", "llama"])
+    assert b.queued == 5 and b.per_model == {"qwen": 3, "llama": 2}
+
+
+def test_a_model_not_yet_seen_counts_zero_and_is_reported() -> None:
+    b = backlog_from_status(STATUS, ["qwen", "mistral"])
+    assert b.queued == 3 and b.missing == ("mistral",)
+
+
+def test_degraded_is_passed_on() -> None:
+    doc = {**STATUS, "degraded": True}
+    assert backlog_from_status(doc).degraded
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.pop("queue"),
+        lambda d: d["queue"].pop("depth"),
+        lambda d: d["queue"].update(depth="3"),
+        lambda d: d["queue"].update(depth=-1),
+        lambda d: d["queue"].update(depth=True),
+    ],
+)
+def test_a_bad_total_is_an_error_not_zero(mutate: Callable[[dict[str, Any]], Any]) -> None:
+    doc = copy.deepcopy(STATUS)
+    mutate(doc)
+    with pytest.raises(BacklogError):
+        backlog_from_status(doc)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.pop("models"),
+        lambda d: d["models"]["qwen"].pop("queued"),
+        lambda d: d["models"].update(qwen=None) or d["models"].update(qwen=[1]),
+        lambda d: d["models"]["qwen"].update(queued=None),
+    ],
+)
+def test_a_bad_model_entry_is_an_error_not_zero(
+    mutate: Callable[[dict[str, Any]], Any],
+) -> None:
+    doc = copy.deepcopy(STATUS)
+    mutate(doc)
+    with pytest.raises(BacklogError):
+        backlog_from_status(doc, ["qwen"])
+
+
+def test_not_an_object() -> None:
+    with pytest.raises(BacklogError):
+        backlog_from_status([1, 2])
+
+
+StatusServer = Callable[[web.Application], Awaitable[str]]
+
+
+@pytest.fixture
+async def status_server() -> Any:
+    """``url = await status_server(app)``: the app on a free port; the URL of /throttle/status."""
+    servers: list[TestServer] = []
+
+    async def start(app: web.Application) -> str:
+        server = TestServer(app)
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("/throttle/status"))
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+def _app(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.Application:
+    app = web.Application()
+    app.router.add_get("/throttle/status", handler)
+    return app
+
+
+async def test_http_reads_the_status(status_server: StatusServer) -> None:
+    seen: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response(STATUS)
+
+    url = await status_server(_app(handler))
+    source = HttpStatusBacklog(url, ["qwen"], api_key="admin-secret")
+    try:
+        assert (await source.read()).queued == 3
+        assert (await source.read()).queued == 3  # the session is reused
+    finally:
+        await source.close()
+    assert seen == ["Bearer admin-secret"] * 2
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        lambda: web.Response(status=500, text="boom"),
+        lambda: web.Response(status=401, text="admin key required"),
+        lambda: web.Response(text="<html>not json</html>", content_type="text/html"),
+        lambda: web.json_response({"store": "memory"}),
+    ],
+)
+async def test_http_failures_raise(status_server: StatusServer,
+                                   response: Callable[[], web.Response]) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return response()
+
+    source = HttpStatusBacklog(await status_server(_app(handler)))
+    try:
+        with pytest.raises(BacklogError):
+            await source.read()
+    finally:
+        await source.close()
+
+
+async def test_http_timeout_raises(status_server: StatusServer) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.json_response(STATUS)
+
+    source = HttpStatusBacklog(await status_server(_app(handler)), timeout_s=0.2)
+    try:
+        with pytest.raises(BacklogError, match="Timeout"):
+            await source.read()
+    finally:
+        await source.close()
+
+
+async def test_connection_refused_raises(unused_tcp_port: int) -> None:
+    source = HttpStatusBacklog(f"http://127.0.0.1:{unused_tcp_port}/throttle/status")
+    try:
+        with pytest.raises(BacklogError):
+            await source.read()
+    finally:
+        await source.close()
