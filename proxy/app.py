@@ -12,8 +12,10 @@ Every other path is passed through to an upstream untouched. All state hangs off
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,8 +25,17 @@ from aiohttp import web
 
 from .admission import AdmissionPolicy, settlement
 from .auth import Authenticator, Identity
-from .config import Config
-from .errors import BodyTooLarge, NotFound, ProxyError, ShuttingDown, Throttled
+from .config import Config, UpstreamConfig
+from .auth import bearer_token
+from .errors import (
+    AuthenticationFailed,
+    BodyTooLarge,
+    NotFound,
+    ProxyError,
+    RequestTimeout,
+    ShuttingDown,
+    Throttled,
+)
 from .forward import (
     Forwarder,
     RelayOutcome,
@@ -35,7 +46,8 @@ from .forward import (
 from .limits.base import LimitStore
 from .limits.memory import MemoryStore
 from .metrics import ProxyMetrics
-from .parse import is_admitted_path, parse_body
+from .parse import ParsedRequest, is_admitted_path, parse_body
+from .paths import checked_target
 from .status import RequestRates, SaturationTracker, render_table, status_document
 from .tokens import SSEUsageTap, usage_from_body
 
@@ -99,13 +111,30 @@ class Proxy:
         return status_document(snapshot, self.saturation, self.rates,
                                self.config.queue.max_depth, self.config.queue.max_wait_s)
 
+    def _arrived_on_admin_port(self, request: web.Request) -> bool:
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        admin = self.config.admin_listen
+        return bool(admin and sockname and sockname[1] == admin[1])
+
+    def check_admin(self, request: web.Request) -> None:
+        """Admin routes: only on the admin listener when one is set, and behind the admin key."""
+        if self.config.admin_listen and not self._arrived_on_admin_port(request):
+            raise NotFound(f"no route for {request.path}")
+        if self.config.admin_key:
+            token = bearer_token(request.headers) or ""
+            if not hmac.compare_digest(token.encode(), self.config.admin_key.encode()):
+                raise AuthenticationFailed("admin key required for this route")
+
     async def handle_status(self, request: web.Request) -> web.Response:
+        self.check_admin(request)
         doc = await self.status_json()
         if request.query.get("format") == "table":
             return web.Response(text=render_table(doc) + "\n")
         return web.json_response(doc)
 
-    async def handle_metrics(self, request: web.Request) -> web.Response:
+    async def handle_metrics(self, request: web.Request | None) -> web.Response:
+        if request is not None:
+            self.check_admin(request)
         self.metrics.refresh(await self.store.snapshot())
         return web.Response(body=self.metrics.render(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
@@ -120,14 +149,17 @@ class Proxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if self.draining:
             raise ShuttingDown()
+        target = checked_target(request.method, request.raw_path)
+        if self.config.admin_listen and self._arrived_on_admin_port(request):
+            raise NotFound("the admin listener serves only /metrics, /throttle/status, /healthz")
         identity = self.auth.authenticate(request.headers)
         request[CLIENT_LABEL] = identity.label
         self.active += 1
         self._idle.clear()
         try:
             if request.method == "POST" and is_admitted_path(request.path):
-                return await self._admitted(request, identity)
-            return await self._passthrough(request)
+                return await self._admitted(request, identity, target)
+            return await self._passthrough(request, target)
         finally:
             self.active -= 1
             if not self.active:
@@ -139,11 +171,17 @@ class Proxy:
             raise BodyTooLarge(f"request body of {request.content_length} bytes is over the "
                                f"{limit}-byte limit")
         try:
-            return await request.read()
+            async with asyncio.timeout(self.config.body_read_timeout_s):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise BodyTooLarge(f"request body is over the {limit}-byte limit") from None
+        except TimeoutError:
+            raise RequestTimeout(
+                f"request body not received within {self.config.body_read_timeout_s:g}s"
+            ) from None
 
-    async def _admitted(self, request: web.Request, identity: Identity) -> web.StreamResponse:
+    async def _admitted(self, request: web.Request, identity: Identity,
+                        target: str) -> web.StreamResponse:
         arrival = self.clock()
         parsed = parse_body(request.path, await self._read_body(request))
         route = self.policy.route(parsed.model)
@@ -162,8 +200,8 @@ class Proxy:
         upstream = self.config.upstreams[grant.option.name]
         outcome = RelayOutcome()
         try:
-            return await self._forward_admitted(request, parsed, upstream, outcome, arrival,
-                                                model)
+            return await self._forward_admitted(request, target, parsed, upstream, outcome,
+                                                arrival, model)
         finally:
             used = self._tokens_used(outcome, reserved)
             self.store.release_nowait(grant, settlement(grant, reserved, used))
@@ -172,12 +210,15 @@ class Proxy:
                 self.metrics.tokens.labels(model, client, "prompt").inc(outcome.usage[0])
                 self.metrics.tokens.labels(model, client, "completion").inc(outcome.usage[1])
 
-    async def _forward_admitted(self, request, parsed, upstream, outcome, arrival, model):
+    async def _forward_admitted(
+        self, request: web.Request, target: str, parsed: ParsedRequest, upstream: UpstreamConfig,
+        outcome: RelayOutcome, arrival: float, model: str,
+    ) -> web.StreamResponse:
         headers = upstream_request_headers(request.headers, upstream, identity_encoding=True)
         started = self.clock()
         try:
             upstream_response = await self.forwarder.open(
-                upstream, request.method, request.raw_path, headers, parsed.body)
+                upstream, request.method, target, headers, parsed.body)
         except ProxyError as exc:
             self.metrics.upstream_errors.labels(upstream.name, exc.code or "error").inc()
             raise
@@ -210,12 +251,12 @@ class Proxy:
             return outcome.chunks + 1
         return reserved
 
-    async def _passthrough(self, request: web.Request) -> web.StreamResponse:
+    async def _passthrough(self, request: web.Request, target: str) -> web.StreamResponse:
         upstream = self.config.default_passthrough
         body = await self._read_body(request) if request.body_exists else None
         headers = upstream_request_headers(request.headers, upstream, identity_encoding=False)
         upstream_response = await self.forwarder.open(
-            upstream, request.method, request.raw_path, headers, body)
+            upstream, request.method, target, headers, body)
         outcome = RelayOutcome()
         async with upstream_response:
             content_type = upstream_response.headers.get("Content-Type", "")
@@ -318,8 +359,27 @@ async def start_proxy(config: Config, host: str | None = None, port: int | None 
     site = web.TCPSite(runner, host or config.listen_host,
                        config.listen_port if port is None else port, reuse_address=True)
     await site.start()
+    if config.admin_listen:
+        await web.TCPSite(runner, *config.admin_listen, reuse_address=True).start()
     bound_host, bound_port = runner.addresses[0][:2]
     return RunningProxy(app, runner, f"http://{bound_host}:{bound_port}")
+
+
+async def serve_forever(config: Config, host: str | None = None, port: int | None = None,
+                        on_ready: Callable[[str], None] | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully (see ``Proxy.stop``)."""
+    running = await start_proxy(config, host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if on_ready is not None:
+        on_ready(running.url)
+    try:
+        await stop.wait()
+        log.info("shutting down: draining up to %gs", config.shutdown_grace_s)
+    finally:
+        await running.close()
 
 
 def dumps(doc: dict) -> str:

@@ -35,9 +35,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from .app import create_app
+    from .app import serve_forever
     from .config import parse_listen
 
     try:
@@ -48,14 +46,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port = config.listen_host, config.listen_port
     if args.listen:
         host, port = parse_listen(args.listen)
-    app = create_app(config)
     models = ", ".join(config.models)
-    print(f"llm-throttle listening on http://{host}:{port}  store={config.store.split('@')[-1]}"
-          f"  models={models}", flush=True)
-    web.run_app(
-        app, host=host, port=port, handler_cancellation=True, access_log=None,
-        shutdown_timeout=config.shutdown_grace_s, print=None, loop=_new_loop(),
-    )
+
+    def ready(url: str) -> None:
+        admin = ""
+        if config.admin_listen:
+            admin = f"  admin=http://{config.admin_listen[0]}:{config.admin_listen[1]}"
+        print(f"llm-throttle listening on {url}  store={config.store.split('@')[-1]}"
+              f"  models={models}{admin}", flush=True)
+
+    loop = _new_loop()
+    try:
+        loop.run_until_complete(serve_forever(config, host, port, on_ready=ready))
+    except OSError as exc:
+        print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    finally:
+        loop.close()
     return 0
 
 

@@ -114,6 +114,7 @@ class Config:
     max_body_bytes: int = 16 * 1024 * 1024
     passthrough_upstream: str | None = None  # where model-less paths go; default: the first
     shutdown_grace_s: float = 30.0
+    body_read_timeout_s: float = 60.0  # a client slower than this to send its body gets 408
 
     @property
     def requires_client_keys(self) -> bool:
@@ -406,6 +407,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         max_body_bytes=top.number("max_body_bytes", 16 * 1024 * 1024, integer=True),
         passthrough_upstream=top.str("passthrough_upstream"),
         shutdown_grace_s=top.number("shutdown_grace_s", 30.0, minimum=0, exclusive=False),
+        body_read_timeout_s=top.number("body_read_timeout_s", 60.0),
     )
     top.finish()
     _check_references(config, problems)
@@ -427,6 +429,8 @@ def _check_references(config: Config, problems: list[str]) -> None:
         for i, up_name in enumerate(model.upstreams):
             if up_name not in config.upstreams:
                 problems.append(f"models.{model.name}.upstreams[{i}]: unknown upstream {up_name!r}")
+    if config.admin_listen and config.admin_listen == (config.listen_host, config.listen_port):
+        problems.append("admin_listen: must differ from listen")
     if config.passthrough_upstream and config.passthrough_upstream not in config.upstreams:
         problems.append(f"passthrough_upstream: unknown upstream {config.passthrough_upstream!r}")
     seen_keys: dict[str, str] = {}

@@ -13,6 +13,7 @@ it into the body OpenAI's SDKs expect (``{"error": {"message", "type", "code"}}`
     ├── NotFound                  404 invalid_request_error
     │   └── ModelNotFound             code model_not_found
     ├── MethodNotAllowed          405 invalid_request_error
+    ├── RequestTimeout            408 invalid_request_error (body sent too slowly)
     ├── BodyTooLarge              413 invalid_request_error
     ├── Throttled                 429 rate_limit_error (carries retry_after_s)
     │   ├── QueueFull                 code queue_full
@@ -108,6 +109,12 @@ class MethodNotAllowed(ProxyError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+class RequestTimeout(ProxyError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class BodyTooLarge(ProxyError):
