@@ -288,18 +288,13 @@ class Dispatcher:
     async def _dispatch(self, report: TickReport, decision: Decision,
                         counts: Mapping[str, BoardCounts], owned: set[str], now: float) -> None:
         assert self.semantics is not None, "start() first"
-        leftover = decision.free_slots - sum(decision.grants.values())
         for slug in sorted(owned):
             board, c = report.boards[slug], counts[slug]
             board.grant = decision.grants.get(slug, 0)
             due = now - self._last_pass.get(slug, -math.inf) >= self.settings.maintenance_interval_s
-            # The CLI counts cannot tell whether todo tasks have all parents done; a
-            # zero-spawn pass promotes them so the next tick sees them as ready.
-            promote = (not decision.holding and report.backlog is not None and leftover > 0
-                       and c.promotable is None and c.todo > 0)
             if board.grant > 0:
                 board.max_arg = max_argument(self.semantics, c.running, board.grant)
-            elif (due and c.unfinished > 0) or promote:
+            elif due and c.unfinished > 0:
                 board.max_arg = 0
                 board.maintenance = True
             else:

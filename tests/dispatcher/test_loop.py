@@ -266,17 +266,6 @@ async def test_only_the_named_boards() -> None:
     assert "gone" in (report.error or "")
 
 
-async def test_cli_counts_get_a_promotion_pass_when_slots_are_free() -> None:
-    """Children of finished parents sit in todo until a pass promotes them."""
-    d, hermes, _, clock = make({"a": {"todo": 3, "done": 1}, "b": {"running": 1}})
-    await d.start()
-    await d.tick()
-    hermes.calls.clear()
-    clock.now += 10
-    await d.tick()
-    assert hermes.calls == [("a", 0)]  # a: promotion; b: maintenance not due yet
-
-
 async def test_log_line_has_everything(caplog: pytest.LogCaptureFixture) -> None:
     d, _, _, _ = make({"a": {"running": 1, "ready": 2}, "b": {"ready": 1}}, backlog=3)
     await d.start()
