@@ -20,12 +20,15 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+#: response header in which the proxy reports how long the request queued (milliseconds)
+QUEUE_WAIT_HEADER = "x-llm-throttle-queue-ms"
 
 
 @dataclass
@@ -42,6 +45,8 @@ class LoadSpec:
     """What to send, how fast, and for how long."""
 
     base_url: str = "http://127.0.0.1:8000/v1"
+    #: when given, requests go round-robin to these (e.g. several proxy replicas), not base_url
+    base_urls: list[str] = field(default_factory=list)
     model: str = "mock-model"
     #: closed loop: this many back-to-back workers (ignored when ``rate`` is set)
     clients: int = 4
@@ -91,6 +96,8 @@ class RequestRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    #: seconds queued at the proxy, from its QUEUE_WAIT_HEADER (None when not reported)
+    queue_wait: float | None = None
 
 
 @dataclass
@@ -158,6 +165,10 @@ def summarize(records: Sequence[RequestRecord], elapsed: float) -> dict[str, Any
         "latency": _distribution(r.latency for r in ok),
         "ttft": _distribution(r.ttft for r in ok if r.ttft is not None),
     }
+    waited = [r for r in ok if r.queue_wait is not None]
+    if waited:
+        summary["queue_wait"] = _distribution(r.queue_wait or 0.0 for r in waited)
+        summary["service"] = _distribution(r.latency - (r.queue_wait or 0.0) for r in waited)
     classes = sorted({r.client for r in records})
     if len(classes) > 1:
         summary["by_client"] = {
@@ -183,7 +194,8 @@ class _Run:
     def __init__(self, spec: LoadSpec) -> None:
         self.spec = spec
         self.rng = random.Random(spec.seed)
-        self.url = spec.base_url.rstrip("/") + "/chat/completions"
+        self.urls = [u.rstrip("/") + "/chat/completions" for u in spec.base_urls or [spec.base_url]]
+        self.url = self.urls[0]
         self.records: list[RequestRecord] = []
         self.series: list[dict[str, Any]] = []
         self.started = 0
@@ -229,6 +241,10 @@ class _Run:
         self.started += 1
         return True
 
+    def next_url(self) -> str:
+        """Round-robin over the endpoints, by request number."""
+        return self.urls[self.started % len(self.urls)]
+
     def pick_class(self) -> str:
         if len(self.spec.mix) == 1:
             return self.spec.mix[0].name
@@ -238,13 +254,20 @@ class _Run:
 async def _one_request(run: _Run, session: aiohttp.ClientSession, client: str) -> None:
     spec = run.spec
     rec = RequestRecord(start=run.now(), client=client)
+    url = run.url if len(run.urls) == 1 else run.next_url()
     t0 = time.perf_counter()
     run.in_flight += 1
     try:
         async with session.post(
-            run.url, data=run.bodies[spec.stream], headers=run.class_headers[client]
+            url, data=run.bodies[spec.stream], headers=run.class_headers[client]
         ) as resp:
             rec.status = resp.status
+            waited = resp.headers.get(QUEUE_WAIT_HEADER)
+            if waited is not None:
+                try:
+                    rec.queue_wait = float(waited) / 1000.0
+                except ValueError:
+                    pass
             if resp.status != 200:
                 await resp.read()
                 rec.error = f"http_{resp.status}"
@@ -256,7 +279,7 @@ async def _one_request(run: _Run, session: aiohttp.ClientSession, client: str) -
                 rec.prompt_tokens = int(usage.get("prompt_tokens") or 0)
                 rec.completion_tokens = int(usage.get("completion_tokens") or 0)
                 rec.ok = True
-    except asyncio.TimeoutError:
+    except TimeoutError:
         rec.error = "timeout"
     except aiohttp.ClientPayloadError:
         rec.error = "incomplete_stream"
@@ -387,7 +410,7 @@ async def _scrape(session: aiohttp.ClientSession, url: str) -> tuple[int, str] |
     try:
         async with session.get(url) as resp:
             return resp.status, await resp.text()
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (aiohttp.ClientError, TimeoutError):
         return None
 
 
@@ -439,10 +462,13 @@ def _progress_line(run: _Run, width: int = 30) -> str:
     )
 
 
-async def _sampler(run: _Run, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+async def _sampler(run: _Run, session: aiohttp.ClientSession, stop: asyncio.Event,
+                   on_sample: Callable[[dict[str, Any]], None] | None = None) -> None:
     interval = run.spec.sample_interval
     while True:
         run.series.append(await _sample(run, session))
+        if on_sample is not None:
+            on_sample(run.series[-1])
         if run.spec.progress:
             sys.stderr.write(_progress_line(run))
             sys.stderr.flush()
@@ -453,8 +479,13 @@ async def _sampler(run: _Run, session: aiohttp.ClientSession, stop: asyncio.Even
             pass
 
 
-async def run_load(spec: LoadSpec) -> LoadResult:
-    """Run one bounded load test and return every record, the time series and a summary."""
+async def run_load(
+    spec: LoadSpec, on_sample: Callable[[dict[str, Any]], None] | None = None
+) -> LoadResult:
+    """Run one bounded load test and return every record, the time series and a summary.
+
+    ``on_sample`` sees every point of the time series as it is taken (live displays).
+    """
     spec.validate()
     run = _Run(spec)
     # limit=0: the connector must never cap concurrency below what the test asks for.
@@ -466,7 +497,7 @@ async def run_load(spec: LoadSpec) -> LoadResult:
         run.t0 = time.perf_counter()
         run.deadline = spec.duration if spec.duration is not None else math.inf
         stop = asyncio.Event()
-        sampler = asyncio.create_task(_sampler(run, scraper, stop))
+        sampler = asyncio.create_task(_sampler(run, scraper, stop, on_sample))
         try:
             if spec.rate is not None:
                 await _open_loop(run, session)
@@ -477,6 +508,8 @@ async def run_load(spec: LoadSpec) -> LoadResult:
             stop.set()
             await sampler
         run.series.append(await _sample(run, scraper))
+        if on_sample is not None:
+            on_sample(run.series[-1])
     if spec.progress:
         sys.stderr.write(_progress_line(run) + "\n")
     run.records.sort(key=lambda r: r.start)

@@ -227,18 +227,19 @@ async def _hang(request: web.Request) -> None:
 class _Active:
     """One request's hold on the GPU; released exactly once."""
 
-    __slots__ = ("state", "model", "open")
+    __slots__ = ("state", "model", "open", "started_at")
 
     def __init__(self, state: MockState, model: str) -> None:
         self.state = state
         self.model = model
         self.open = True
+        self.started_at = time.perf_counter()
         state.begin(model)
 
     def finish(self, outcome: str) -> None:
         if self.open:
             self.open = False
-            self.state.end(self.model, outcome)
+            self.state.end(self.model, outcome, time.perf_counter() - self.started_at)
 
 
 # -- generation routes -------------------------------------------------------------------------

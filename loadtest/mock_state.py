@@ -9,6 +9,7 @@ the moment its body is parsed until just before its last bytes are written. A GP
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -16,6 +17,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from multidict import CIMultiDictProxy
+
+#: completed requests whose service time is kept (about 0.8 MB at most)
+SERVICE_TIMES_KEPT = 100_000
 
 
 @dataclass
@@ -94,6 +98,7 @@ class MockState:
         "prompt_tokens",
         "completion_tokens",
         "recent",
+        "service_times",
         "_ids",
     )
 
@@ -118,6 +123,8 @@ class MockState:
         self.completion_tokens = 0
         #: most recent requests, oldest first
         self.recent: deque[RecordedRequest] = deque(maxlen=max(1, config.recent_requests))
+        #: seconds each completed request was active (its service time, no client-side queue)
+        self.service_times: deque[float] = deque(maxlen=SERVICE_TIMES_KEPT)
         self._ids = 0
 
     # -- GPU model -------------------------------------------------------------------------
@@ -158,8 +165,11 @@ class MockState:
         if n > self.peak_by_model.get(model, 0):
             self.peak_by_model[model] = n
 
-    def end(self, model: str, outcome: str) -> None:
-        """Release one active request; ``outcome`` is completed, cancelled or failed."""
+    def end(self, model: str, outcome: str, duration: float | None = None) -> None:
+        """Release one active request; ``outcome`` is completed, cancelled or failed.
+
+        ``duration`` (seconds active) of a completed request is kept for ``service_s``.
+        """
         self.in_flight -= 1
         n = self.in_flight_by_model.get(model, 0) - 1
         if n > 0:
@@ -168,6 +178,8 @@ class MockState:
             self.in_flight_by_model.pop(model, None)
         if outcome == "completed":
             self.completed += 1
+            if duration is not None:
+                self.service_times.append(duration)
         elif outcome == "cancelled":
             self.cancelled += 1
         else:
@@ -182,6 +194,7 @@ class MockState:
         self.finished_by_reason.clear()
         self.prompt_tokens = self.completion_tokens = 0
         self.recent.clear()
+        self.service_times.clear()
 
     # -- introspection ---------------------------------------------------------------------
 
@@ -203,6 +216,23 @@ class MockState:
                 raise TimeoutError(f"mock state condition not met within {timeout}s")
             await asyncio.sleep(0.005)
 
+    def service_summary(self) -> dict[str, float | int | None]:
+        """Percentiles of the kept service times (nearest rank; None when empty)."""
+        data = sorted(self.service_times)
+        n = len(data)
+
+        def rank(q: float) -> float | None:
+            return data[min(n - 1, max(0, math.ceil(q / 100 * n) - 1))] if n else None
+
+        return {
+            "count": n,
+            "p50": rank(50),
+            "p90": rank(90),
+            "p99": rank(99),
+            "max": data[-1] if n else None,
+            "mean": sum(data) / n if n else None,
+        }
+
     def snapshot(self, *, with_requests: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {
             "in_flight": self.in_flight,
@@ -219,6 +249,7 @@ class MockState:
             "finished_by_reason": dict(self.finished_by_reason),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "service_s": self.service_summary(),
             "config": self.config.to_dict(),
         }
         if with_requests:
