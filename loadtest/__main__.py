@@ -18,6 +18,9 @@ def _subcommands() -> tuple[tuple[str, str, str], ...]:
         ("mock-llm", "loadtest.mock_llm", "run the GPU-like OpenAI-compatible mock server"),
         ("run", "loadtest.generator", "send load to an OpenAI-compatible endpoint"),
         ("report", "loadtest.report", "summarise result files as Markdown and PNG plots"),
+        ("scenario", "loadtest.scenario", "run benchmark scenario files (servers + load phases)"),
+        ("demo", "loadtest.demo", "start a mock LLM and the proxy, overload it, watch the cap"),
+        ("soak", "loadtest.soak", "bounded soak: mixed load and faults, RSS and leaked permits"),
     )
 
 

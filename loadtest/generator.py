@@ -341,7 +341,7 @@ async def _closed_loop(run: _Run, session: aiohttp.ClientSession) -> None:
         : spec.clients - sum(counts)
     ]:
         counts[i] += 1
-    names = [c.name for c, n in zip(spec.mix, counts) for _ in range(n)]
+    names = [c.name for c, n in zip(spec.mix, counts, strict=True) for _ in range(n)]
 
     async def worker(client: str) -> None:
         while run.take():
@@ -475,7 +475,7 @@ async def _sampler(run: _Run, session: aiohttp.ClientSession, stop: asyncio.Even
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval)
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
