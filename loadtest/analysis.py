@@ -193,8 +193,10 @@ def _overhead(scenario: Scenario, runs: Sequence[RunRecord], f: Findings) -> Non
     if any(t in scenario.proxies for p in scenario.phases for t in p.targets):
         f.notes.append(
             "CPU per request is the server process's own user+system time (from /proc) divided "
-            "by the requests of the run; the load generator and the mock share the same 2 cores, "
-            "so req/s ratios are lower bounds of what a dedicated host would show.")
+            "by the requests of the run. The load generator, the mock and the server under test "
+            "share the machine's cores, so req/s is what this machine can push through each "
+            "path with everything on it, not the server's own ceiling; 'other load' is CPU used "
+            "by processes outside the scenario during the run.")
 
 
 def _streaming(scenario: Scenario, runs: Sequence[RunRecord], f: Findings) -> None:
@@ -404,8 +406,8 @@ def machine_section(info: dict[str, str]) -> str:
 def _comparison_table(scenario: Scenario, runs: Sequence[RunRecord], phase: str) -> str:
     """Medians per target (and load) of one phase."""
     header = ("| target | load | req/s | vs direct | latency p50 / p99 ms | TTFT p50 / p99 ms "
-              "| server CPU ms/req | mock peak | lost |")
-    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+              "| server CPU ms/req | mock peak | lost | other load (cores) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for target in _targets_of(runs, phase):
         sel = _select(runs, phase, target)
         for load in sel[0].loads:
@@ -413,6 +415,8 @@ def _comparison_table(scenario: Scenario, runs: Sequence[RunRecord], phase: str)
                      _per_repeat(runs, phase, target, "direct", _goodput(load), _ratio))
             cpu = median(server_cpu_ms(r) for r in sel)
             peak = max(int(r.mock.get("peak") or 0) for r in sel)
+            others = median(r.foreign_cpu_s / r.wall_s for r in sel
+                            if r.foreign_cpu_s is not None and r.wall_s)
             lines.append(
                 f"| {target} | {load} | {_num(median(_goodput(load)(r) for r in sel))} "
                 f"| {_pct(ratio) if ratio is not None else '-'} "
@@ -421,7 +425,8 @@ def _comparison_table(scenario: Scenario, runs: Sequence[RunRecord], phase: str)
                 f"| {_ms(median(_stat('ttft', 'p50', load)(r) for r in sel))} / "
                 f"{_ms(median(_stat('ttft', 'p99', load)(r) for r in sel))} "
                 f"| {_num(cpu, '.3f')} | {peak} "
-                f"| {sum(int(_load(r, load)['count']) - int(_load(r, load)['ok']) for r in sel)} |")
+                f"| {sum(int(_load(r, load)['count']) - int(_load(r, load)['ok']) for r in sel)} "
+                f"| {_num(others, '.2f')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -109,6 +110,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=int, default=16, help="tokens per answer")
 
 
+async def _stoppable(args: argparse.Namespace) -> DemoOutcome:
+    """The demo, cancelled (so both servers are stopped) on SIGTERM as on Ctrl-C."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await run_demo(args, lambda line: print(line, flush=True))
+
+
 def cli_main(args: argparse.Namespace) -> int:
     loop_factory = None
     try:
@@ -119,7 +128,7 @@ def cli_main(args: argparse.Namespace) -> int:
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
-            outcome = runner.run(run_demo(args, lambda line: print(line, flush=True)))
+            outcome = runner.run(_stoppable(args))
         except ServiceError as exc:
             print(f"demo could not start: {exc}", file=sys.stderr)
             return 1

@@ -52,6 +52,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes have spent busy since boot, all cores (from /proc/stat)."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return 0.0
+    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
+    values = [int(v) for v in first[1:9]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+async def wait_for_quiet(limit_cores: float = 0.3, max_wait_s: float = 60.0,
+                         window_s: float = 1.0) -> float:
+    """Wait until the machine's other work uses under ``limit_cores`` (other sessions' tests
+    share this machine); returns the last busy level measured, in cores."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        before = machine_busy_seconds()
+        await asyncio.sleep(window_s)
+        cores = (machine_busy_seconds() - before) / window_s
+        if cores < limit_cores or time.monotonic() >= deadline:
+            return cores
+
+
 def child_pids(pid: int) -> list[int]:
     """Direct children of a process (nginx's workers under its master)."""
     out: list[int] = []

@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import json
 import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -54,7 +55,9 @@ from loadtest.processes import (
     ServiceGroup,
     find_nginx,
     find_redis_server,
+    machine_busy_seconds,
     redis_store_available,
+    wait_for_quiet,
 )
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
@@ -336,6 +339,9 @@ class RunRecord:
     mock: dict[str, Any]
     #: the target proxies' queue depth and in flight once the run was over
     proxy_end: dict[str, float] | None = None
+    #: CPU seconds used during the run by processes outside the scenario (other work on
+    #: the machine; high values mean the run competed for the cores)
+    foreign_cpu_s: float | None = None
 
     @property
     def requests(self) -> int:
@@ -402,8 +408,12 @@ async def _proxy_settled(session: aiohttp.ClientSession, proxies: list[Service],
 
 
 async def run_scenario(scenario: Scenario, out_dir: Path, *, smoke: bool = False,
-                       log: Callable[[str], None] = print) -> ScenarioResult:
-    """Start the servers, run every phase against every target, stop everything."""
+                       log: Callable[[str], None] = print, quiet: bool = False) -> ScenarioResult:
+    """Start the servers, run every phase against every target, stop everything.
+
+    ``quiet``: before each run, wait (up to a minute) for other work on the machine to calm
+    down; either way the CPU others used during each run is recorded (``foreign_cpu_s``).
+    """
     if smoke:
         scenario = scenario.smoked()
     result = ScenarioResult(scenario, [], out_dir, smoke)
@@ -442,7 +452,7 @@ async def run_scenario(scenario: Scenario, out_dir: Path, *, smoke: bool = False
                     if target not in urls:
                         continue
                     record = await _run_once(scenario, phase, target, rep, mock, servers[target],
-                                             urls[target], every, session, out_dir)
+                                             urls[target], every, session, out_dir, quiet)
                     result.runs.append(record)
                     log(_run_line(record))
     (out_dir / "runs.json").write_text(json.dumps(
@@ -454,7 +464,7 @@ async def run_scenario(scenario: Scenario, out_dir: Path, *, smoke: bool = False
 async def _run_once(scenario: Scenario, phase: Phase, target: str, rep: int, mock: Service,
                     target_servers: list[Service], target_urls: list[str],
                     every: list[Service], session: aiohttp.ClientSession,
-                    out_dir: Path) -> RunRecord:
+                    out_dir: Path, quiet: bool) -> RunRecord:
     await _mock_call(session, mock, "/mock/config", {**scenario.mock, **phase.mock})
     await _mock_call(session, mock, "/mock/reset", {})
     is_proxy = target in scenario.proxies
@@ -465,13 +475,18 @@ async def _run_once(scenario: Scenario, phase: Phase, target: str, rep: int, moc
             load, target_urls, label=label, upstream_metrics=[mock.url + "/metrics"],
             proxy_status=target_servers[0].url + "/throttle/status" if is_proxy else None,
             seed=load.get("seed", rep))
+    if quiet:
+        await wait_for_quiet()
     cpu_before = {s.name: s.cpu_seconds() for s in every}
     gen_before = time.process_time()
+    busy_before = machine_busy_seconds()
     started = time.perf_counter()
     results = await asyncio.gather(*(run_load(spec) for spec in specs.values()))
     wall = time.perf_counter() - started
+    busy = machine_busy_seconds() - busy_before
     cpu = {s.name: round(s.cpu_seconds() - cpu_before[s.name], 4) for s in every}
     cpu["generator"] = round(time.process_time() - gen_before, 4)
+    foreign = round(max(0.0, busy - sum(cpu.values())), 3)
     stats = await _mock_call(session, mock, "/mock/stats")
     stats.pop("recent_requests", None)
     proxy_end = await _proxy_settled(session, target_servers) if is_proxy else None
@@ -485,7 +500,7 @@ async def _run_once(scenario: Scenario, phase: Phase, target: str, rep: int, moc
         files[lname] = str(path)
     return RunRecord(phase.name, target, rep + 1, [s.name for s in target_servers],
                      {n: r.summary for n, r in zip(specs, results, strict=True)}, files, cpu,
-                     round(wall, 3), stats, proxy_end)
+                     round(wall, 3), stats, proxy_end, foreign)
 
 
 def _run_line(record: RunRecord) -> str:
@@ -496,10 +511,12 @@ def _run_line(record: RunRecord) -> str:
             f"{lname}: {s['ok']}/{s['count']} ok {s['goodput_rps']:.1f} req/s "
             f"p99 {'-' if p99 is None else f'{p99 * 1000:.0f}ms'}")
     server_cpu = sum(record.cpu_s.get(n, 0.0) for n in record.servers)
+    others = record.foreign_cpu_s or 0.0
     cpu = f" | server CPU {server_cpu / max(1, record.requests) * 1000:.3f} ms/req" \
         if record.servers else ""
     return (f"  {record.phase:<10} {record.target:<8} r{record.repeat} | " + "; ".join(parts)
-            + f" | mock peak {record.mock.get('peak')}{cpu}")
+            + f" | mock peak {record.mock.get('peak')}{cpu}"
+            + f" | other load {others / record.wall_s:.2f} cores")
 
 
 def load_runs(out_dir: Path) -> tuple[list[RunRecord], list[str]]:
@@ -527,6 +544,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="do not run: rebuild the report from OUT/<name>/runs.json")
     parser.add_argument("--check", action="store_true",
                         help="only validate the scenario files")
+    parser.add_argument("--no-wait-quiet", dest="quiet", action="store_false",
+                        help="do not wait for other work on the machine to calm down "
+                             "before each run (the default waits up to a minute)")
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -554,7 +574,7 @@ def cli_main(args: argparse.Namespace) -> int:
             runs, notes = load_runs(out_dir)
             result = ScenarioResult(scenario, runs, out_dir, smoke=False, notes=notes)
         else:
-            result = _run_with_uvloop(scenario, out_dir, args.smoke)
+            result = _run_with_uvloop(scenario, out_dir, args.smoke, args.quiet and not args.smoke)
         if result.skipped:
             print(f"scenario {scenario.name} SKIPPED: {result.skipped}", file=sys.stderr)
             continue
@@ -568,7 +588,18 @@ def cli_main(args: argparse.Namespace) -> int:
     return code
 
 
-def _run_with_uvloop(scenario: Scenario, out_dir: Path, smoke: bool) -> ScenarioResult:
+async def _stoppable(scenario: Scenario, out_dir: Path, smoke: bool,
+                     quiet: bool) -> ScenarioResult:
+    """The run, cancelled (so every server is stopped) on SIGTERM as on Ctrl-C."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await run_scenario(scenario, out_dir, smoke=smoke, quiet=quiet,
+                              log=lambda line: print(line, file=sys.stderr, flush=True))
+
+
+def _run_with_uvloop(scenario: Scenario, out_dir: Path, smoke: bool,
+                     quiet: bool) -> ScenarioResult:
     loop_factory = None
     try:
         import uvloop
@@ -578,7 +609,6 @@ def _run_with_uvloop(scenario: Scenario, out_dir: Path, smoke: bool) -> Scenario
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
-            return runner.run(run_scenario(scenario, out_dir, smoke=smoke,
-                                           log=lambda line: print(line, file=sys.stderr)))
+            return runner.run(_stoppable(scenario, out_dir, smoke, quiet))
         except ServiceError as exc:
             raise SystemExit(f"scenario {scenario.name}: {exc}") from None
