@@ -390,7 +390,8 @@ async def _drain(session: aiohttp.ClientSession, base: str,
 
 async def run_soak(spec: SoakSpec) -> SoakResult:
     """Run the whole soak; the servers are stopped whatever happens."""
-    out = Path(spec.out)
+    # Absolute: the servers run with their own folder as working directory.
+    out = Path(spec.out).resolve()
     result = SoakResult(spec={**asdict(spec), "out": str(out)}, machine=machine(),
                         started_at=time.time())
     done: Counter[str] = Counter()
