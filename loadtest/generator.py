@@ -536,7 +536,9 @@ def parse_mix(text: str) -> list[ClientClass]:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     d = LoadSpec()
-    parser.add_argument("--base-url", default=d.base_url, help="OpenAI-compatible base (…/v1)")
+    parser.add_argument("--base-url", action="append", metavar="URL",
+                        help=f"OpenAI-compatible base (…/v1; default {d.base_url}); repeat it "
+                        "to spread the requests round-robin (e.g. over proxy replicas)")
     parser.add_argument("--model", default=d.model)
     arrivals = parser.add_mutually_exclusive_group()
     arrivals.add_argument("--clients", type=int, default=d.clients,
@@ -575,8 +577,10 @@ def spec_from_args(args: argparse.Namespace) -> LoadSpec:
             raise SystemExit(f"bad --header {item!r}: want NAME:VALUE")
         headers[name.strip()] = value.strip()
     label = args.label or (Path(args.out).stem if args.out else "")
+    urls = args.base_url or [LoadSpec().base_url]
     return LoadSpec(
-        base_url=args.base_url, model=args.model, clients=args.clients, rate=args.rate,
+        base_url=urls[0], base_urls=urls if len(urls) > 1 else [], model=args.model,
+        clients=args.clients, rate=args.rate,
         requests=args.requests, duration=args.duration, stream=args.stream,
         max_tokens=args.max_tokens, prompt_chars=args.prompt_chars, mix=mix,
         timeout=args.timeout, upstream_metrics=args.upstream_metrics,
