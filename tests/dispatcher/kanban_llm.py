@@ -120,12 +120,12 @@ async def mock_answers_tool_calls(mock_url: str) -> bool:
         "messages": [{"role": "user", "content": "work kanban task t_1"}],
         "tools": [{"type": "function", "function": {"name": TOOL, "parameters": {}}}],
     }
-    async with aiohttp.ClientSession() as session:
-        async with session.post(mock_url + "/v1/chat/completions", json=body,
-                                headers={TOOL_HEADER: TOOL}) as resp:
-            if resp.status != 200:
-                return False
-            doc = await resp.json(content_type=None)
+    async with aiohttp.ClientSession() as session, session.post(
+        mock_url + "/v1/chat/completions", json=body, headers={TOOL_HEADER: TOOL}
+    ) as resp:
+        if resp.status != 200:
+            return False
+        doc = await resp.json(content_type=None)
     try:
         calls = doc["choices"][0]["message"].get("tool_calls") or []
     except (KeyError, IndexError, TypeError, AttributeError):

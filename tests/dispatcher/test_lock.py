@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,22 +37,23 @@ async def test_file_lock_is_exclusive_and_released(tmp_path: Path) -> None:
 async def test_file_lock_goes_with_a_dead_holder(tmp_path: Path) -> None:
     """A crashed companion never leaves a board locked: the kernel drops its flock."""
     path = tmp_path / "b.lock"
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, os, sys, time\n"
-         f"fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT)\n"
-         "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-         "print('locked', flush=True)\n"
-         "time.sleep(60)\n"],
-        stdout=subprocess.PIPE,
+    script = (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(60)\n"
     )
+    holder = await asyncio.create_subprocess_exec(sys.executable, "-c", script,
+                                                  stdout=asyncio.subprocess.PIPE)
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        assert holder.stdout is not None
+        assert await holder.stdout.readline() == b"locked\n"
         lock = FileLock(path)
         assert not await lock.acquire()
     finally:
         holder.kill()
-        holder.wait()
+        await holder.wait()
     assert await lock.acquire()
     await lock.release()
 

@@ -309,7 +309,7 @@ async def test_status_endpoints(aiohttp_client: Any) -> None:
 
 
 async def test_run_stops_on_the_event() -> None:
-    d, hermes, _, _ = make({"a": {"ready": 1}})
+    d, _, _, _ = make({"a": {"ready": 1}})
     d.settings = DispatchSettings(max_running=6, marks=Watermarks(8, 2), interval_s=0.05,
                                   semantics=MaxSemantics.RUNNING)
     await d.start()
