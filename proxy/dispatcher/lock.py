@@ -155,7 +155,11 @@ class BoardLocks:
         self.owned: set[str] = set()
 
     async def claim(self, boards: Iterable[str]) -> tuple[set[str], set[str]]:
-        """Acquire or renew the locks of ``boards``: (boards we own, boards another holds)."""
+        """Acquire or renew the locks of ``boards``: (boards we own, boards another holds).
+
+        Errors of the lock store (Redis unreachable) propagate: the tick then dispatches
+        nothing.
+        """
         taken: set[str] = set()
         for slug in boards:
             lock = self._locks.get(slug)
@@ -174,14 +178,22 @@ class BoardLocks:
         return {s for s in boards if s in self.owned}, taken
 
     async def still_owned(self, slug: str) -> bool:
-        """Checked right before a dispatch call: renew, and forget the board if it was lost."""
+        """Checked right before a dispatch call: renew, and forget the board if it was lost.
+
+        A lock that cannot be renewed (Redis unreachable) counts as lost: better to skip a
+        board than to dispatch it beside a companion that may have taken it over.
+        """
         lock = self._locks.get(slug)
         if lock is None or slug not in self.owned:
             return False
-        if await lock.renew():
-            return True
+        try:
+            if await lock.renew():
+                return True
+            why = "lost"
+        except Exception as exc:  # noqa: BLE001 - any failure to renew means "not ours"
+            why = f"could not renew ({type(exc).__name__}: {exc})"
         self.owned.discard(slug)
-        log.warning("lost dispatch lock for board %s (%s)", slug, lock.description)
+        log.warning("dispatch lock for board %s %s (%s)", slug, why, lock.description)
         return False
 
     async def renew_forever(self, every_s: float) -> None:

@@ -239,7 +239,12 @@ class Dispatcher:
             self.metrics.hermes_failures.labels(command="boards").inc()
             return
         selected = self._select(counts, report)
-        owned, taken = await self.locks.claim(selected)
+        try:
+            owned, taken = await self.locks.claim(selected)
+        except Exception as exc:  # noqa: BLE001 - e.g. Redis down: dispatch nothing
+            report.error = "; ".join(filter(None, [report.error, f"locks: {exc}"]))
+            report.decision = "board locks unavailable: skipped"
+            return
         for slug in selected:
             c = counts[slug]
             report.boards[slug] = BoardTick(running=c.running, ready=c.ready, todo=c.todo)

@@ -319,3 +319,35 @@ async def test_run_stops_on_the_event() -> None:
     stop.set()
     await asyncio.wait_for(task, 2)
     assert d.last is not None and d.last.number >= 2
+
+
+class BrokenLock:
+    """A lock store that is down (Redis unreachable)."""
+
+    description = "redis key (down)"
+
+    async def acquire(self) -> bool:
+        raise ConnectionError("Error 111 connecting to redis")
+
+    async def renew(self) -> bool:
+        raise ConnectionError("Error 111 connecting to redis")
+
+    async def release(self) -> None:
+        return None
+
+
+async def test_unreachable_lock_store_dispatches_nothing() -> None:
+    d, hermes, _, _ = make({"a": {"ready": 5}})
+    d.locks = BoardLocks(lambda slug: BrokenLock())
+    await d.start()
+    report = await d.tick()
+    assert not report.ok and "locks:" in (report.error or "") and hermes.calls == []
+
+
+async def test_a_lock_that_cannot_be_renewed_counts_as_lost() -> None:
+    d, _, _, _ = make({"a": {"ready": 5}})
+    await d.start()
+    await d.locks.claim(["a"])
+    d.locks._locks["a"] = BrokenLock()  # the store goes down after the board was taken
+    assert not await d.locks.still_owned("a")
+    assert d.locks.owned == set()
