@@ -20,6 +20,8 @@ def _subcommands() -> tuple[tuple[str, str, str], ...]:
         ("report", "loadtest.report", "summarise result files as Markdown and PNG plots"),
         ("scenario", "loadtest.scenario", "run benchmark scenario files (servers + load phases)"),
         ("demo", "loadtest.demo", "start a mock LLM and the proxy, overload it, watch the cap"),
+        ("passthrough", "loadtest.passthrough",
+         "the thinnest aiohttp reverse proxy (a floor for overhead benchmarks)"),
         ("soak", "loadtest.soak", "bounded soak: mixed load and faults, RSS and leaked permits"),
     )
 

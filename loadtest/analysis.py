@@ -186,6 +186,14 @@ def _overhead(scenario: Scenario, runs: Sequence[RunRecord], f: Findings) -> Non
             f.numbers[f"{phase.name}.{target}.rps_vs_direct"] = ratio
             rps = median(_goodput()(r) for r in _select(runs, phase.name, target))
             f.add(f"{phase.name}: {target} req/s vs direct", f"{_num(rps)} req/s = {_pct(ratio)}")
+        if "passthrough" in targets:
+            for target in targets:
+                if target in scenario.proxies:
+                    extra = _per_repeat(runs, phase.name, target, "passthrough", server_cpu_ms,
+                                        _diff)
+                    f.numbers[f"{phase.name}.{target}.cpu_ms_above_floor"] = extra
+                    f.add(f"{phase.name}: {target} CPU per request above the aiohttp floor",
+                          f"{_num(extra, '.3f')} ms (llm-throttle's own work)")
         direct = median(_goodput()(r) for r in _select(runs, phase.name, "direct"))
         if direct is not None:
             f.numbers[f"{phase.name}.direct.rps"] = direct

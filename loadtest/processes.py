@@ -253,6 +253,15 @@ class ServiceGroup:
         await self._wait_http(service, "/healthz")
         return service
 
+    async def start_passthrough(self, upstream: str, name: str = "passthrough") -> Service:
+        """The thinnest aiohttp reverse proxy (:mod:`loadtest.passthrough`): a CPU floor."""
+        port = free_port()
+        service = self._spawn(
+            name, [sys.executable, "-m", "loadtest", "passthrough", "--upstream", upstream,
+                   "--port", str(port)], f"http://127.0.0.1:{port}")
+        await self._wait_http(service, "/health")
+        return service
+
     async def start_nginx(self, upstream: str, name: str = "nginx") -> Service:
         """nginx as a plain reverse proxy (buffering off, keep-alive upstream), one worker."""
         binary = find_nginx()

@@ -9,6 +9,7 @@ A scenario YAML names the servers to start and the load phases to run against ea
     mock: {batch_size: 4, ttft_s: 0.02}      # MockLLMConfig fields
     smoke_mock: {tpot_s: 0.001}   # mock overrides under --smoke
     nginx: false                  # start nginx (plain reverse proxy) as the 'nginx' target
+    passthrough: false            # start the thinnest aiohttp proxy as the 'passthrough' target
     redis: false                  # start redis-server; proxies see its URL as ${REDIS_URL}
     proxies:                      # each key is a target name
       proxy:
@@ -62,7 +63,7 @@ from loadtest.processes import (
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 DEFAULT_OUT = Path("loadtest/results")
-DIRECT, NGINX = "direct", "nginx"
+DIRECT, NGINX, PASSTHROUGH = "direct", "nginx", "passthrough"
 ANALYSES = ("overhead", "streaming", "overload", "priority", "multihost")
 
 #: LoadSpec fields a scenario may set (the runner fills in URLs, sampling and labels)
@@ -115,6 +116,7 @@ class Scenario:
     nginx: bool = False
     redis: bool = False
     repeat: int = 1
+    passthrough: bool = False
     targets: dict[str, float] = field(default_factory=dict)
     smoke_mock: dict[str, Any] = field(default_factory=dict)
 
@@ -127,7 +129,7 @@ class Scenario:
         )
         return Scenario(self.name, self.title, self.description, self.analysis, self.path,
                         {**self.mock, **self.smoke_mock}, phases, self.proxies, self.nginx,
-                        self.redis, 1, self.targets, self.smoke_mock)
+                        self.redis, 1, self.targets, self.smoke_mock, self.passthrough)
 
 
 def _smoke_load(load: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -183,7 +185,7 @@ def parse_scenario(data: Any, path: Path) -> Scenario:
     problems: list[str] = []
     top = _mapping(data, "(top level)", problems)
     known_top = {"name", "title", "description", "analysis", "repeat", "mock", "smoke_mock",
-                 "nginx", "redis", "proxies", "targets", "phases"}
+                 "nginx", "redis", "passthrough", "proxies", "targets", "phases"}
     for key in top:
         if key not in known_top:
             problems.append(f"{key}: unknown key")
@@ -208,7 +210,7 @@ def parse_scenario(data: Any, path: Path) -> Scenario:
     for pname, entry in _mapping(top.get("proxies"), "proxies", problems).items():
         where = f"proxies.{pname}"
         entry = _mapping(entry, where, problems)
-        if pname in (DIRECT, NGINX):
+        if pname in (DIRECT, NGINX, PASSTHROUGH):
             problems.append(f"{where}: '{pname}' is a reserved target name")
         for key in entry:
             if key not in ("config", "replicas"):
@@ -226,7 +228,9 @@ def parse_scenario(data: Any, path: Path) -> Scenario:
 
     nginx = bool(top.get("nginx", False))
     redis = bool(top.get("redis", False))
-    valid_targets = {DIRECT, *proxies} | ({NGINX} if nginx else set())
+    passthrough = bool(top.get("passthrough", False))
+    valid_targets = {DIRECT, *proxies} | ({NGINX} if nginx else set()) | (
+        {PASSTHROUGH} if passthrough else set())
     phases: list[Phase] = []
     raw_phases = top.get("phases")
     if not isinstance(raw_phases, list) or not raw_phases:
@@ -280,7 +284,8 @@ def parse_scenario(data: Any, path: Path) -> Scenario:
         name=name, title=str(top.get("title") or name), description=str(
             top.get("description") or "").strip(), analysis=str(analysis), path=path, mock=mock,
         phases=tuple(phases), proxies=proxies, nginx=nginx, redis=redis, repeat=repeat,
-        targets={k: float(v) for k, v in targets_cfg.items()}, smoke_mock=smoke_mock)
+        targets={k: float(v) for k, v in targets_cfg.items()}, smoke_mock=smoke_mock,
+        passthrough=passthrough)
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -434,6 +439,9 @@ async def run_scenario(scenario: Scenario, out_dir: Path, *, smoke: bool = False
         if with_nginx:
             nginx = await group.start_nginx(mock.url)
             servers[NGINX], urls[NGINX] = [nginx], [nginx.url + "/v1"]
+        if scenario.passthrough:
+            floor = await group.start_passthrough(mock.url)
+            servers[PASSTHROUGH], urls[PASSTHROUGH] = [floor], [floor.url + "/v1"]
         env = {"MOCK_URL": mock.url}
         if scenario.redis:
             env["REDIS_URL"] = (await group.start_redis()).url

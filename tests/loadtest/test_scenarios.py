@@ -160,7 +160,7 @@ async def test_overhead_smoke(tmp_path: Path) -> None:
     result = await run_scenario(scenario, tmp_path / "out", smoke=True, log=lambda _: None)
     assert result.skipped is None
     targets = [r.target for r in result.runs]
-    assert targets == (["direct", "nginx", "proxy"] if find_nginx() else ["direct", "proxy"])
+    assert targets == ["direct", *(["nginx"] if find_nginx() else []), "passthrough", "proxy"]
     for run in result.runs:
         summary = run.loads["main"]
         assert summary["ok"] == summary["count"] > 0
