@@ -50,7 +50,9 @@ def _num(value: float | None, fmt: str = ".1f") -> str:
 
 
 def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.1f}%"
+    if value is None:
+        return "-"
+    return f"{value:.1f}x" if value >= 3 else f"{value * 100:.1f}%"
 
 
 def _select(runs: Sequence[RunRecord], phase: str, target: str | None = None) -> list[RunRecord]:
@@ -92,6 +94,20 @@ def _per_repeat(runs: Sequence[RunRecord], phase: str, target: str, base: str,
         a, b = value(run), value(base_runs[0])
         if a is not None and b is not None:
             out.append(combine(a, b))
+    return median(out)
+
+
+def _against(runs: Sequence[RunRecord], phase: str, target: str, base_phase: str,
+             base_target: str, value: Callable[[RunRecord], float | None],
+             base_value: Callable[[RunRecord], float | None] | None = None) -> float | None:
+    """Median over repeats of value(run) / base_value(the base phase's run, same repeat)."""
+    base_value = base_value or value
+    out = []
+    for run in _select(runs, phase, target):
+        base = [b for b in _select(runs, base_phase, base_target) if b.repeat == run.repeat]
+        a, b = value(run), base_value(base[0]) if base else None
+        if a is not None and b:
+            out.append(a / b)
     return median(out)
 
 
@@ -249,7 +265,7 @@ def _overload(scenario: Scenario, runs: Sequence[RunRecord], f: Findings) -> Non
         sel = _select(runs, "overload", target)
         is_proxy = target in scenario.proxies
         goodput = median(_goodput()(r) for r in sel)
-        share = goodput / capacity if goodput is not None and capacity else None
+        share = _against(runs, "overload", target, "unloaded", "direct", _goodput())
         f.numbers[f"{target}.goodput_rps"] = goodput
         f.numbers[f"{target}.goodput_vs_capacity"] = share
         f.check(f"{target}: goodput under 10x overload", share,
@@ -266,7 +282,8 @@ def _overload(scenario: Scenario, runs: Sequence[RunRecord], f: Findings) -> Non
                 0 if is_proxy else None, at_most=True, target_text="0", hard=True)
         service = median(_service_summary(r).get("p50") for r in sel)
         service99 = median(_service_summary(r).get("p99") for r in sel)
-        ratio = service / base_service if service is not None and base_service else None
+        ratio = _against(runs, "overload", target, "unloaded", "direct",
+                         lambda r: _service_summary(r).get("p50"))
         f.numbers[f"{target}.service_p50_vs_unloaded"] = ratio
         f.check(f"{target}: service time p50 / p99 at the mock (no queue wait)",
                 ratio, f"{_ms(service)} / {_ms(service99)} ms = {_pct(ratio)} of unloaded",
@@ -275,7 +292,9 @@ def _overload(scenario: Scenario, runs: Sequence[RunRecord], f: Findings) -> Non
         client_service = median((_load(r, None).get("service") or {}).get("p50") for r in sel)
         if is_proxy:
             if client_service is not None and base_latency:
-                c_ratio = client_service / base_latency
+                c_ratio = _against(runs, "overload", target, "unloaded", "direct",
+                                   lambda r: (_load(r, None).get("service") or {}).get("p50"),
+                                   _stat("latency", "p50")) or 0.0
                 f.numbers[f"{target}.client_service_p50_vs_unloaded"] = c_ratio
                 f.check(f"{target}: service time p50 at the client (latency - queue wait)",
                         c_ratio, f"{_ms(client_service)} ms = {_pct(c_ratio)} of unloaded",
@@ -338,7 +357,7 @@ def _multihost(scenario: Scenario, runs: Sequence[RunRecord], f: Findings) -> No
         sel = _select(runs, "overload", target)
         goodput = median(_goodput()(r) for r in sel)
         f.numbers[f"{target}.goodput_rps"] = goodput
-        share = goodput / capacity if goodput is not None and capacity else None
+        share = _against(runs, "overload", target, "unloaded", "direct", _goodput())
         f.add(f"{target}: goodput", f"{_num(goodput)} req/s"
               + (f" = {_pct(share)} of capacity" if share is not None else ""))
         p99 = median(_stat("latency", "p99")(r) for r in sel)
