@@ -1,13 +1,15 @@
 """Where the dispatcher learns how far behind the GPUs are: the proxy's queued requests.
 
-The source is a small interface so a Redis reader (the shared queue-depth hash) can stand in
-for the HTTP one without touching the loop. :func:`backlog_from_status` is the pure parser of
+The source is a small interface with two implementations: one proxy's ``GET /throttle/status``,
+or the same document built straight from the proxies' shared Redis store (no proxy in the
+path, the whole pool's queue). :func:`backlog_from_status` is the pure parser of
 ``GET /throttle/status``; it refuses documents it does not understand rather than reading a
 missing number as zero, because a zero backlog means "spawn".
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -48,6 +50,9 @@ def backlog_from_status(doc: Any, models: Sequence[str] | None = None) -> Backlo
     if not isinstance(doc, Mapping):
         raise BacklogError("status document is not a JSON object")
     degraded = bool(doc.get("degraded", False))
+    if doc.get("hosts") == 0:
+        # A pool no proxy has registered in (a wrong Redis URL or key prefix) reads as empty.
+        raise BacklogError("no proxy host in the status (hosts: 0): wrong Redis URL or prefix?")
     if not models:
         queue = doc.get("queue")
         if not isinstance(queue, Mapping) or "depth" not in queue:
@@ -116,3 +121,30 @@ class HttpStatusBacklog:
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class RedisStatusBacklog:
+    """Reads the pool's status document from the shared Redis store, as
+    ``llm-throttle status --redis`` does: every proxy host's queue, one round trip."""
+
+    def __init__(self, url: str, models: Sequence[str] | None = None, *,
+                 key_prefix: str = "llmthrottle", timeout_s: float = 5.0) -> None:
+        self.url = url
+        self.models = tuple(models or ())
+        self.key_prefix = key_prefix
+        self.timeout_s = timeout_s
+
+    async def read(self) -> Backlog:
+        try:
+            from ..limits.redis_status import read_status_document
+        except ImportError as exc:
+            raise BacklogError(f"the Redis store reader is not available: {exc}") from exc
+        try:
+            doc = await asyncio.wait_for(
+                read_status_document(self.url, key_prefix=self.key_prefix), self.timeout_s)
+        except Exception as exc:  # whatever Redis says, the backlog is unknown
+            raise BacklogError(f"redis status: {type(exc).__name__}: {exc}") from exc
+        return backlog_from_status(doc, self.models)
+
+    async def close(self) -> None:
+        return None

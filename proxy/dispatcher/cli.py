@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .backlog import HttpStatusBacklog
+from .backlog import BacklogSource, HttpStatusBacklog, RedisStatusBacklog
 from .hermes import BoardProbe, HermesCLI, MaxSemantics, SQLiteProbe, kanban_root
 from .lock import (
     GATEWAY_LOCK,
@@ -75,8 +75,9 @@ def _regex(text: str) -> re.Pattern[str]:
 def add_dispatch_arguments(parser: argparse.ArgumentParser) -> None:
     """Every flag of ``llm-throttle dispatch`` (documented in docs/dispatcher.md)."""
     src = parser.add_argument_group("backlog source")
-    src.add_argument("--status-url", default=DEFAULT_STATUS_URL, metavar="URL",
-                     help="the proxy's JSON status (default: %(default)s)")
+    src.add_argument("--status-url", metavar="URL",
+                     help=f"the proxy's JSON status (default: {DEFAULT_STATUS_URL}, or the "
+                     "Redis store when --redis is given)")
     src.add_argument("--status-key", default=os.environ.get("LLM_THROTTLE_ADMIN_KEY"),
                      metavar="KEY", help="bearer key for the status URL "
                      "(default: $LLM_THROTTLE_ADMIN_KEY)")
@@ -84,8 +85,11 @@ def add_dispatch_arguments(parser: argparse.ArgumentParser) -> None:
                      help="models the boards' workers use; backlog = their queued requests "
                      "(default: the proxy's whole queue depth)")
     src.add_argument("--redis", metavar="URL",
-                     help="Redis shared with the proxies: board locks live there, so "
+                     help="the Redis store shared by the proxies: the backlog is read from it "
+                     "(unless --status-url is given) and the board locks live there, so "
                      "companions on several hosts exclude each other")
+    src.add_argument("--redis-key-prefix", default="llmthrottle", metavar="PREFIX",
+                     help="the proxies' redis.key_prefix (default: %(default)s)")
 
     pol = parser.add_argument_group("policy")
     pol.add_argument("--boards", default="all", metavar="all|A,B",
@@ -124,8 +128,9 @@ def add_dispatch_arguments(parser: argparse.ArgumentParser) -> None:
     lck.add_argument("--lock-dir", metavar="DIR",
                      help="where the per-board lock files live "
                      "(default: <kanban root>/kanban/llm-throttle-dispatch)")
-    lck.add_argument("--lock-prefix", default="{llmthrottle}:dispatch-lock", metavar="KEY",
-                     help="Redis key prefix of board locks (default: %(default)s)")
+    lck.add_argument("--lock-prefix", metavar="KEY",
+                     help="Redis key prefix of board locks (default: "
+                     "{<redis key prefix>}:dispatch-lock)")
     lck.add_argument("--lock-ttl", type=_seconds, default=60.0, metavar="S",
                      help="Redis lock TTL; renewed every third of it (default: %(default)s)")
     lck.add_argument("--hold-gateway-lock", action="store_true",
@@ -189,7 +194,12 @@ async def _main(args: argparse.Namespace) -> int:
     hermes = HermesCLI(args.hermes, timeout_s=args.hermes_timeout, env=env,
                        ignore_stderr=args.ignore_stderr)
     probe: BoardProbe = SQLiteProbe(root) if args.probe == "sqlite" else hermes
-    backlog = HttpStatusBacklog(args.status_url, args.models, api_key=args.status_key)
+    backlog: BacklogSource
+    if args.redis and not args.status_url:
+        backlog = RedisStatusBacklog(args.redis, args.models, key_prefix=args.redis_key_prefix)
+    else:
+        backlog = HttpStatusBacklog(args.status_url or DEFAULT_STATUS_URL, args.models,
+                                    api_key=args.status_key)
 
     redis_client = None
     if args.dry_run:
@@ -198,7 +208,8 @@ async def _main(args: argparse.Namespace) -> int:
         import redis.asyncio as aioredis
 
         redis_client = aioredis.from_url(args.redis)
-        locks = BoardLocks(redis_lock_factory(redis_client, args.lock_prefix, args.lock_ttl))
+        prefix = args.lock_prefix or f"{{{args.redis_key_prefix}}}:dispatch-lock"
+        locks = BoardLocks(redis_lock_factory(redis_client, prefix, args.lock_ttl))
     else:
         lock_dir = Path(args.lock_dir) if args.lock_dir else root / "kanban" / \
             "llm-throttle-dispatch"

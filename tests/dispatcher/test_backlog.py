@@ -11,7 +11,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.dispatcher.backlog import BacklogError, HttpStatusBacklog, backlog_from_status
+from proxy.dispatcher.backlog import (
+    BacklogError,
+    HttpStatusBacklog,
+    RedisStatusBacklog,
+    backlog_from_status,
+)
 
 STATUS: dict[str, Any] = {
     "store": "memory",
@@ -83,6 +88,13 @@ def test_a_bad_model_entry_is_an_error_not_zero(
     mutate(doc)
     with pytest.raises(BacklogError):
         backlog_from_status(doc, ["qwen"])
+
+
+def test_a_pool_without_hosts_is_an_error_not_zero() -> None:
+    """An empty Redis pool (wrong URL or prefix) must not read as "the GPUs are idle"."""
+    with pytest.raises(BacklogError, match="hosts: 0"):
+        backlog_from_status({**STATUS, "hosts": 0})
+    assert backlog_from_status({**STATUS, "hosts": 2}).queued == 5
 
 
 def test_not_an_object() -> None:
@@ -174,3 +186,26 @@ async def test_connection_refused_raises(unused_tcp_port: int) -> None:
             await source.read()
     finally:
         await source.close()
+
+
+async def test_redis_source_reads_the_pool_document(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Redis reader is the proxies' own status builder; only the plumbing is ours."""
+    redis_status = pytest.importorskip("proxy.limits.redis_status")
+    seen: list[tuple[str, str]] = []
+
+    async def read_status_document(url: str, key_prefix: str = "llmthrottle") -> dict[str, Any]:
+        seen.append((url, key_prefix))
+        return STATUS
+
+    monkeypatch.setattr(redis_status, "read_status_document", read_status_document)
+    source = RedisStatusBacklog("redis://h:6379/0", ["qwen"], key_prefix="pool")
+    assert (await source.read()).queued == 3
+    assert seen == [("redis://h:6379/0", "pool")]
+
+
+async def test_redis_source_failures_raise(dispatch_redis_url: str) -> None:
+    pytest.importorskip("proxy.limits.redis_status")
+    # A reachable Redis that no proxy has written to, then no Redis at all.
+    for url in (dispatch_redis_url, "redis://127.0.0.1:9/0"):
+        with pytest.raises(BacklogError):
+            await RedisStatusBacklog(url, timeout_s=2).read()
