@@ -305,6 +305,7 @@ class Dispatcher:
             else:
                 continue
             if self.settings.dry_run:
+                self._last_pass[slug] = now  # as if it ran, so the printout stays realistic
                 continue
             if not await self.locks.still_owned(slug):
                 board.skipped, board.max_arg = "lock lost before dispatch", None

@@ -239,13 +239,24 @@ async def test_a_failed_maintenance_pass_is_retried_next_tick() -> None:
     assert hermes.calls == [("a", 0), ("a", 0)]
 
 
-async def test_dry_run_calls_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_dry_run_calls_nothing() -> None:
     d, hermes, _, _ = make({"a": {"running": 1, "ready": 5}}, dry_run=True)
     await d.start()
     report = await d.tick()
     assert hermes.calls == []
     assert report.boards["a"].max_arg == 6 and report.dry_run
     assert "would_dispatch_max=a:6" in report.log_line()
+
+
+async def test_dry_run_shows_maintenance_once_a_minute_too() -> None:
+    d, hermes, _, clock = make({"a": {"running": 1}}, dry_run=True)
+    await d.start()
+    shown = []
+    for _ in range(7):
+        report = await d.tick()
+        shown.append(report.boards["a"].maintenance)
+        clock.now += 10
+    assert shown == [True, False, False, False, False, False, True] and hermes.calls == []
 
 
 async def test_boards_locked_elsewhere_count_but_are_not_dispatched() -> None:
