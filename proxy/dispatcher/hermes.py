@@ -228,11 +228,12 @@ class HermesCLI:
                 raise HermesError(self._argv(argv), f"returned bad counts: {counts!r}")
             if entry.get("archived"):
                 continue
+            try:
+                by_status = {str(k): int(v) for k, v in counts.items()}
+            except (TypeError, ValueError):
+                raise HermesError(self._argv(argv), f"returned bad counts: {counts!r}") from None
             boards[entry["slug"]] = BoardCounts(
-                slug=entry["slug"],
-                by_status={str(k): int(v) for k, v in counts.items()},
-                db_path=entry.get("db_path"),
-            )
+                slug=entry["slug"], by_status=by_status, db_path=entry.get("db_path"))
         return boards
 
     async def dispatch(self, board: str, max_spawn: int) -> DispatchOutcome:
@@ -243,15 +244,14 @@ class HermesCLI:
         spawned = tuple(
             str(s.get("task_id")) if isinstance(s, dict) else str(s) for s in doc["spawned"]
         )
-        return DispatchOutcome(
-            board=board,
-            max_arg=max_spawn,
-            spawned=spawned,
-            reclaimed=int(doc.get("reclaimed") or 0),
-            crashed=tuple(str(c) for c in doc.get("crashed") or ()),
-            promoted=int(doc.get("promoted") or 0),
-            raw=doc,
-        )
+        try:
+            reclaimed, promoted = int(doc.get("reclaimed") or 0), int(doc.get("promoted") or 0)
+            crashed = tuple(str(c) for c in doc.get("crashed") or ())
+        except (TypeError, ValueError):
+            # The spawns happened; a malformed side field must not hide them.
+            reclaimed, promoted, crashed = 0, 0, ()
+        return DispatchOutcome(board=board, max_arg=max_spawn, spawned=spawned,
+                               reclaimed=reclaimed, crashed=crashed, promoted=promoted, raw=doc)
 
     def command_line(self, args: Sequence[str]) -> str:
         return " ".join(self._argv(args))
