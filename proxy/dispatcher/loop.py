@@ -190,8 +190,8 @@ class Dispatcher:
             self.version = await self.hermes.version()
         except HermesError as exc:
             self.semantics = MaxSemantics.SPAWNS
-            self.add_warning(f"cannot tell the Hermes version ({exc}); passing --max as a per-pass "
-                       "spawn cap, which never over-spawns but may under-fill")
+            self.add_warning(f"cannot tell the Hermes version ({exc}); passing --max as a "
+                             "per-pass spawn cap, which never over-spawns but may under-fill")
             return
         self.semantics = self.version.max_semantics
         log.info("hermes %s: dispatch --max caps %s", self.version,
