@@ -25,7 +25,7 @@ import random
 import subprocess
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,11 @@ class SoakResult:
         doc["permits_outstanding"] = self.permits_outstanding
         doc["rss_mib"] = self.rss_mib()
         return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> SoakResult:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in names})
 
 
 # -- one request -------------------------------------------------------------------------------
@@ -457,7 +462,7 @@ def write_plot(result: SoakResult, path: Path) -> Path:
                                       gridspec_kw={"height_ratios": [2, 1]})
     top.plot(minutes, [s["rss_kib"] / 1024 for s in samples], color="tab:blue")
     top.set_ylabel("proxy RSS (MiB)")
-    top.set_ylim(bottom=0)
+    top.set_ylim(0, max((s["rss_kib"] / 1024 for s in samples), default=1) * 1.15)
     top.grid(alpha=0.3)
     top.set_title(f"llm-throttle soak: {result.spec['rate']:g} req/s for "
                   f"{result.spec['minutes']:g} min, store={result.spec['store']}")
@@ -508,6 +513,59 @@ def markdown_summary(result: SoakResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def command_line(spec: dict[str, Any]) -> str:
+    """The command that runs ``spec`` (its output folder relative to here when inside)."""
+    out = Path(spec["out"])
+    try:
+        out = out.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    store = "" if spec["store"] == "memory" else f" --store {spec['store']}"
+    return (f"python -m loadtest soak --minutes {spec['minutes']:g} --rate {spec['rate']:g}"
+            f"{store} --out {out}")
+
+
+def report_section(result: SoakResult, image: str) -> str:
+    """The page section: what runs, the exact command, the figures, the RSS plot."""
+    spec = result.spec
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(result.started_at))
+    return "\n".join([
+        "## Soak",
+        "",
+        (f"{spec['minutes']:g} minutes of mixed open-loop load through `llm-throttle serve` in "
+         f"front of the mock LLM (both subprocesses): plain and streamed chat calls, clients "
+         f"that leave while queued or mid-stream, upstream faults (die mid-stream, hang past a "
+         f"{spec['upstream_read_timeout_s']:g} s upstream read timeout, 429, 503) and a share "
+         f"of bad input (invalid JSON, wrong types, unknown model, bad key, a body over the "
+         f"limit). The proxy's RSS, open descriptors and `/throttle/status` are sampled every "
+         f"{spec['sample_interval_s']:g} s; after the load the proxy drains and every permit "
+         f"must be back. An outcome outside what its request kind allows is *unexpected*."),
+        "",
+        f"Command (run {started}; not part of CI):",
+        "",
+        "```",
+        command_line(spec),
+        "```",
+        "",
+        markdown_summary(result).rstrip(),
+        "",
+        f"![proxy RSS, in flight, queue and open descriptors over the soak]({image})",
+    ]) + "\n"
+
+
+def write_report(result: SoakResult, page: Path, png: Path) -> Path:
+    """Copy the plot to ``img/`` beside ``page`` and splice the soak section into it."""
+    from loadtest.analysis import splice  # the page's section markers, shared with scenarios
+
+    img = page.parent / "img" / "soak-rss.png"
+    img.parent.mkdir(parents=True, exist_ok=True)
+    img.write_bytes(png.read_bytes())
+    section = report_section(result, str(img.relative_to(page.parent)))
+    page_text = page.read_text() if page.exists() else "# Benchmarks\n"  # read just before
+    page.write_text(splice(page_text, "soak", section))
+    return page
+
+
 def write_outputs(result: SoakResult, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "soak.json"
@@ -531,6 +589,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="seconds between RSS and status samples")
     parser.add_argument("--max-in-flight", type=int, default=defaults.max_in_flight)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--report", type=Path, metavar="PAGE",
+                        help="splice a Soak section into this Markdown page (plot to img/)")
+    parser.add_argument("--from-json", type=Path, metavar="SOAK_JSON",
+                        help="do not run: re-render the outputs of an earlier soak.json")
 
 
 def spec_from_args(args: argparse.Namespace) -> SoakSpec:
@@ -548,8 +610,15 @@ def passed(result: SoakResult) -> bool:
 def cli_main(args: argparse.Namespace) -> int:
     """Exit 0 when :func:`passed`, 1 otherwise (the summary says why)."""
     spec = spec_from_args(args)
-    result = asyncio.run(run_soak(spec))
-    paths = write_outputs(result, Path(spec.out))
+    if args.from_json:
+        result = SoakResult.from_json(json.loads(args.from_json.read_text()))
+        out = args.from_json.parent
+    else:
+        result = asyncio.run(run_soak(spec))
+        out = Path(spec.out)
+    paths = write_outputs(result, out)
+    if args.report:
+        paths.append(write_report(result, args.report, out / "soak-rss.png"))
     print(markdown_summary(result))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0 if passed(result) else 1

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from loadtest.soak import SoakSpec, held_permits, log_errors, run_soak, write_outputs
+from loadtest.soak import (
+    SoakResult,
+    SoakSpec,
+    held_permits,
+    log_errors,
+    run_soak,
+    write_outputs,
+    write_report,
+)
 
 
 def test_held_permits_reads_every_group_and_the_queue() -> None:
@@ -32,6 +41,28 @@ def test_log_errors_counts_tracebacks_by_message_and_exception() -> None:
     )
     assert log_errors(log) == {"ERROR aiohttp.server: Error handling request -> "
                                "ValueError: boom": 1}
+
+
+def test_report_replaces_only_its_own_section(tmp_path: Path) -> None:
+    spec = {**asdict(SoakSpec(minutes=30, rate=20)), "out": str(Path.cwd() / "results/soak")}
+    result = SoakResult(spec=spec, machine={"cpu": "cpu", "cores": 2, "python": "3.11",
+                                            "commit": "abc", "dirty": False},
+                        started_at=0.0, elapsed_s=1800.0, requests=10,
+                        by_cause={"200": 9, "client left (planned)": 1},
+                        samples=[{"t": 0, "rss_kib": 40_000}, {"t": 1800, "rss_kib": 41_000}])
+    out = tmp_path / "out"
+    png = next(p for p in write_outputs(result, out) if p.suffix == ".png")
+    page = tmp_path / "docs" / "benchmarks.md"
+    page.parent.mkdir()
+    other = "<!-- loadtest:overload begin -->\n## Overload\nkept\n<!-- loadtest:overload end -->"
+    page.write_text("# Benchmarks\n\n" + other + "\n")
+    for _ in range(2):  # a second run replaces the section, it does not append another
+        write_report(result, page, png)
+    text = page.read_text()
+    assert other in text and text.count("## Soak") == 1
+    assert "python -m loadtest soak --minutes 30 --rate 20 --out results/soak" in text
+    assert "Proxy RSS: start 39.1 MiB, end 40.0 MiB, max 40.0 MiB" in text
+    assert "](img/soak-rss.png)" in text and (page.parent / "img" / "soak-rss.png").exists()
 
 
 @pytest.mark.slow
