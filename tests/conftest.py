@@ -8,7 +8,7 @@ assertions passed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -16,9 +16,15 @@ import pytest
 from loadtest.mock_llm import MockLLM, MockLLMConfig
 from proxy.app import RunningProxy, start_proxy
 from proxy.config import parse_config
+from tests.redis_server import RedisServer, redis_server_binary
 
 #: stores every admission test runs against (the Redis store adds "redis")
-STORES = ["memory"]
+STORES: list[Any] = ["memory"]
+if redis_server_binary() is not None:
+    STORES.append("redis")
+else:
+    STORES.append(pytest.param("redis", marks=pytest.mark.skip(
+        reason="redis-server not found on PATH (apt-get install redis-server)")))
 
 MockFactory = Callable[..., Awaitable[MockLLM]]
 ProxyFactory = Callable[..., Awaitable[RunningProxy]]
@@ -44,6 +50,28 @@ async def mock_llm() -> AsyncIterator[MockFactory]:
 def store_kind(request: pytest.FixtureRequest) -> str:
     """Parametrizes a test over every store; tests that ask for it run once per store."""
     return request.param
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One ``redis-server`` for the session, on a free port; tests may kill or restart it."""
+    if redis_server_binary() is None:
+        pytest.skip("redis-server not found on PATH (apt-get install redis-server)")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_store_url(redis_server: RedisServer) -> str:
+    """The session Redis, running and emptied, declared freshly deployed (no recovery pause)."""
+    from proxy.limits.redis import mark_fresh
+
+    redis_server.start()  # a previous test may have stopped it
+    redis_server.flushall()
+    mark_fresh(redis_server.url)
+    return redis_server.url
 
 
 def _store_setting(request: pytest.FixtureRequest) -> str:

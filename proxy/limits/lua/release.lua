@@ -1,0 +1,34 @@
+-- release.lua: give a request's permits back, settle its tokens, hand off to waiters.
+--
+-- KEYS: the pool's keys (see lib.lua).
+-- ARGV: host, request id, settle JSON ([[bucket, amount, capacity, rate_per_s]...] or ''),
+--       tombstone lifetime (ms).
+-- Also forgets a request still queued (a waiter whose host gave up on it), so one call cleans
+-- up whatever state a request left.
+-- Replies: {'OK', wake_ms} (wake_ms >= 0: rescan then for bucket waiters), {'D'} if done before.
+-- Invariant: runs at most once per request id (the tombstone), so a retried call never gives
+-- permits back twice nor settles twice; the tombstone also stops a heartbeat already on the
+-- wire from re-registering the lease.
+
+local host, rid, settle, tomb_ms = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local now = clock()
+if redis.call('ZSCORE', K.tombs, rid) then return {'D'} end
+redis.call('ZADD', K.tombs, fmt(now + tomb_ms), rid)
+
+local lease = redis.call('HGET', K.leases, rid)
+local dropped_waiter = false
+if lease then
+  drop_lease(rid, cjson.decode(lease), now, true)
+else
+  local w = redis.call('HGET', K.waiters, rid)
+  if w then
+    drop_waiter(rid, cjson.decode(w))
+    dropped_waiter = true
+  end
+end
+if settle ~= '' then
+  for _, c in ipairs(cjson.decode(settle)) do charge(c, now) end
+end
+local wake = nil
+if dropped_waiter or redis.call('ZCARD', K.queue) > 0 then wake = scan(now) end
+return {'OK', fmt(wake)}

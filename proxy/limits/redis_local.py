@@ -1,0 +1,79 @@
+"""What a host enforces on its own while Redis is unreachable (the store is *degraded*).
+
+Policies, per kind of limit (``redis.on_store_error_concurrency`` / ``_rates``):
+
+- ``local_share`` (concurrency default): each host enforces ``max(1, cap // live hosts)``
+  locally, counting the permits it already holds; buckets get ``1 / live hosts`` of their
+  capacity and rate. Across hosts the total stays within ``max(cap, live hosts)`` when hosts
+  hold their share evenly; it is the documented bounded exception.
+- ``open`` (rates default): that kind of limit is not enforced until Redis is back.
+- ``closed``: requests that need that kind of limit are refused with a 503.
+
+``live hosts`` is the count seen in the last successful heartbeat.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..errors import ShuttingDown
+from .base import BucketSpec, Demand, Grant, LimitSpec
+from .memory import MemoryStore
+
+
+class StoreUnavailable(ShuttingDown):
+    """503: the shared limit store is unreachable and the policy says refuse."""
+
+    code = "store_unavailable"
+
+
+class LocalShare(MemoryStore):
+    """The memory store, seeded with the permits this host held when Redis went away."""
+
+    def adopt(self, grant: Grant) -> None:
+        """Count a permit granted by Redis as held here, so ``release`` frees it as usual."""
+        if grant.request_id in self._held:
+            return
+        for resource in grant.resources:
+            self._in_flight[resource] = self._in_flight.get(resource, 0) + 1
+        self._held[grant.request_id] = (grant, self._clock())
+
+
+def share_spec(spec: LimitSpec, hosts: int, concurrency: str, rates: str) -> LimitSpec:
+    """The limits one host enforces alone while degraded."""
+    hosts = max(1, hosts)
+    if concurrency == "local_share":
+        caps = {n: None if c is None else max(1, c // hosts) for n, c in spec.caps.items()}
+        prefix_caps = {p: max(1, c // hosts) for p, c in spec.prefix_caps.items()}
+    else:  # open (closed refuses before reaching the local store)
+        caps = {n: None for n in spec.caps}
+        prefix_caps = {}
+    buckets = {}
+    if rates == "local_share":
+        buckets = {
+            n: BucketSpec(max(1.0, b.capacity / hosts), b.rate_per_s / hosts)
+            for n, b in spec.buckets.items()
+        }
+    return LimitSpec(caps=caps, buckets=buckets, max_queue_depth=spec.max_queue_depth,
+                     max_wait_s=spec.max_wait_s, prefix_caps=prefix_caps)
+
+
+def refusal(spec: LimitSpec, demand: Demand, concurrency: str, rates: str) -> str | None:
+    """Why a ``closed`` policy refuses this demand while degraded (None: it does not)."""
+    if concurrency == "closed":
+        names = list(demand.resources)
+        for option in demand.options:
+            names.extend(option.resources)
+        if any(spec.cap_of(name) is not None for name in names):
+            return "concurrency limits"
+    if rates == "closed" and any(c.bucket in spec.buckets for c in demand.charges):
+        return "rate limits"
+    return None
+
+
+def local_store(spec: LimitSpec, hosts: int, concurrency: str, rates: str,
+                held: list[Grant]) -> LocalShare:
+    store = LocalShare(share_spec(spec, hosts, concurrency, rates), clock=time.monotonic)
+    for grant in held:
+        store.adopt(grant)
+    return store

@@ -1,0 +1,103 @@
+"""A real ``redis-server`` for tests: started on a free port in a temp dir, killable.
+
+Tests that need Redis to fail (crash, restart without data, unreachable) drive it through
+``kill()``, ``shutdown_nosave()`` and ``restart()``; the port stays the same across restarts so
+clients reconnect to the same URL.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_server_binary() -> str | None:
+    return shutil.which("redis-server")
+
+
+class RedisServer:
+    """One ``redis-server`` process without persistence (a restart loses every key)."""
+
+    def __init__(self, port: int | None = None, binary: str | None = None):
+        self.binary = binary or redis_server_binary() or "redis-server"
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="llm-throttle-redis-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+             "--protected-mode", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+            if self.ping():
+                return
+            time.sleep(0.01)
+        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def command(self, *args: str) -> bytes:
+        """Run one command over a raw socket (no client library state), return the reply."""
+        payload = f"*{len(args)}\r\n".encode()
+        for arg in args:
+            data = arg.encode()
+            payload += b"$%d\r\n%s\r\n" % (len(data), data)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5.0) as s:
+            s.sendall(payload)
+            return s.recv(1 << 20)
+
+    def flushall(self) -> None:
+        self.command("FLUSHALL")
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes mid-whatever, data lost."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+    def shutdown_nosave(self) -> None:
+        """``SHUTDOWN NOSAVE``: a clean stop that keeps nothing."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            self.command("SHUTDOWN", "NOSAVE")
+        except OSError:
+            pass
+        self.process.wait(5)
+
+    def restart(self) -> None:
+        """Stop (if running) and start again on the same port, empty."""
+        self.shutdown_nosave()
+        self.start()
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
