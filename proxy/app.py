@@ -232,13 +232,12 @@ class Proxy:
                 tap = None
                 if "Content-Encoding" not in upstream_response.headers:
                     tap = SSEUsageTap(parsed.strip_usage)
-                response = await relay_stream(request, upstream_response, upstream.name,
-                                              outcome, tap, self.clock)
+                response = await relay_stream(request, upstream_response, outcome, tap,
+                                              self.clock)
                 if outcome.first_byte_at is not None:
                     self.metrics.ttft.labels(model).observe(outcome.first_byte_at - arrival)
                 return response
-            return await relay_plain(upstream_response, upstream.name, outcome,
-                                     usage_from_body)
+            return await relay_plain(upstream_response, outcome, usage_from_body)
 
     @staticmethod
     def _tokens_used(outcome: RelayOutcome, reserved: int) -> int:
@@ -262,9 +261,8 @@ class Proxy:
             content_type = upstream_response.headers.get("Content-Type", "")
             if content_type.startswith("text/event-stream") or \
                     upstream_response.headers.get("Transfer-Encoding") == "chunked":
-                return await relay_stream(request, upstream_response, upstream.name, outcome,
-                                          None, self.clock)
-            return await relay_plain(upstream_response, upstream.name, outcome, None)
+                return await relay_stream(request, upstream_response, outcome, None, self.clock)
+            return await relay_plain(upstream_response, outcome, None)
 
 
 # -- the application ------------------------------------------------------------------------

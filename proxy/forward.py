@@ -1,9 +1,9 @@
 """Talking to upstreams: headers in and out, one request, the response relayed as it arrives.
 
-Bytes pass through untouched (no decompression, no re-chunking): a streamed response is
-written to the client chunk by chunk as the upstream sends it. Hop-by-hop headers are dropped
-both ways (RFC 9110 section 7.6.1), the client's credentials never reach the upstream, and the
-upstream's own key is injected here and nowhere else.
+Bytes pass through untouched (no decompression, no re-chunking of content): a streamed
+response is written to the client chunk by chunk as the upstream sends it. Hop-by-hop headers
+are dropped both ways (RFC 9110 section 7.6.1), the client's credentials never reach the
+upstream, and the upstream's own key is injected here and nowhere else.
 
 Peer disconnection (aiohttp "Peer disconnection"): the server runs with handler cancellation,
 so a client that goes away cancels the handler; the ``async with`` around the upstream
@@ -16,19 +16,20 @@ import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import UpstreamConfig
-from .errors import ProxyError, UpstreamError, UpstreamTimeout
+from .errors import ProxyError
 from .tokens import SSEUsageTap
+from .upstream import UpstreamPool, UpstreamResponse
 
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
         "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
         "Trailer", "Trailers", "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
+        "Expect",  # the proxy reads the whole body itself; the upstream must not wait for it
     )
 )
 #: the client's credentials for the proxy; never forwarded
@@ -47,23 +48,24 @@ def _connection_listed(headers: Mapping[str, str]) -> frozenset[str]:
 
 def upstream_request_headers(
     incoming: CIMultiDictProxy[str], upstream: UpstreamConfig, *, identity_encoding: bool
-) -> CIMultiDict[str]:
+) -> list[tuple[str, str]]:
     """What the upstream sees: the client's headers less hop-by-hop and credentials."""
-    dropped = _REQUEST_DROP | _connection_listed(incoming)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in incoming.items():
-        if name.lower() not in dropped:
-            out.add(name, value)
+    dropped = _REQUEST_DROP | _connection_listed(incoming) if "Connection" in incoming \
+        else _REQUEST_DROP
+    if identity_encoding:
+        dropped = dropped | {"accept-encoding"}
+    out = [(name, value) for name, value in incoming.items() if name.lower() not in dropped]
     if upstream.api_key:
-        out["Authorization"] = f"Bearer {upstream.api_key}"
+        out.append(("Authorization", f"Bearer {upstream.api_key}"))
     if identity_encoding:
         # Admitted calls are read for their usage on the way back: keep them uncompressed.
-        out["Accept-Encoding"] = "identity"
+        out.append(("Accept-Encoding", "identity"))
     return out
 
 
-def client_response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    dropped = _RESPONSE_DROP | _connection_listed(incoming)
+def client_response_headers(incoming: CIMultiDict[str]) -> CIMultiDict[str]:
+    dropped = _RESPONSE_DROP | _connection_listed(incoming) if "Connection" in incoming \
+        else _RESPONSE_DROP
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         if name.lower() not in dropped:
@@ -83,68 +85,37 @@ class RelayOutcome:
 
 
 class Forwarder:
-    """One pooled HTTP client for all upstreams; per-upstream timeouts fixed at start."""
+    """Connection pools for every upstream, created at start."""
 
     def __init__(self, upstreams: Mapping[str, UpstreamConfig]):
         self._upstreams = upstreams
-        self._timeouts = {
-            name: aiohttp.ClientTimeout(
-                total=None, sock_connect=up.connect_timeout_s, sock_read=up.read_timeout_s
-            )
-            for name, up in upstreams.items()
-        }
-        self._session: aiohttp.ClientSession | None = None
+        self._pools: dict[str, UpstreamPool] = {}
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        loop = asyncio.get_running_loop()
+        self._pools = {
+            name: UpstreamPool(name, up.url, up.connect_timeout_s, up.read_timeout_s, loop)
+            for name, up in self._upstreams.items()
+        }
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for pool in self._pools.values():
+            pool.close()
 
     async def open(
-        self, upstream: UpstreamConfig, method: str, path_qs: str, headers: CIMultiDict[str],
-        body: bytes | None,
-    ) -> aiohttp.ClientResponse:
+        self, upstream: UpstreamConfig, method: str, target: str,
+        headers: list[tuple[str, str]], body: bytes | None,
+    ) -> UpstreamResponse:
         """Send the request; raises UpstreamError (502) or UpstreamTimeout (504)."""
-        assert self._session is not None, "Forwarder.start() was not awaited"
-        url = upstream.url + path_qs
-        try:
-            return await self._session.request(
-                method, url, headers=headers, data=body, timeout=self._timeouts[upstream.name],
-                allow_redirects=False, compress=None,
-            )
-        except asyncio.TimeoutError:
-            raise UpstreamTimeout(
-                f"upstream '{upstream.name}' did not answer within "
-                f"{upstream.read_timeout_s:g}s"
-            ) from None
-        except aiohttp.ClientConnectorError:
-            raise UpstreamError(
-                f"upstream '{upstream.name}' refused the connection or could not be reached"
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(
-                f"upstream '{upstream.name}' failed: {type(exc).__name__}"
-            ) from None
+        return await self._pools[upstream.name].request(method, target, headers, body)
 
 
 async def relay_plain(
-    upstream_response: aiohttp.ClientResponse, upstream_name: str, outcome: RelayOutcome,
+    upstream_response: UpstreamResponse, outcome: RelayOutcome,
     read_usage: Callable[[bytes], tuple[int, int] | None] | None,
 ) -> web.Response:
     """Read a (small) non-streamed response whole and pass it on."""
-    try:
-        body = await upstream_response.read()
-    except asyncio.TimeoutError:
-        raise UpstreamTimeout(f"upstream '{upstream_name}' stopped sending its response") from None
-    except (aiohttp.ClientError, OSError):
-        raise UpstreamError(f"upstream '{upstream_name}' broke off its response") from None
+    body = await upstream_response.read()
     outcome.status = upstream_response.status
     outcome.complete = True
     if read_usage is not None and upstream_response.status < 300:
@@ -158,7 +129,7 @@ async def relay_plain(
 
 
 async def relay_stream(
-    request: web.Request, upstream_response: aiohttp.ClientResponse, upstream_name: str,
+    request: web.Request, upstream_response: UpstreamResponse,
     outcome: RelayOutcome, tap: SSEUsageTap | None, clock: Callable[[], float],
 ) -> web.StreamResponse:
     """Relay chunk by chunk. A failure after the first byte ends with an SSE error event."""
@@ -171,7 +142,7 @@ async def relay_stream(
     await response.prepare(request)
     failure: ProxyError | None = None
     try:
-        async for data in upstream_response.content.iter_any():
+        async for data in upstream_response.iter_chunks():
             if tap is not None:
                 data = tap.feed(data)
                 if not data:
@@ -182,14 +153,15 @@ async def relay_stream(
         if tap is not None and (rest := tap.flush()):
             await response.write(rest)
         outcome.complete = True
-    except asyncio.TimeoutError:
-        failure = UpstreamTimeout(f"upstream '{upstream_name}' went silent mid-stream")
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-        failure = UpstreamError(f"upstream '{upstream_name}' closed the stream mid-response")
+    except ProxyError as exc:  # the upstream failed (timeout, reset): tell the client in-band
+        failure = exc
     finally:
         if tap is not None:
             outcome.usage, outcome.chunks = tap.usage, tap.chunks
-    if failure is not None:
-        await response.write(failure.sse_event())
-    await response.write_eof()
+    try:
+        if failure is not None:
+            await response.write(failure.sse_event())
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client hung up right after the end (Hermes workers do): nothing to tell it
     return response
