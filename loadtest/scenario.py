@@ -413,11 +413,11 @@ async def _proxy_settled(session: aiohttp.ClientSession, proxies: list[Service],
 
 
 async def run_scenario(scenario: Scenario, out_dir: Path, *, smoke: bool = False,
-                       log: Callable[[str], None] = print, quiet: bool = False) -> ScenarioResult:
+                       log: Callable[[str], None] = print, quiet: float = 0.0) -> ScenarioResult:
     """Start the servers, run every phase against every target, stop everything.
 
-    ``quiet``: before each run, wait (up to a minute) for other work on the machine to calm
-    down; either way the CPU others used during each run is recorded (``foreign_cpu_s``).
+    ``quiet``: before each run, wait up to that many seconds for other work on the machine to
+    calm down; either way the CPU others used during each run is recorded (``foreign_cpu_s``).
     """
     if smoke:
         scenario = scenario.smoked()
@@ -472,7 +472,7 @@ async def run_scenario(scenario: Scenario, out_dir: Path, *, smoke: bool = False
 async def _run_once(scenario: Scenario, phase: Phase, target: str, rep: int, mock: Service,
                     target_servers: list[Service], target_urls: list[str],
                     every: list[Service], session: aiohttp.ClientSession,
-                    out_dir: Path, quiet: bool) -> RunRecord:
+                    out_dir: Path, quiet: float) -> RunRecord:
     await _mock_call(session, mock, "/mock/config", {**scenario.mock, **phase.mock})
     await _mock_call(session, mock, "/mock/reset", {})
     is_proxy = target in scenario.proxies
@@ -483,8 +483,8 @@ async def _run_once(scenario: Scenario, phase: Phase, target: str, rep: int, moc
             load, target_urls, label=label, upstream_metrics=[mock.url + "/metrics"],
             proxy_status=target_servers[0].url + "/throttle/status" if is_proxy else None,
             seed=load.get("seed", rep))
-    if quiet:
-        await wait_for_quiet()
+    if quiet > 0:
+        await wait_for_quiet(max_wait_s=quiet)
     cpu_before = {s.name: s.cpu_seconds() for s in every}
     gen_before = time.process_time()
     busy_before = machine_busy_seconds()
@@ -552,9 +552,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="do not run: rebuild the report from OUT/<name>/runs.json")
     parser.add_argument("--check", action="store_true",
                         help="only validate the scenario files")
-    parser.add_argument("--no-wait-quiet", dest="quiet", action="store_false",
-                        help="do not wait for other work on the machine to calm down "
-                             "before each run (the default waits up to a minute)")
+    parser.add_argument("--wait-quiet", type=float, default=60.0, metavar="S",
+                        help="before each run, wait up to S seconds for other work on the "
+                             "machine to calm down (default: %(default)s)")
+    parser.add_argument("--no-wait-quiet", dest="wait_quiet", action="store_const", const=0.0,
+                        help="do not wait (same as --wait-quiet 0)")
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -582,7 +584,8 @@ def cli_main(args: argparse.Namespace) -> int:
             runs, notes = load_runs(out_dir)
             result = ScenarioResult(scenario, runs, out_dir, smoke=False, notes=notes)
         else:
-            result = _run_with_uvloop(scenario, out_dir, args.smoke, args.quiet and not args.smoke)
+            result = _run_with_uvloop(scenario, out_dir, args.smoke,
+                                      0.0 if args.smoke else args.wait_quiet)
         if result.skipped:
             print(f"scenario {scenario.name} SKIPPED: {result.skipped}", file=sys.stderr)
             continue
@@ -597,7 +600,7 @@ def cli_main(args: argparse.Namespace) -> int:
 
 
 async def _stoppable(scenario: Scenario, out_dir: Path, smoke: bool,
-                     quiet: bool) -> ScenarioResult:
+                     quiet: float) -> ScenarioResult:
     """The run, cancelled (so every server is stopped) on SIGTERM as on Ctrl-C."""
     task = asyncio.current_task()
     assert task is not None
@@ -607,7 +610,7 @@ async def _stoppable(scenario: Scenario, out_dir: Path, smoke: bool,
 
 
 def _run_with_uvloop(scenario: Scenario, out_dir: Path, smoke: bool,
-                     quiet: bool) -> ScenarioResult:
+                     quiet: float) -> ScenarioResult:
     loop_factory = None
     try:
         import uvloop
