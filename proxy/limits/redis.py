@@ -129,9 +129,10 @@ class RedisStore(LimitStore):
         #: request id -> (grant, option index in Redis, granted locally while degraded)
         self._held: dict[str, tuple[Grant, int, bool]] = {}
         self._waiters: dict[str, _Waiter] = {}
-        #: request id -> settle JSON: state Redis may hold for requests this host is done
-        #: with (a release that failed, an admit whose answer never came); sent once it answers
-        self._orphans: dict[str, str] = {}
+        #: request id -> (settle JSON, refund): state Redis may hold for requests this host is
+        #: done with (a release that failed, an admit whose answer never came); sent once
+        #: Redis answers. refund: the host never used the grant, so its charges go back too.
+        self._orphans: dict[str, tuple[str, bool]] = {}
         self._degraded = False
         self._local: LocalShare | None = None
         self._recovered = asyncio.Event()
@@ -244,7 +245,7 @@ class RedisStore(LimitStore):
                         self._epoch, self.host_id, rid, encoded, max_wait_ms,
                         self._max_depth, self._pause_ms])
                 except STORE_ERRORS as exc:
-                    self._orphans[rid] = ""  # it may have run: undo it once Redis answers
+                    self._orphans[rid] = ("", True)  # it may have run: undo it once Redis answers
                     self._enter_degraded(exc)
                     raise _StoreDown() from exc
                 except asyncio.CancelledError:
@@ -312,7 +313,7 @@ class RedisStore(LimitStore):
                 reply = await self._pipe.call(self._scripts.cancel, self._keys, [
                     self.host_id, rid, str(int(max_wait * 1000)), self._tomb_ms])
             except STORE_ERRORS as exc:
-                self._orphans[rid] = ""
+                self._orphans[rid] = ("", True)
                 self._enter_degraded(exc)
                 raise QueueTimeout(f"waited {max_wait:g}s in the queue without a free slot",
                                    retry_after_s=max_wait) from None
@@ -331,7 +332,7 @@ class RedisStore(LimitStore):
                 self._forget_later(rid)
             raise
         except _StoreDown:
-            self._orphans[rid] = ""
+            self._orphans[rid] = ("", True)
             raise
         except BaseException:
             self._forget_later(rid)
@@ -358,17 +359,17 @@ class RedisStore(LimitStore):
             settle = grant.charges + settle
         await self._release_id(grant.request_id, self._encoder.charges(settle))
 
-    async def _release_id(self, rid: str, settle: str) -> None:
+    async def _release_id(self, rid: str, settle: str, refund: bool = False) -> None:
         """Release (or withdraw from the queue) one request in Redis, now or once it answers."""
-        if self._degraded or self._scripts is None or self._shut:
+        if self._degraded or self._scripts is None or self._pipe is None or self._shut:
             if not self._shut:
-                self._orphans[rid] = settle
+                self._orphans[rid] = (settle, refund)
             return
         try:
             reply = await self._pipe.call(self._scripts.release, self._keys, [
-                self.host_id, rid, settle, self._tomb_ms])
+                self.host_id, rid, settle, self._tomb_ms, "1" if refund else ""])
         except STORE_ERRORS as exc:
-            self._orphans[rid] = settle
+            self._orphans[rid] = (settle, refund)
             self._enter_degraded(exc)
             return
         if reply[0] == "OK" and float(reply[1]) >= 0:
@@ -377,7 +378,7 @@ class RedisStore(LimitStore):
     def _forget_later(self, rid: str) -> None:
         """Undo whatever Redis holds for a request this host gave up on (queued or granted)."""
         self._waiters.pop(rid, None)
-        self._spawn(self._release_id(rid, ""))
+        self._spawn(self._release_id(rid, "", refund=True))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -497,9 +498,9 @@ class RedisStore(LimitStore):
         """Send what failed to reach Redis, then register every lease and waiter of this host."""
         assert self._scripts is not None
         async with self._resync_lock:
-            for rid, settle in list(self._orphans.items()):
+            for rid, (settle, refund) in list(self._orphans.items()):
                 await self._scripts.release(keys=self._keys, args=[
-                    self.host_id, rid, settle, self._tomb_ms])
+                    self.host_id, rid, settle, self._tomb_ms, "1" if refund else ""])
                 self._orphans.pop(rid, None)
             now = self._clock()
             leases = [[rid, option, list(grant.resources), grant.queued_s * 1000]

@@ -4,7 +4,8 @@
 -- declares all of them, runs atomically, and works on one Redis Cluster shard:
 --   KEYS[1]  meta      hash    epoch, pause_until (ms), wake_at (ms), rescan, arrival (us)
 --   KEYS[2]  inflight  hash    resource -> permits held
---   KEYS[3]  leases    hash    request id -> JSON [host, granted_ms, resources, option, queued_ms]
+--   KEYS[3]  leases    hash    request id -> JSON [host, granted_ms, resources, option, queued_ms,
+--                              charges taken]
 --   KEYS[4]  hosts     zset    host -> lease deadline (ms); renewed by the host's heartbeat
 --   KEYS[5]  hostn     hash    host -> how many leases it holds
 --   KEYS[6]  tombs     zset    request id -> expiry (ms): released, never to be re-registered
@@ -201,7 +202,7 @@ local function take(rid, host, d, opt, now, queued_ms)
   for _, r in ipairs(d.o[opt]) do held[#held + 1] = r end
   for _, r in ipairs(held) do add_inflight(r, 1) end
   for _, c in ipairs(d.c) do charge(c, now) end
-  redis.call('HSET', K.leases, rid, cjson.encode({host, now, held, opt, queued_ms}))
+  redis.call('HSET', K.leases, rid, cjson.encode({host, now, held, opt, queued_ms, d.c}))
   redis.call('HINCRBY', K.hostn, host, 1)
 end
 

@@ -2,7 +2,8 @@
 --
 -- KEYS: the pool's keys (see lib.lua).
 -- ARGV: host, request id, settle JSON ([[bucket, amount, capacity, rate_per_s]...] or ''),
---       tombstone lifetime (ms).
+--       tombstone lifetime (ms), refund ('1': the host never used this grant, e.g. the
+--       admit's answer was lost; give its charges back too).
 -- Also forgets a request still queued (a waiter whose host gave up on it), so one call cleans
 -- up whatever state a request left.
 -- Replies: {'OK', wake_ms} (wake_ms >= 0: rescan then for bucket waiters), {'D'} if done before.
@@ -10,7 +11,7 @@
 -- permits back twice nor settles twice; the tombstone also stops a heartbeat already on the
 -- wire from re-registering the lease.
 
-local host, rid, settle, tomb_ms = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local host, rid, settle, tomb_ms, refund = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local now = clock()
 if redis.call('ZSCORE', K.tombs, rid) then return {'D'} end
 redis.call('ZADD', K.tombs, fmt(now + tomb_ms), rid)
@@ -18,7 +19,11 @@ redis.call('ZADD', K.tombs, fmt(now + tomb_ms), rid)
 local lease = redis.call('HGET', K.leases, rid)
 local dropped_waiter = false
 if lease then
-  drop_lease(rid, cjson.decode(lease), now, true)
+  lease = cjson.decode(lease)
+  drop_lease(rid, lease, now, refund ~= '1')
+  if refund == '1' and lease[6] then
+    for _, c in ipairs(lease[6]) do charge({c[1], -c[2], c[3], c[4]}, now) end
+  end
 else
   local w = redis.call('HGET', K.waiters, rid)
   if w then
