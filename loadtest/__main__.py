@@ -21,7 +21,7 @@ def _subcommands() -> tuple[tuple[str, str, str], ...]:
         ("scenario", "loadtest.scenario", "run benchmark scenario files (servers + load phases)"),
         ("demo", "loadtest.demo", "start a mock LLM and the proxy, overload it, watch the cap"),
         ("passthrough", "loadtest.passthrough",
-         "the thinnest aiohttp reverse proxy (a floor for overhead benchmarks)"),
+         "a minimal aiohttp reverse proxy (a reference for overhead benchmarks)"),
         ("soak", "loadtest.soak", "bounded soak: mixed load and faults, RSS and leaked permits"),
     )
 

@@ -208,8 +208,8 @@ def _overhead(scenario: Scenario, runs: Sequence[RunRecord], f: Findings) -> Non
                     extra = _per_repeat(runs, phase.name, target, "passthrough", server_cpu_ms,
                                         _diff)
                     f.numbers[f"{phase.name}.{target}.cpu_ms_above_floor"] = extra
-                    f.add(f"{phase.name}: {target} CPU per request above the aiohttp floor",
-                          f"{_num(extra, '.3f')} ms (llm-throttle's own work)")
+                    f.add(f"{phase.name}: {target} CPU per request minus the minimal aiohttp "
+                          "pass-through's", f"{_num(extra, '.3f')} ms")
         direct = median(_goodput()(r) for r in _select(runs, phase.name, "direct"))
         if direct is not None:
             f.numbers[f"{phase.name}.direct.rps"] = direct

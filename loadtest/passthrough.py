@@ -1,10 +1,11 @@
-"""The thinnest aiohttp reverse proxy (``python -m loadtest passthrough``): a benchmark floor.
+"""A minimal aiohttp reverse proxy (``python -m loadtest passthrough``): a benchmark reference.
 
 It does what any aiohttp-based proxy must do and nothing else: read the request, send it
-upstream on a pooled keep-alive ``ClientSession``, relay the answer (chunk by chunk when it is
-a stream). No auth, limits, parsing, metrics or header hygiene: not for use in front of
-anything real. Its CPU per request, next to llm-throttle's in the same run, splits the proxy's
-cost into what aiohttp itself costs and what llm-throttle adds.
+upstream on a pooled keep-alive ``ClientSession`` (no cookie jar, no decompression, no
+automatic headers), relay the answer (chunk by chunk when it is a stream) with its status and
+content type only. No auth, limits, parsing, metrics or header forwarding: not for use in front
+of anything real. Its CPU per request, next to llm-throttle's in the same run, shows how much of
+the proxy's cost is the aiohttp server + client stack itself.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from contextlib import suppress
 import aiohttp
 from aiohttp import web
 
-_SKIP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
-
 
 def create_app(upstream: str) -> web.Application:
     origin = upstream.rstrip("/")
@@ -26,8 +25,9 @@ def create_app(upstream: str) -> web.Application:
     sessions: list[aiohttp.ClientSession] = []
 
     async def on_startup(_: web.Application) -> None:
-        sessions.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                              auto_decompress=False))
+        sessions.append(aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
+            skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar()))
 
     async def on_cleanup(_: web.Application) -> None:
         for session in sessions:
@@ -35,12 +35,13 @@ def create_app(upstream: str) -> web.Application:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIP}
+        headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
         async with sessions[0].request(request.method, origin + request.path_qs, data=body,
-                                       headers=headers) as upstream_response:
-            out_headers = {k: v for k, v in upstream_response.headers.items()
-                           if k.lower() not in _SKIP}
-            if upstream_response.headers.get("Content-Type", "").startswith("text/event-stream"):
+                                       headers=headers, allow_redirects=False,
+                                       compress=None) as upstream_response:
+            content_type = upstream_response.headers.get("Content-Type", "")
+            out_headers = {"Content-Type": content_type}
+            if content_type.startswith("text/event-stream"):
                 response = web.StreamResponse(status=upstream_response.status,
                                               headers=out_headers)
                 await response.prepare(request)

@@ -254,7 +254,7 @@ class ServiceGroup:
         return service
 
     async def start_passthrough(self, upstream: str, name: str = "passthrough") -> Service:
-        """The thinnest aiohttp reverse proxy (:mod:`loadtest.passthrough`): a CPU floor."""
+        """A minimal aiohttp reverse proxy (:mod:`loadtest.passthrough`): a CPU reference."""
         port = free_port()
         service = self._spawn(
             name, [sys.executable, "-m", "loadtest", "passthrough", "--upstream", upstream,

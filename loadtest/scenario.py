@@ -9,7 +9,7 @@ A scenario YAML names the servers to start and the load phases to run against ea
     mock: {batch_size: 4, ttft_s: 0.02}      # MockLLMConfig fields
     smoke_mock: {tpot_s: 0.001}   # mock overrides under --smoke
     nginx: false                  # start nginx (plain reverse proxy) as the 'nginx' target
-    passthrough: false            # start the thinnest aiohttp proxy as the 'passthrough' target
+    passthrough: false            # start a minimal aiohttp proxy as the 'passthrough' target
     redis: false                  # start redis-server; proxies see its URL as ${REDIS_URL}
     proxies:                      # each key is a target name
       proxy:
