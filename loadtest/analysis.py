@@ -377,6 +377,18 @@ def _multihost(scenario: Scenario, runs: Sequence[RunRecord], f: Findings) -> No
 # -- the Markdown section -------------------------------------------------------------------------
 
 
+def code_version() -> str:
+    """The commit the measured code came from (``-dirty``: with uncommitted changes)."""
+    from loadtest.processes import CODE_ROOT
+
+    try:
+        out = subprocess.run(["git", "-C", str(CODE_ROOT), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown (not a git checkout)"
+
+
 def machine_info() -> dict[str, str]:
     """What the numbers were measured on."""
     import aiohttp
@@ -488,6 +500,7 @@ def render_section(result: ScenarioResult, findings: Findings, command: str,
     lines += [
         f"Command (run {when}{', SMOKE: numbers not meaningful' if result.smoke else ''}):",
         "", "```", command, "```", "",
+        f"Code at commit `{code_version()}`. "
         f"Scenario file `{_display_path(scenario.path)}`; mock: {mock}; "
         f"{scenario.repeat} repeat(s), targets interleaved, medians shown.", "",
         "| what | measured | target | |", "|---|---|---|---|",
