@@ -40,7 +40,8 @@ class Identity:
 
 
 def key_digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    # Header bytes >= 0x80 arrive as surrogate escapes: encode them back, never fail.
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:

@@ -115,6 +115,9 @@ class Config:
     passthrough_upstream: str | None = None  # where model-less paths go; default: the first
     shutdown_grace_s: float = 30.0
     body_read_timeout_s: float = 60.0  # a client slower than this to send its body gets 408
+    #: a connection without a whole request head this long after opening (or after its last
+    #: response) is closed: slow-header (slowloris) and idle keep-alive guard
+    header_read_timeout_s: float = 30.0
 
     @property
     def requires_client_keys(self) -> bool:
@@ -408,6 +411,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         passthrough_upstream=top.str("passthrough_upstream"),
         shutdown_grace_s=top.number("shutdown_grace_s", 30.0, minimum=0, exclusive=False),
         body_read_timeout_s=top.number("body_read_timeout_s", 60.0),
+        header_read_timeout_s=top.number("header_read_timeout_s", 30.0),
     )
     top.finish()
     _check_references(config, problems)

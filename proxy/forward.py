@@ -34,7 +34,8 @@ HOP_BY_HOP = frozenset(
 )
 #: the client's credentials for the proxy; never forwarded
 CLIENT_CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key"})
-_REQUEST_DROP = HOP_BY_HOP | CLIENT_CREDENTIALS
+#: the server hands over request bodies decompressed: forward them as such
+_REQUEST_DROP = HOP_BY_HOP | CLIENT_CREDENTIALS | {"content-encoding"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 
 

@@ -7,6 +7,8 @@ snapshot when ``/metrics`` is scraped, so the request path never touches them.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
@@ -52,6 +54,16 @@ class ProxyMetrics:
         self.ttft = Histogram("llm_throttle_time_to_first_token_seconds",
                               "Arrival at the proxy to first streamed byte to the client",
                               ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: the request path skips prometheus' lock+lookup."""
+        key = (metric, *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def refresh(self, snapshot: Snapshot) -> None:
         """Bring the state gauges up to date from a store snapshot."""

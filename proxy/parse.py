@@ -40,6 +40,8 @@ def parse_body(path: str, body: bytes) -> ParsedRequest:
         raise InvalidJSON("request body is not valid UTF-8") from None
     except ValueError as exc:
         raise InvalidJSON(f"could not parse the JSON body of your request: {exc}") from None
+    except RecursionError:
+        raise InvalidJSON("the JSON body of your request is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidJSON("the request body must be a JSON object")
 
@@ -75,6 +77,7 @@ def parse_body(path: str, body: bytes) -> ParsedRequest:
             raise InvalidField("stream_options must be an object", param="stream_options")
         if not (options or {}).get("include_usage"):
             data["stream_options"] = {**(options or {}), "include_usage": True}
-            body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+            # ensure_ascii: a lone surrogate ("\ud800" in the input) stays an escape
+            body = json.dumps(data, separators=(",", ":")).encode()
             strip_usage = True
     return ParsedRequest(model, stream, max_tokens, generates, body, strip_usage)

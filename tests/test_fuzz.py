@@ -206,18 +206,7 @@ def _surrogate_escape(body: bytes) -> bool:
     return any(b"\\ud" + bytes([c]) in lowered for c in b"89abcdef")
 
 
-KNOWN_BUGS: dict[str, Callable[[bytes], bool]] = {
-    "non-ASCII byte in the client key -> 500 (UnicodeEncodeError in auth.key_digest)":
-        lambda raw: any(max(v, default=0) >= 0x80 for v in
-                        _header(raw, b"authorization") + _header(raw, b"api-key")),
-    "JSON nested deeper than ~1000 -> 500 (RecursionError escapes parse_body)":
-        lambda raw: _max_nesting(raw.split(b"\r\n\r\n", 1)[-1]) > 900,
-    "lone surrogate escape in a streamed body -> 500 (UnicodeEncodeError re-encoding it)":
-        lambda raw: _surrogate_escape(raw.split(b"\r\n\r\n", 1)[-1]),
-    "Content-Encoding gzip/deflate with a bad body -> 500 (RequestPayloadError from read)":
-        lambda raw: any(v.lower() in (b"gzip", b"deflate", b"x-gzip")
-                        for v in _header(raw, b"content-encoding")),
-}
+KNOWN_BUGS: dict[str, Callable[[bytes], bool]] = {}
 
 
 def known_bug(raw: bytes) -> str | None:
@@ -708,9 +697,6 @@ def test_chunked_body_over_the_limit_is_413_without_reading_the_rest(live: LiveP
     assert live.mock_state.started == 0
 
 
-@pytest.mark.xfail(strict=True, raises=Exception, reason=(
-    "not implemented yet: no header read timeout (aiohttp waits for headers forever; a "
-    "client trickling header bytes holds a connection open: slowloris)"))
 def test_headers_sent_slower_than_a_header_timeout_are_cut_off() -> None:
     """The proxy closes (or answers 408) a connection whose headers take too long."""
     with asyncio.Runner() as runner:
@@ -764,7 +750,7 @@ def test_host_header_does_not_pick_the_upstream(live: LiveProxy) -> None:
     assert live.mock_state.requests_by_path == {"/v1/models": 1}
 
 
-# -- the bugs this file found, pinned (strict: an xfail that starts passing fails the run) ------
+# -- the bugs this file found, now fixed: each pinned by a regression example ---------------------
 
 
 def _post(live: LiveProxy, body: bytes, *headers: bytes,
@@ -780,9 +766,6 @@ def _post(live: LiveProxy, body: bytes, *headers: bytes,
     return response
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the key is encoded as UTF-8 (auth.key_digest, and "
-                   "Proxy.check_admin for the admin key); a header byte >= 0x80 arrives as a "
-                   "surrogate escape -> UnicodeEncodeError -> 500")
 @pytest.mark.parametrize("target,key", [(b"/v1/chat/completions", KEY),
                                         (b"/throttle/status", ADMIN_KEY)])
 def test_non_ascii_byte_in_a_key_is_401(live: LiveProxy, target: bytes, key: str) -> None:
@@ -795,16 +778,12 @@ def test_non_ascii_byte_in_a_key_is_401(live: LiveProxy, target: bytes, key: str
     live.run(live.settle())
 
 
-@pytest.mark.xfail(strict=True, reason="bug: json.loads raises RecursionError (not ValueError) "
-                   "past ~1000 levels; parse_body lets it through -> 500 internal_error")
 def test_deeply_nested_json_is_400(live: LiveProxy) -> None:
     depth = 5000
     response = _post(live, b'{"model":"m","x":' + b"[" * depth + b"]" * depth + b"}")
     assert response.status == 400, response
 
 
-@pytest.mark.xfail(strict=True, reason="bug: parse_body re-encodes a streamed chat body with "
-                   "ensure_ascii=False; a lone surrogate escape then fails to encode -> 500")
 def test_lone_surrogate_in_streamed_body_is_not_a_500(live: LiveProxy) -> None:
     body = json.dumps({**valid_body("/v1/chat/completions", True),
                        "messages": [{"role": "user", "content": "\ud800"}]}).encode()
@@ -813,8 +792,6 @@ def test_lone_surrogate_in_streamed_body_is_not_a_500(live: LiveProxy) -> None:
     assert response.status < 500, response
 
 
-@pytest.mark.xfail(strict=True, reason="bug: request.read() raises RequestPayloadError for a "
-                   "body that is not the gzip/deflate it claims; _read_body lets it through -> 500")
 @pytest.mark.parametrize("encoding", [b"gzip", b"deflate"])
 def test_body_not_in_its_content_encoding_is_400(live: LiveProxy, encoding: bytes) -> None:
     body = json.dumps(valid_body("/v1/chat/completions", False)).encode()
@@ -822,9 +799,6 @@ def test_body_not_in_its_content_encoding_is_400(live: LiveProxy, encoding: byte
     assert response.status == 400, response
 
 
-@pytest.mark.xfail(strict=True, reason="bug: aiohttp decompresses the body, the proxy forwards "
-                   "the plain bytes with the client's Content-Encoding: gzip -> the upstream "
-                   "fails to decompress them (the mock answers 500)")
 def test_gzip_body_reaches_the_upstream_readable(live: LiveProxy) -> None:
     body = gzip.compress(json.dumps(valid_body("/v1/chat/completions", False)).encode())
     response = _post(live, body, b"Content-Encoding: gzip", b"Content-Type: application/json")
