@@ -25,11 +25,12 @@ async def start_cli_proxy(config: dict, tmp_path) -> tuple[asyncio.subprocess.Pr
     return process, url
 
 
-async def test_sigterm_drains_gracefully(mock_llm, tmp_path):
+async def test_sigterm_drains_gracefully(store_kind, request, mock_llm, tmp_path):
     mock = await mock_llm(ttft_s=0, tpot_s=0.1, output_tokens=15)
     port = free_port()
+    store = "memory" if store_kind == "memory" else request.getfixturevalue("redis_store_url")
     config = {
-        "listen": f"127.0.0.1:{port}", "shutdown_grace_s": 10,
+        "listen": f"127.0.0.1:{port}", "shutdown_grace_s": 10, "store": store,
         "upstreams": {"up": {"url": mock.url}},
         "models": {"m": {"upstreams": ["up"], "max_in_flight": 1}},
     }
@@ -69,3 +70,10 @@ async def test_sigterm_drains_gracefully(mock_llm, tmp_path):
             process.kill()
             await process.wait()
     assert mock.state.in_flight == 0
+    if store_kind == "redis":  # the shared store holds nothing for the host that left
+        from proxy.limits.redis_status import read_status_document
+
+        doc = await read_status_document(store)
+        assert doc["queue"]["depth"] == 0
+        assert all(entry["in_flight"] == 0 for group in ("models", "upstreams")
+                   for entry in doc[group].values())
