@@ -511,7 +511,8 @@ class RedisStore(LimitStore):
             reply = await self._scripts.register(keys=self._keys, args=[
                 self.host_id, self._ttl_ms, self._pause_ms,
                 json.dumps(leases) if leases else "[]", json.dumps(waiters) if waiters else "[]"])
-            epoch, pause_ms, stream_id, wake_ms = reply[:4]
+            epoch, pause_ms, stream_id, wake_ms, live = reply[:5]
+            self._live_hosts = max(1, int(live))
             if epoch != self._epoch:
                 if self._epoch:
                     log.warning("redis store lost its data (epoch %s -> %s): re-registered "
@@ -521,7 +522,7 @@ class RedisStore(LimitStore):
                 self._stream_id = stream_id
                 if self._reader_idle:
                     self._resume_id = stream_id
-            rest = reply[4:]
+            rest = reply[5:]
             i = 0
             while i < len(rest):
                 if rest[i] == "G":
@@ -610,7 +611,9 @@ class RedisStore(LimitStore):
             except STORE_ERRORS as exc:
                 self._enter_degraded(exc)
             else:
-                return snapshot_from_reply(reply, self.spec)
+                snapshot = snapshot_from_reply(reply, self.spec)
+                self._live_hosts = max(1, snapshot.hosts)
+                return snapshot
         if self._local is None:
             self._local = local_store(self.spec, self._live_hosts, "open", "open", [])
         local = await self._local.snapshot()

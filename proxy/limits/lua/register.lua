@@ -6,7 +6,7 @@
 --       leases JSON   [[request id, option, [resources], queued_ms], ...],
 --       waiters JSON  [[request id, score, enqueued_ms_ago, max_wait_left_ms, demand JSON
 --                      as a string], ...]
--- Replies: {epoch, pause_ms, stream_id, wake_ms, ...per waiter that needs the host's
+-- Replies: {epoch, pause_ms, stream_id, wake_ms, live_hosts, ...per waiter that needs the host's
 --           attention: 'G', request id, option, queued_ms (granted) | 'X', request id (gone)}
 --          stream_id is the grants stream's end BEFORE this call's own hand-offs.
 -- Invariant: a lease is added only if the store has neither it nor its tombstone, so a
@@ -57,6 +57,7 @@ end
 local stream_id = stream_last_id()
 local wake = nil
 if changed or redis.call('HGET', K.meta, 'rescan') then wake = scan(now) end
-local reply = {epoch, fmt(pause_left(now)), stream_id, fmt(wake)}
+local live = redis.call('ZCOUNT', K.hosts, fmt(now), '+inf')
+local reply = {epoch, fmt(pause_left(now)), stream_id, fmt(wake), live}
 for _, v in ipairs(out) do reply[#reply + 1] = v end
 return reply
