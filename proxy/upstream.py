@@ -204,8 +204,11 @@ class _Connection(asyncio.Protocol):
     async def next_chunk(self) -> bytes | None:
         while True:
             if self._chunks:
-                chunk = self._chunks.popleft()
-                self._buffered -= len(chunk)
+                # Hand over everything that has arrived: one write downstream, not one each.
+                chunks = self._chunks
+                chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self._buffered = 0
                 if self._paused and self._buffered < _HIGH_WATER // 2 and self.transport:
                     self._paused = False
                     self.transport.resume_reading()
