@@ -1,0 +1,210 @@
+"""Redis store vs memory store, same load, one run: what sharing limits costs per request.
+
+    python -m loadtest.bench_store --requests 3000 --concurrency 8
+
+Starts a zero-delay mock LLM, a ``redis-server`` (unless ``--redis URL``), and two proxies as
+separate processes (``store: memory`` and ``store: redis://...``). Sends the same closed-loop
+load straight to the mock and through each proxy, then prints, per store: proxy CPU time per
+request (user + system of the proxy process, from /proc), p50 / p99 latency added over the
+direct path, and Redis commands per request (INFO commandstats; commands the scripts run
+inside Redis are not round trips and are left out). Linux only (/proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+#: commandstats entries that scripts run inside Redis (not client round trips)
+SCRIPT_INTERNAL = {"hget", "hset", "hdel", "hexists", "hincrby", "hgetall", "zadd", "zrem",
+                   "zscore", "zcard", "zcount", "zrange", "zrangebyscore", "zremrangebyscore",
+                   "xrevrange", "xadd", "time", "del"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _start(args: list[str], banner: str) -> tuple[subprocess.Popen[bytes], str]:
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    while True:
+        line = proc.stdout.readline().decode()
+        if not line:
+            raise RuntimeError(f"{args} exited with {proc.wait()}")
+        if banner in line:
+            return proc, line.split(banner, 1)[1].split()[0]
+
+
+def _redis_calls(url: str) -> dict[str, int]:
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()
+            if name.removeprefix("cmdstat_") not in SCRIPT_INTERNAL}
+
+
+@dataclass
+class Result:
+    latencies: list[float]
+    cpu_s: float = 0.0
+    redis_calls: dict[str, int] | None = None
+
+    def p(self, q: float) -> float:
+        data = sorted(self.latencies)
+        return data[min(len(data) - 1, int(q * len(data)))]
+
+
+async def _load(url: str, requests: int, concurrency: int, stream: bool) -> list[float]:
+    body = {"model": "m", "stream": stream, "max_tokens": 4,
+            "messages": [{"role": "user", "content": "hi"}]}
+    latencies: list[float] = []
+    remaining = requests
+
+    async def worker(client: aiohttp.ClientSession) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            start = time.perf_counter()
+            async with client.post(f"{url}/v1/chat/completions", json=body) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"status {response.status}")
+            latencies.append(time.perf_counter() - start)
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    return latencies
+
+
+def _measure(url: str, pid: int | None, redis_url: str | None, args: argparse.Namespace
+             ) -> Result:
+    asyncio.run(_load(url, args.warmup, args.concurrency, args.stream))
+    before_cpu = _cpu_seconds(pid) if pid else 0.0
+    before_calls = _redis_calls(redis_url) if redis_url else {}
+    latencies = asyncio.run(_load(url, args.requests, args.concurrency, args.stream))
+    result = Result(latencies)
+    if pid:
+        result.cpu_s = _cpu_seconds(pid) - before_cpu
+    if redis_url:
+        after = _redis_calls(redis_url)
+        result.redis_calls = {k: after[k] - before_calls.get(k, 0) for k in after
+                              if after[k] - before_calls.get(k, 0)}
+    return result
+
+
+def _proxy_config(store: str, mock_url: str) -> dict[str, Any]:
+    return {"listen": f"127.0.0.1:{_free_port()}", "store": store,
+            "upstreams": {"up": {"url": mock_url}},
+            "models": {"m": {"upstreams": ["up"], "max_in_flight": 256}}}
+
+
+def run(args: argparse.Namespace) -> str:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-store-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        redis_url = args.redis
+        if redis_url is None:
+            binary = shutil.which("redis-server")
+            if binary is None:
+                raise SystemExit("redis-server not found: install it or pass --redis URL")
+            port = _free_port()
+            procs.append(subprocess.Popen(
+                [binary, "--port", str(port), "--save", "", "--appendonly", "no",
+                 "--dir", str(workdir)], stdout=subprocess.DEVNULL))
+            redis_url = f"redis://127.0.0.1:{port}/0"
+            time.sleep(0.3)
+        from proxy.limits.redis import mark_fresh
+
+        mark_fresh(redis_url)
+        mock, mock_url = _start(["-m", "loadtest", "mock-llm", "--port", "0", "--batch",
+                                 "100000", "--ttft", "0", "--tpot", "0"],
+                                "mock-llm listening on ")
+        procs.append(mock)
+        proxies = {}
+        for name, store in (("memory", "memory"), ("redis", redis_url)):
+            path = workdir / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(_proxy_config(store, mock_url)))
+            proc, url = _start(["-m", "proxy", "serve", "--config", str(path)],
+                               "llm-throttle listening on ")
+            procs.append(proc)
+            proxies[name] = (proc, url)
+
+        direct = _measure(mock_url, None, None, args)
+        results = {name: _measure(url, proc.pid, redis_url if name == "redis" else None, args)
+                   for name, (proc, url) in proxies.items()}
+        return _report(args, direct, results)
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _report(args: argparse.Namespace, direct: Result, results: dict[str, Result]) -> str:
+    n = args.requests
+    memory_cpu = results["memory"].cpu_s / n
+    lines = [
+        f"{n} {'streaming' if args.stream else 'non-streaming'} requests, concurrency "
+        f"{args.concurrency}, zero-delay mock; direct p50 {direct.p(0.5) * 1000:.2f} ms",
+        "",
+        "| store | proxy CPU / request | vs memory | p50 added | p99 added | "
+        "Redis commands / request |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        cpu = result.cpu_s / n
+        calls = result.redis_calls or {}
+        per_request = sum(calls.values()) / n
+        detail = ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(calls.items()))
+        lines.append(
+            f"| {name} | {cpu * 1000:.3f} ms | {cpu / memory_cpu:.2f}x | "
+            f"{(result.p(0.5) - direct.p(0.5)) * 1000:.3f} ms | "
+            f"{(result.p(0.99) - direct.p(0.99)) * 1000:.3f} ms | "
+            f"{per_request:.2f}{f' ({detail})' if detail else ''} |")
+    lines += ["", f"Machine: {platform.processor() or platform.machine()}, "
+              f"{os.cpu_count()} cores, Python {platform.python_version()}, "
+              f"{platform.system()} {platform.release()}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_store", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--stream", action="store_true", help="streaming requests")
+    parser.add_argument("--redis", help="use this Redis instead of starting one")
+    print(run(parser.parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
