@@ -479,6 +479,15 @@ def write_plot(result: SoakResult, path: Path) -> Path:
     return path
 
 
+def _fds_and_cpu(result: SoakResult) -> str:
+    fds = [s["fds"] for s in result.samples if "fds" in s]
+    cpu = result.samples[-1].get("cpu_s", 0.0) if result.samples else 0.0
+    share = cpu / result.elapsed_s * 100 if result.elapsed_s else 0.0
+    fd_text = f"start {fds[0]}, end {fds[-1]}, max {max(fds)}" if fds else "not sampled"
+    return (f"- Proxy open file descriptors: {fd_text}; proxy CPU {cpu:.0f} s "
+            f"({share:.1f}% of one core)")
+
+
 def markdown_summary(result: SoakResult) -> str:
     rss = result.rss_mib()
     spec, m = result.spec, result.machine
@@ -497,6 +506,7 @@ def markdown_summary(result: SoakResult) -> str:
         "",
         load,
         f"- Proxy RSS: start {rss['start']} MiB, end {rss['end']} MiB, max {rss['max']} MiB",
+        _fds_and_cpu(result),
         f"- Permits outstanding after drain: {result.permits_outstanding:g}{held}",
         f"- Upstream requests still active after drain: {result.upstream_in_flight_after}",
         f"- Unexpected outcomes: {sum(result.unexpected.values())}{unexpected}",
