@@ -207,7 +207,7 @@ def _overhead(scenario: Scenario, runs: Sequence[RunRecord], f: Findings) -> Non
                 if target in scenario.proxies:
                     extra = _per_repeat(runs, phase.name, target, "passthrough", server_cpu_ms,
                                         _diff)
-                    f.numbers[f"{phase.name}.{target}.cpu_ms_above_floor"] = extra
+                    f.numbers[f"{phase.name}.{target}.cpu_ms_above_passthrough"] = extra
                     f.add(f"{phase.name}: {target} CPU per request minus the minimal aiohttp "
                           "pass-through's", f"{_num(extra, '.3f')} ms")
         direct = median(_goodput()(r) for r in _select(runs, phase.name, "direct"))
@@ -244,6 +244,12 @@ def _streaming(scenario: Scenario, runs: Sequence[RunRecord], f: Findings) -> No
             f.check(f"{phase.name}: {target} CPU per streamed request", cpu,
                     f"{_num(cpu, '.3f')} ms", cpu_limit if is_proxy else None, at_most=True,
                     target_text=f"<= {cpu_limit:g} ms" if cpu_limit is not None else "")
+            if is_proxy and "passthrough" in _targets_of(runs, phase.name):
+                extra = _per_repeat(runs, phase.name, target, "passthrough", server_cpu_ms,
+                                    _diff)
+                f.numbers[f"{phase.name}.{target}.cpu_ms_above_passthrough"] = extra
+                f.add(f"{phase.name}: {target} CPU per streamed request minus the minimal "
+                      "aiohttp pass-through's", f"{_num(extra, '.3f')} ms")
 
 
 def _service_summary(run: RunRecord) -> dict[str, Any]:

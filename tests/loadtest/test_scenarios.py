@@ -173,6 +173,17 @@ async def test_overhead_smoke(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "runs.json").exists()
 
 
+async def test_streaming_smoke_measures_added_ttft(tmp_path: Path) -> None:
+    scenario = _one_phase(load_scenario("streaming"), "paced16")
+    scenario = dataclasses.replace(scenario, phases=tuple(
+        dataclasses.replace(p, targets=("direct", "proxy")) for p in scenario.phases))
+    result = await run_scenario(scenario, tmp_path, smoke=True, log=lambda _: None)
+    assert [r.target for r in result.runs] == ["direct", "proxy"]
+    assert all(r.loads["main"]["ttft"]["p50"] is not None for r in result.runs)
+    numbers = analyze(result).numbers
+    assert numbers["paced16.proxy.ttft_added_p50_ms"] is not None
+
+
 async def test_overload_smoke_holds_the_cap_and_loses_nothing(tmp_path: Path) -> None:
     result = await run_scenario(load_scenario("overload"), tmp_path / "out", smoke=True,
                                 log=lambda _: None)
