@@ -163,7 +163,7 @@ class RedisStore(LimitStore):
         self._client = self._connect(socket_timeout=max(1.0, self.config.heartbeat_s))
         self._reader = self._connect(socket_timeout=READ_BLOCK_MS / 1000 + 2.0)
         self._scripts = Scripts.load(self._client)
-        self._pipe = ScriptPipeline(self._client)
+        self._pipe = ScriptPipeline(self.url, timeout_s=max(2.0, self.config.heartbeat_s))
         try:
             await self._client.hset(self._keys[13], mapping=config_fields(self.spec))
             await self._resync()
@@ -204,6 +204,8 @@ class RedisStore(LimitStore):
                 log.warning("could not release this host's leases on close: %s", exc)
         self._held.clear()
         self._shut = True
+        if self._pipe is not None:
+            await self._pipe.close()
         for client in (self._client, self._reader):
             if client is not None:
                 await client.aclose()
