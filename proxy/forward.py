@@ -83,6 +83,7 @@ class RelayOutcome:
     chunks: int = 0  # data events relayed (streams)
     complete: bool = False  # the upstream response ended normally
     first_byte_at: float | None = None
+    client_gone: bool = False  # the client disconnected before the end
 
 
 class Forwarder:
@@ -156,6 +157,9 @@ async def relay_stream(
         outcome.complete = True
     except ProxyError as exc:  # the upstream failed (timeout, reset): tell the client in-band
         failure = exc
+    except ConnectionResetError:  # the client left mid-stream: nobody to write to any more
+        outcome.client_gone = True
+        return response
     finally:
         if tap is not None:
             outcome.usage, outcome.chunks = tap.usage, tap.chunks
