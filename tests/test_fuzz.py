@@ -15,9 +15,10 @@ After every example:
 3. a second listener, the "evil" host named in absolute-form targets, was never contacted.
 
 Random ``x-mock-*`` headers are never generated: the mock answers 5xx only to those (the
-concurrency property adds ``delay``/``tokens`` on purpose; neither answers 5xx). Bugs found
-here and not yet fixed are listed in ``KNOWN_BUGS`` and pinned by strict xfail examples at the
-end of the file; the properties let only those through, so they keep finding new ones.
+concurrency property adds ``delay``/``tokens`` on purpose; neither answers 5xx). A bug found
+here and not fixed yet goes into ``KNOWN_BUGS`` with a strict xfail example, so the properties
+keep looking for others; the ones found so far are fixed and pinned by the regression examples
+at the end of the file.
 """
 
 from __future__ import annotations
@@ -179,32 +180,9 @@ async def exchange(port: int, request: bytes | list[bytes], *, head: bool = Fals
 
 
 # -- bugs found by this file, still open ------------------------------------------------------
-# Each is pinned by a strict xfail example at the end of the file; the properties let a proxy
-# 5xx through only when the request matches one (recorded as a hypothesis event). Remove the
-# entry together with its xfail once fixed.
-
-
-def _max_nesting(body: bytes) -> int:
-    depth = deepest = 0
-    for byte in body:
-        if byte in b"[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif byte in b"]}":
-            depth -= 1
-    return deepest
-
-
-def _header(raw: bytes, name: bytes) -> list[bytes]:
-    head = raw.split(b"\r\n\r\n", 1)[0]
-    return [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")[1:]
-            if line.split(b":", 1)[0].strip().lower() == name]
-
-
-def _surrogate_escape(body: bytes) -> bool:
-    lowered = body.lower()
-    return any(b"\\ud" + bytes([c]) in lowered for c in b"89abcdef")
-
+# Name -> predicate on the raw request. A proxy 5xx to a matching request is recorded as a
+# hypothesis event instead of failing; each entry has a strict xfail example pinning it, and
+# goes away with that xfail once fixed.
 
 KNOWN_BUGS: dict[str, Callable[[bytes], bool]] = {}
 
@@ -698,7 +676,8 @@ def test_chunked_body_over_the_limit_is_413_without_reading_the_rest(live: LiveP
 
 
 def test_headers_sent_slower_than_a_header_timeout_are_cut_off() -> None:
-    """The proxy closes (or answers 408) a connection whose headers take too long."""
+    """Slowloris: a head trickled in 2 bytes per 0.1 s is cut off after header_read_timeout_s
+    in total (not per byte), with a 408 or a closed connection."""
     with asyncio.Runner() as runner:
         upstream_status: dict[str, int] = {}
         proxy, mock, evil = runner.run(_start(upstream_status, {"header_read_timeout_s": 0.5}))
@@ -769,6 +748,7 @@ def _post(live: LiveProxy, body: bytes, *headers: bytes,
 @pytest.mark.parametrize("target,key", [(b"/v1/chat/completions", KEY),
                                         (b"/throttle/status", ADMIN_KEY)])
 def test_non_ascii_byte_in_a_key_is_401(live: LiveProxy, target: bytes, key: str) -> None:
+    """A header byte >= 0x80 reaches the key check as a surrogate escape (it was a 500)."""
     body = json.dumps(valid_body("/v1/chat/completions", False)).encode()
     method = b"POST" if target.startswith(b"/v1/") else b"GET"
     raw = (method + b" " + target + b" HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: Bearer "
@@ -779,12 +759,14 @@ def test_non_ascii_byte_in_a_key_is_401(live: LiveProxy, target: bytes, key: str
 
 
 def test_deeply_nested_json_is_400(live: LiveProxy) -> None:
+    """json.loads raises RecursionError, not ValueError, past ~1000 levels (it was a 500)."""
     depth = 5000
     response = _post(live, b'{"model":"m","x":' + b"[" * depth + b"]" * depth + b"}")
     assert response.status == 400, response
 
 
 def test_lone_surrogate_in_streamed_body_is_not_a_500(live: LiveProxy) -> None:
+    """A streamed body is re-encoded to add include_usage; "\\ud800" could not be (a 500)."""
     body = json.dumps({**valid_body("/v1/chat/completions", True),
                        "messages": [{"role": "user", "content": "\ud800"}]}).encode()
     assert b"\\ud800" in body
@@ -794,12 +776,14 @@ def test_lone_surrogate_in_streamed_body_is_not_a_500(live: LiveProxy) -> None:
 
 @pytest.mark.parametrize("encoding", [b"gzip", b"deflate"])
 def test_body_not_in_its_content_encoding_is_400(live: LiveProxy, encoding: bytes) -> None:
+    """Decoding fails inside request.read() with RequestPayloadError (it was a 500)."""
     body = json.dumps(valid_body("/v1/chat/completions", False)).encode()
     response = _post(live, body, b"Content-Encoding: " + encoding)
     assert response.status == 400, response
 
 
 def test_gzip_body_reaches_the_upstream_readable(live: LiveProxy) -> None:
+    """aiohttp decompresses the body; forwarding it with Content-Encoding broke the upstream."""
     body = gzip.compress(json.dumps(valid_body("/v1/chat/completions", False)).encode())
     response = _post(live, body, b"Content-Encoding: gzip", b"Content-Type: application/json")
     assert response.status == 200, response
