@@ -34,7 +34,6 @@ LOST: the host's deadline passed and another host's heartbeat took its leases ba
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -55,7 +54,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..config import RedisConfig
 from ..errors import QueueFull, QueueTimeout, RateLimited, ShuttingDown
 from .base import Charge, Demand, Grant, LimitSpec, LimitStore, Snapshot
-from .redis_local import LocalShare, StoreUnavailable, local_store, refusal
+from .redis_grants import READ_BLOCK_MS, GrantsReader
+from .redis_local import LocalShare, StoreUnavailable, acquire_until, local_store, refusal
 from .redis_pipeline import ScriptPipeline
 from .redis_scripts import DemandEncoder, Scripts, config_fields, pool_keys
 from .redis_status import read_status_document, snapshot_from_reply
@@ -66,10 +66,6 @@ log = logging.getLogger("llm_throttle.redis")
 
 #: failures that mean "Redis cannot be reached now" (anything else is a bug and propagates)
 STORE_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
-#: how long one XREAD blocks waiting for grants (any grant wakes it sooner)
-READ_BLOCK_MS = 2000
-#: the grants stream keeps about this many entries (lua/lib.lua trims it the same)
-STREAM_MAXLEN = 10000
 #: retries of one command after a dropped connection (scripts are idempotent)
 COMMAND_RETRIES = 3
 
@@ -89,11 +85,6 @@ class _Waiter:
         self.deadline = deadline
         #: queue position in Redis; None until the admit reply says the request is queued
         self.score: str | None = None
-
-
-def _stream_key(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class RedisStore(LimitStore):
@@ -138,12 +129,7 @@ class RedisStore(LimitStore):
         self._recovered = asyncio.Event()
         self._live_hosts = 1
         self._resync_lock = asyncio.Lock()
-        self._stream_id = "0-0"
-        self._resume_id: str | None = None
-        self._reader_idle = False
-        self._reader_wake = asyncio.Event()
-        self._read_task: asyncio.Future[Any] | None = None
-        self._stopping = asyncio.Event()
+        self._grants: GrantsReader | None = None
         self._scan_timer: asyncio.TimerHandle | None = None
         self._scan_at = float("inf")
         self._loops: list[asyncio.Task[None]] = []
@@ -162,16 +148,19 @@ class RedisStore(LimitStore):
     async def start(self) -> None:
         self._client = self._connect(socket_timeout=max(1.0, self.config.heartbeat_s))
         self._reader = self._connect(socket_timeout=READ_BLOCK_MS / 1000 + 2.0)
+        self._grants = GrantsReader(self._reader, self._grants_key, self.host_id,
+                                    self._hand_over, self._reading, STORE_ERRORS)
         self._scripts = Scripts.load(self._client)
         self._pipe = ScriptPipeline(self.url, timeout_s=max(2.0, self.config.heartbeat_s))
         try:
-            await self._client.hset(self._keys[13], mapping=config_fields(self.spec))
+            fields: dict[Any, Any] = config_fields(self.spec)
+            await self._client.hset(self._keys[13], mapping=fields)
             await self._resync()
         except STORE_ERRORS as exc:  # start anyway; the heartbeat keeps trying
             self._enter_degraded(exc)
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._heartbeat_loop()),
-                       loop.create_task(self._read_grants())]
+                       loop.create_task(self._grants.run())]
 
     async def close(self) -> None:
         if self._closed:
@@ -182,20 +171,12 @@ class RedisStore(LimitStore):
         await self.drain()
         if self._scan_timer is not None:
             self._scan_timer.cancel()
-        self._stopping.set()
-        for task in self._loops:
-            task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
-        read = self._read_task
-        if read is not None:
-            if not read.done() and self._client is not None:
-                # A blocked XREAD returns when an entry arrives: post one to wake it.
-                with contextlib.suppress(*STORE_ERRORS):
-                    await self._client.xadd(self._grants_key, {"h": self.host_id, "r": ""},
-                                            maxlen=STREAM_MAXLEN, approximate=True)
-            await asyncio.wait((read,), timeout=READ_BLOCK_MS / 1000 + 1)
-            if read.done() and not read.cancelled():
-                read.exception()
+        if self._loops:
+            heartbeat, reader = self._loops
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            assert self._grants is not None
+            await self._grants.stop(reader, self._client)
         await self.drain()
         if self._scripts is not None and not self._degraded:
             try:  # one call gives back every lease and waiter this host still has
@@ -232,7 +213,8 @@ class RedisStore(LimitStore):
                 continue
 
     async def _acquire_shared(self, demand: Demand, deadline: float, max_wait: float) -> Grant:
-        assert self._scripts is not None
+        assert self._scripts is not None and self._pipe is not None
+        assert self._grants is not None
         rid = demand.request_id
         loop = asyncio.get_running_loop()
         waiter = _Waiter(demand, loop.create_future(), self._clock(), deadline)
@@ -258,7 +240,7 @@ class RedisStore(LimitStore):
                     return self._granted(demand, int(reply[1]), float(reply[2]))
                 if kind == "Q":
                     waiter.score = reply[1]
-                    self._follow(reply[2])
+                    self._grants.follow(reply[2])
                     if float(reply[3]) >= 0:
                         self._arm_scan(float(reply[3]) / 1000)
                     break
@@ -302,7 +284,7 @@ class RedisStore(LimitStore):
 
     async def _wait(self, waiter: _Waiter, max_wait: float) -> Grant:
         """Wait for the grants stream to hand this waiter its permits."""
-        assert self._scripts is not None
+        assert self._scripts is not None and self._pipe is not None
         rid = waiter.demand.request_id
         try:
             async with asyncio.timeout(max(0.0, waiter.deadline - self._clock())):
@@ -389,52 +371,9 @@ class RedisStore(LimitStore):
 
     # -- waking waiters ------------------------------------------------------------------------
 
-    def _follow(self, stream_id: str) -> None:
-        """A waiter queued at ``stream_id``: make sure the reader reads from there."""
-        if self._reader_idle and (self._resume_id is None or
-                                  _stream_key(stream_id) < _stream_key(self._resume_id)):
-            self._resume_id = stream_id
-        self._reader_wake.set()
-
-    async def _read_grants(self) -> None:
-        """The one blocking reader of this host: resolves its waiters from the grants stream."""
-        assert self._reader is not None
-        failures = 0
-        while not self._closed:
-            if not self._waiters or self._degraded:
-                self._reader_idle = True
-                self._reader_wake.clear()
-                await self._reader_wake.wait()
-                self._reader_idle = False
-                if self._resume_id is not None:
-                    self._stream_id, self._resume_id = self._resume_id, None
-                continue
-            # The read runs in its own task: redis-py may swallow a cancellation that lands
-            # before a command starts, so close() stops this loop with an event instead.
-            read = asyncio.ensure_future(self._reader.xread(
-                {self._grants_key: self._stream_id}, count=512, block=READ_BLOCK_MS))
-            self._read_task = read
-            stopping = asyncio.ensure_future(self._stopping.wait())
-            try:
-                await asyncio.wait((read, stopping), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopping.cancel()
-            if not read.done():
-                return  # closing: close() reaps the read
-            try:
-                reply = read.result()
-            except STORE_ERRORS as exc:
-                # The heartbeat decides whether Redis is down; the reader just tries again.
-                failures += 1
-                log.debug("grants reader: %s", exc)
-                await asyncio.sleep(min(1.0, 0.05 * 2 ** failures))
-                continue
-            failures = 0
-            for _, entries in reply or ():
-                for entry_id, fields in entries:
-                    self._stream_id = entry_id
-                    if fields.get("h") == self.host_id and fields.get("r"):
-                        self._hand_over(fields["r"], int(fields["o"]), float(fields["q"]))
+    def _reading(self) -> bool:
+        """The grants reader runs while this host has waiters in Redis."""
+        return bool(self._waiters) and not self._degraded
 
     def _hand_over(self, rid: str, option: int, queued_ms: float) -> None:
         waiter = self._waiters.get(rid)
@@ -459,7 +398,7 @@ class RedisStore(LimitStore):
         self._spawn(self._scan())
 
     async def _scan(self) -> None:
-        if self._degraded or self._scripts is None or self._closed:
+        if self._degraded or self._scripts is None or self._pipe is None or self._closed:
             return
         try:
             reply = await self._pipe.call(self._scripts.scan, self._keys, ())
@@ -498,7 +437,7 @@ class RedisStore(LimitStore):
 
     async def _resync(self) -> None:
         """Send what failed to reach Redis, then register every lease and waiter of this host."""
-        assert self._scripts is not None
+        assert self._scripts is not None and self._grants is not None
         async with self._resync_lock:
             for rid, (settle, refund) in list(self._orphans.items()):
                 await self._scripts.release(keys=self._keys, args=[
@@ -521,9 +460,7 @@ class RedisStore(LimitStore):
                                 "%d leases and %d waiters", self._epoch, epoch, len(leases),
                                 len(waiters))
                 self._epoch = epoch
-                self._stream_id = stream_id
-                if self._reader_idle:
-                    self._resume_id = stream_id
+                self._grants.restart_at(stream_id)
             rest = reply[5:]
             i = 0
             while i < len(rest):
@@ -571,37 +508,15 @@ class RedisStore(LimitStore):
             raise StoreUnavailable(
                 f"the shared limit store is unreachable and its {why} are set to fail closed",
                 retry_after_s=self.config.heartbeat_s)
-        local, recovered = self._local, self._recovered
+        local = self._local
         assert local is not None
-        left = deadline - self._clock()
-        if left <= 0:
-            raise QueueTimeout("waited the queue's max wait without a free slot",
-                               retry_after_s=1.0)
-        loop = asyncio.get_running_loop()
-        admit = loop.create_task(local.acquire(replace(demand, max_wait_s=left)))
-        back = loop.create_task(recovered.wait())
-        try:
-            await asyncio.wait((admit, back), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            admit.cancel()
-            if admit.done() and not admit.cancelled() and admit.exception() is None:
-                local.release_nowait(admit.result())
-            raise
-        finally:
-            back.cancel()
-        if not admit.done():
-            admit.cancel()
-            try:
-                grant = await admit
-            except asyncio.CancelledError:
-                return None
-        else:
-            grant = admit.result()  # raises Throttled when the local share refuses
+        grant = await acquire_until(local, self._recovered, demand, deadline - self._clock())
+        if grant is None:
+            return None
         if self._local is not local:  # recovered meanwhile: hand it back, retry in Redis
             local.release_nowait(grant)
             return None
-        option = demand.options.index(grant.option) + 1
-        self._held[demand.request_id] = (grant, option, True)
+        self._held[demand.request_id] = (grant, demand.options.index(grant.option) + 1, True)
         return grant
 
     # -- observation and shutdown -------------------------------------------------------------

@@ -14,9 +14,11 @@ Policies, per kind of limit (``redis.on_store_error_concurrency`` / ``_rates``):
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import replace
 
-from ..errors import ShuttingDown
+from ..errors import QueueTimeout, ShuttingDown
 from .base import BucketSpec, Demand, Grant, LimitSpec
 from .memory import MemoryStore
 
@@ -77,3 +79,36 @@ def local_store(spec: LimitSpec, hosts: int, concurrency: str, rates: str,
     for grant in held:
         store.adopt(grant)
     return store
+
+
+async def acquire_until(local: LocalShare, recovered: asyncio.Event, demand: Demand,
+                        max_wait_s: float) -> Grant | None:
+    """Admit ``demand`` from the local share, unless ``recovered`` is set first (None then).
+
+    A grant won at the very moment of recovery is returned, never dropped: the caller keeps
+    it (it is re-registered in Redis) or gives it back.
+    """
+    if max_wait_s <= 0:
+        raise QueueTimeout("waited the queue's max wait without a free slot", retry_after_s=1.0)
+    loop = asyncio.get_running_loop()
+    admit = loop.create_task(local.acquire(replace(demand, max_wait_s=max_wait_s)))
+    back = loop.create_task(recovered.wait())
+    try:
+        await asyncio.wait((admit, back), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        admit.cancel()
+        if admit.done() and not admit.cancelled() and admit.exception() is None:
+            local.release_nowait(admit.result())
+        raise
+    finally:
+        back.cancel()
+    if admit.done():
+        return admit.result()  # raises Throttled when the local share refuses
+    admit.cancel()
+    try:
+        return await admit
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # the caller itself is being cancelled
+        return None

@@ -130,7 +130,9 @@ class ScriptPipeline:
                 return result
             if not isinstance(result, NoScriptError):
                 raise result
-            script.sha = await self.execute(b"SCRIPT", b"LOAD", script.script)
+            source = script.script
+            script.sha = await self.execute(b"SCRIPT", b"LOAD", bytes(source) if isinstance(
+                source, memoryview) else source)
             self._prefixes.clear()
 
     async def execute(self, *parts: str | bytes) -> Any:
