@@ -384,15 +384,21 @@ def _multihost(scenario: Scenario, runs: Sequence[RunRecord], f: Findings) -> No
 
 
 def code_version() -> str:
-    """The commit the measured code came from (``-dirty``: with uncommitted changes)."""
+    """The commit the measured code came from; ``-dirty`` when the code (``proxy/``,
+    ``loadtest/``) has uncommitted changes (results and docs written by the run do not count)."""
     from loadtest.processes import CODE_ROOT
 
+    git = ["git", "-C", str(CODE_ROOT)]
     try:
-        out = subprocess.run(["git", "-C", str(CODE_ROOT), "describe", "--always", "--dirty"],
-                             capture_output=True, text=True, timeout=10)
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        changed = subprocess.run([*git, "status", "--porcelain", "--", "proxy", "loadtest"],
+                                 capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return out.stdout.strip() or "unknown (not a git checkout)"
+    if not head:
+        return "unknown (not a git checkout)"
+    return head + ("-dirty" if changed else "")
 
 
 def machine_info() -> dict[str, str]:
