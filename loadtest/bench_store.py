@@ -1,6 +1,6 @@
 """Redis store vs memory store, same load, one run: what sharing limits costs per request.
 
-    python -m loadtest.bench_store --requests 3000 --concurrency 8
+    python -m loadtest.bench_store --requests 2000 --repeats 3 --concurrency 1
 
 Starts a zero-delay mock LLM, a ``redis-server`` (unless ``--redis URL``), and two proxies as
 separate processes (``store: memory`` and ``store: redis://...``). Sends the same closed-loop
@@ -156,10 +156,16 @@ def run(args: argparse.Namespace) -> str:
             procs.append(proc)
             proxies[name] = (proc, url)
 
-        direct = _measure(mock_url, None, None, args)
-        results = {name: _measure(url, proc.pid, redis_url if name == "redis" else None, args)
-                   for name, (proc, url) in proxies.items()}
-        return _report(args, direct, results)
+        # Repeats interleave the targets so a busy neighbour slows all of them alike;
+        # the report shows the median repeat of each figure.
+        rounds: list[tuple[Result, dict[str, Result]]] = []
+        for _ in range(args.repeats):
+            direct = _measure(mock_url, None, None, args)
+            results = {name: _measure(url, proc.pid, redis_url if name == "redis" else None,
+                                      args)
+                       for name, (proc, url) in proxies.items()}
+            rounds.append((direct, results))
+        return _report(args, rounds)
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -167,30 +173,40 @@ def run(args: argparse.Namespace) -> str:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _report(args: argparse.Namespace, direct: Result, results: dict[str, Result]) -> str:
+def _report(args: argparse.Namespace, rounds: list[tuple[Result, dict[str, Result]]]) -> str:
     n = args.requests
-    memory_cpu = results["memory"].cpu_s / n
+
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    memory_cpu = median([r["memory"].cpu_s / n for _, r in rounds])
+    direct_p50 = median([d.p(0.5) for d, _ in rounds])
     lines = [
-        f"{n} {'streaming' if args.stream else 'non-streaming'} requests, concurrency "
-        f"{args.concurrency}, zero-delay mock; direct p50 {direct.p(0.5) * 1000:.2f} ms",
+        (f"{n} {'streaming' if args.stream else 'non-streaming'} requests x {args.repeats} "
+        f"interleaved repeats (medians shown), concurrency {args.concurrency}, zero-delay "
+        f"mock; direct p50 {direct_p50 * 1000:.2f} ms"),
         "",
-        "| store | proxy CPU / request | vs memory | p50 added | p99 added | "
-        "Redis commands / request |",
+        ("| store | proxy CPU / request | vs memory | p50 added | p99 added | "
+        "Redis commands / request |"),
         "|---|---|---|---|---|---|",
     ]
-    for name, result in results.items():
-        cpu = result.cpu_s / n
-        calls = result.redis_calls or {}
-        per_request = sum(calls.values()) / n
-        detail = ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(calls.items()))
+    for name in rounds[0][1]:
+        cpu = median([r[name].cpu_s / n for _, r in rounds])
+        p50 = median([r[name].p(0.5) - d.p(0.5) for d, r in rounds])
+        p99 = median([r[name].p(0.99) - d.p(0.99) for d, r in rounds])
+        calls: dict[str, int] = {}
+        for _, r in rounds:
+            for k, v in (r[name].redis_calls or {}).items():
+                calls[k] = calls.get(k, 0) + v
+        total = n * len(rounds)
+        detail = ", ".join(f"{k} {v / total:.2f}" for k, v in sorted(calls.items()))
+        per_request = sum(calls.values()) / total
         lines.append(
-            f"| {name} | {cpu * 1000:.3f} ms | {cpu / memory_cpu:.2f}x | "
-            f"{(result.p(0.5) - direct.p(0.5)) * 1000:.3f} ms | "
-            f"{(result.p(0.99) - direct.p(0.99)) * 1000:.3f} ms | "
-            f"{per_request:.2f}{f' ({detail})' if detail else ''} |")
-    lines += ["", f"Machine: {platform.processor() or platform.machine()}, "
+            f"| {name} | {cpu * 1000:.3f} ms | {cpu / memory_cpu:.2f}x | {p50 * 1000:.3f} ms | "
+            f"{p99 * 1000:.3f} ms | {per_request:.2f}{f' ({detail})' if detail else ''} |")
+    lines += ["", (f"Machine: {platform.processor() or platform.machine()}, "
               f"{os.cpu_count()} cores, Python {platform.python_version()}, "
-              f"{platform.system()} {platform.release()}"]
+              f"{platform.system()} {platform.release()}")]
     return "\n".join(lines)
 
 
@@ -200,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stream", action="store_true", help="streaming requests")
     parser.add_argument("--redis", help="use this Redis instead of starting one")
     print(run(parser.parse_args(argv)))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections import deque
 from collections.abc import Sequence
@@ -205,6 +206,10 @@ class ScriptPipeline:
             context = ssl.create_default_context() if parts.scheme == "rediss" else None
             reader, writer = await asyncio.open_connection(
                 parts.hostname or "localhost", parts.port or 6379, ssl=context)
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # small calls back to back must not wait for each other's ACK (Nagle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         setup = []
         if parts.password is not None:
             user = unquote(parts.username) if parts.username else None
