@@ -58,6 +58,7 @@ log = logging.getLogger("llm_throttle")
 
 ADMIN_PATHS = ("/throttle/status", "/metrics", "/healthz")
 MODEL_LABEL = "llm_throttle.model"
+QUEUE_MS_HEADER = "x-llm-throttle-queue-ms"
 CLIENT_LABEL = "llm_throttle.client"
 
 
@@ -218,7 +219,7 @@ class Proxy:
         outcome = RelayOutcome()
         try:
             return await self._forward_admitted(request, target, parsed, upstream, outcome,
-                                                arrival, model)
+                                                arrival, model, grant.queued_s)
         finally:
             used = self._tokens_used(outcome, reserved)
             self.store.release_nowait(grant, settlement(grant, reserved, used))
@@ -230,7 +231,7 @@ class Proxy:
 
     async def _forward_admitted(
         self, request: web.BaseRequest, target: str, parsed: ParsedRequest, upstream: UpstreamConfig,
-        outcome: RelayOutcome, arrival: float, model: str,
+        outcome: RelayOutcome, arrival: float, model: str, queued_s: float,
     ) -> web.StreamResponse:
         headers = upstream_request_headers(request.headers, upstream, identity_encoding=True)
         started = self.clock()
@@ -248,17 +249,20 @@ class Proxy:
                 self.metrics.child(self.metrics.upstream_errors, upstream.name,
                                    str(upstream_response.status)).inc()
             content_type = upstream_response.headers.get("Content-Type", "")
+            # How long admission made it wait: lets clients and load tests separate queue
+            # time from service time.
+            extra = {QUEUE_MS_HEADER: str(round(queued_s * 1000, 1))}
             if parsed.stream and content_type.startswith("text/event-stream"):
                 tap = None
                 if "Content-Encoding" not in upstream_response.headers:
                     tap = SSEUsageTap(parsed.strip_usage)
                 response = await relay_stream(request, upstream_response, outcome, tap,
-                                              self.clock)
+                                              self.clock, extra)
                 if outcome.first_byte_at is not None:
                     self.metrics.child(self.metrics.ttft, model).observe(
                         outcome.first_byte_at - arrival)
                 return response
-            return await relay_plain(upstream_response, outcome, usage_from_body)
+            return await relay_plain(upstream_response, outcome, usage_from_body, extra)
 
     @staticmethod
     def _tokens_used(outcome: RelayOutcome, reserved: int) -> int:

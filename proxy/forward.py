@@ -64,13 +64,16 @@ def upstream_request_headers(
     return out
 
 
-def client_response_headers(incoming: CIMultiDict[str]) -> CIMultiDict[str]:
+def client_response_headers(incoming: CIMultiDict[str],
+                            extra: Mapping[str, str] | None = None) -> CIMultiDict[str]:
     dropped = _RESPONSE_DROP | _connection_listed(incoming) if "Connection" in incoming \
         else _RESPONSE_DROP
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         if name.lower() not in dropped:
             out.add(name, value)
+    if extra:
+        out.update(extra)
     return out
 
 
@@ -115,6 +118,7 @@ class Forwarder:
 async def relay_plain(
     upstream_response: UpstreamResponse, outcome: RelayOutcome,
     read_usage: Callable[[bytes], tuple[int, int] | None] | None,
+    extra_headers: Mapping[str, str] | None = None,
 ) -> web.Response:
     """Read a (small) non-streamed response whole and pass it on."""
     body = await upstream_response.read()
@@ -125,20 +129,21 @@ async def relay_plain(
     return web.Response(
         status=upstream_response.status,
         reason=upstream_response.reason,
-        headers=client_response_headers(upstream_response.headers),
+        headers=client_response_headers(upstream_response.headers, extra_headers),
         body=body,
     )
 
 
 async def relay_stream(
-    request: web.Request, upstream_response: UpstreamResponse,
+    request: web.BaseRequest, upstream_response: UpstreamResponse,
     outcome: RelayOutcome, tap: SSEUsageTap | None, clock: Callable[[], float],
+    extra_headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
     """Relay chunk by chunk. A failure after the first byte ends with an SSE error event."""
     response = web.StreamResponse(
         status=upstream_response.status,
         reason=upstream_response.reason,
-        headers=client_response_headers(upstream_response.headers),
+        headers=client_response_headers(upstream_response.headers, extra_headers),
     )
     outcome.status = upstream_response.status
     await response.prepare(request)

@@ -212,3 +212,19 @@ async def test_client_cap_and_client_bucket(store_kind, mock_llm, make_proxy, op
         for c in [w] * 8 + [x] * 10
     ])
     assert mock.state.peak == 7
+
+
+async def test_queue_wait_is_reported_in_a_response_header(mock_llm, make_proxy):
+    mock = await mock_llm(ttft_s=0, tpot_s=0)
+    proxy = await make_proxy(one_model_config(mock.url, max_in_flight=1))
+    body = {"model": "m", "messages": MESSAGES, "max_tokens": 1}
+    async with aiohttp.ClientSession() as session:
+        first = asyncio.create_task(session.post(proxy.url + "/v1/chat/completions", json=body,
+                                                 headers={"x-mock-fault": "delay:0.3"}))
+        await wait_for_status(proxy, lambda d: d["models"]["m"]["in_flight"] == 1)
+        async with session.post(proxy.url + "/v1/chat/completions",
+                                json={**body, "stream": True}) as second:
+            assert float(second.headers["x-llm-throttle-queue-ms"]) >= 200
+            await second.read()
+        async with await first as response:
+            assert float(response.headers["x-llm-throttle-queue-ms"]) < 50
