@@ -26,8 +26,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from .admission import AdmissionPolicy, settlement
-from .auth import Authenticator, Identity
-from .auth import bearer_token
+from .auth import Authenticator, Identity, bearer_token
 from .config import Config, UpstreamConfig
 from .errors import (
     AuthenticationFailed,
@@ -230,8 +229,9 @@ class Proxy:
                 metrics.child(metrics.tokens, model, client, "completion").inc(outcome.usage[1])
 
     async def _forward_admitted(
-        self, request: web.BaseRequest, target: str, parsed: ParsedRequest, upstream: UpstreamConfig,
-        outcome: RelayOutcome, arrival: float, model: str, queued_s: float,
+        self, request: web.BaseRequest, target: str, parsed: ParsedRequest,
+        upstream: UpstreamConfig, outcome: RelayOutcome, arrival: float, model: str,
+        queued_s: float,
     ) -> web.StreamResponse:
         headers = upstream_request_headers(request.headers, upstream, identity_encoding=True)
         started = self.clock()

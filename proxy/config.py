@@ -224,7 +224,8 @@ class _Section:
             if not isinstance(item, str):
                 self.problems.append(f"{self.key_path(key)}[{i}]: expected a string")
                 continue
-            out.append(interpolate_env(item, self.environ, self.problems, f"{self.key_path(key)}[{i}]"))
+            where = f"{self.key_path(key)}[{i}]"
+            out.append(interpolate_env(item, self.environ, self.problems, where))
         return tuple(out)
 
     def finish(self) -> None:
@@ -458,7 +459,8 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError([f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from exc
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError([f"{path}: not valid YAML{where}: {problem}"]) from exc
     return parse_config(data, environ)
 
 

@@ -23,6 +23,7 @@ it into the body OpenAI's SDKs expect (``{"error": {"message", "type", "code"}}`
     │   ├── UpstreamUnavailable       503 (no upstream can take it)
     │   └── UpstreamTimeout           504
     └── ShuttingDown              503 service_unavailable (carries retry_after_s)
+        └── StoreUnavailable          code store_unavailable (Redis down, policy "closed")
 """
 
 from __future__ import annotations
@@ -184,3 +185,9 @@ class ShuttingDown(_RetryableMixin, ProxyError):
     def __init__(self, message: str = "the proxy is shutting down", *, retry_after_s: float = 1.0):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class StoreUnavailable(ShuttingDown):
+    """503: the shared limit store is unreachable and the policy says refuse."""
+
+    code = "store_unavailable"

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import aiohttp
+
 from tests.conftest import one_model_config
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
@@ -93,7 +94,8 @@ async def test_credentials_and_hop_by_hop_headers(mock_llm, make_proxy, openai_c
     assert mock.state.recent[-1].headers["Authorization"] == "Bearer upstream-secret"
 
 
-async def test_without_upstream_key_no_authorization_is_forwarded(mock_llm, make_proxy, openai_client):
+async def test_without_upstream_key_no_authorization_is_forwarded(mock_llm, make_proxy,
+                                                                 openai_client):
     mock = await mock_llm()
     proxy = await make_proxy(one_model_config(mock.url))
     await openai_client(proxy.url, key="client-secret").chat.completions.create(

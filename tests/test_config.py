@@ -23,7 +23,8 @@ models:
     tokens_per_minute: 120000
 queue: {max_depth: 1000, max_wait_s: 120}
 clients:
-  hermes-workers: {key: "${HERMES_KEY}", priority: batch, max_in_flight: 4, tokens_per_minute: 60000}
+  hermes-workers:
+    {key: "${HERMES_KEY}", priority: batch, max_in_flight: 4, tokens_per_minute: 60000}
   chat-ui: {key: "${CHAT_KEY:-chat-default}", priority: interactive}
 """
 

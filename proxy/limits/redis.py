@@ -52,10 +52,10 @@ from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import RedisConfig
-from ..errors import QueueFull, QueueTimeout, RateLimited, ShuttingDown
+from ..errors import QueueFull, QueueTimeout, RateLimited, ShuttingDown, StoreUnavailable
 from .base import Charge, Demand, Grant, LimitSpec, LimitStore, Snapshot
 from .redis_grants import READ_BLOCK_MS, GrantsReader
-from .redis_local import LocalShare, StoreUnavailable, acquire_until, local_store, refusal
+from .redis_local import LocalShare, acquire_until, local_store, refusal
 from .redis_pipeline import ScriptPipeline
 from .redis_scripts import DemandEncoder, Scripts, config_fields, pool_keys
 from .redis_status import read_status_document, snapshot_from_reply

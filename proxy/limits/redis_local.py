@@ -18,15 +18,9 @@ import asyncio
 import time
 from dataclasses import replace
 
-from ..errors import QueueTimeout, ShuttingDown
+from ..errors import QueueTimeout
 from .base import BucketSpec, Demand, Grant, LimitSpec
 from .memory import MemoryStore
-
-
-class StoreUnavailable(ShuttingDown):
-    """503: the shared limit store is unreachable and the policy says refuse."""
-
-    code = "store_unavailable"
 
 
 class LocalShare(MemoryStore):
