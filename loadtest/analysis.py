@@ -267,6 +267,10 @@ def _overload(scenario: Scenario, runs: Sequence[RunRecord], f: Findings) -> Non
     f.add("capacity at B (direct, B clients, unloaded)", f"{_num(capacity)} req/s")
     f.add("unloaded service time p50 / p99 (at the mock)",
           f"{_ms(base_service)} / {_ms(base_service99)} ms")
+    batch = scenario.mock.get("batch_size")
+    if batch and base_service:
+        f.add("capacity at B from the mock's own service time (B / unloaded p50)",
+              f"{_num(batch / base_service)} req/s")
     for target in _targets_of(runs, "overload"):
         sel = _select(runs, "overload", target)
         is_proxy = target in scenario.proxies
@@ -278,6 +282,14 @@ def _overload(scenario: Scenario, runs: Sequence[RunRecord], f: Findings) -> Non
                 f"{_num(goodput)} req/s = {_pct(share)} of capacity",
                 1 - goodput_tol if is_proxy else None, at_most=False,
                 target_text=f">= {100 - goodput_tol * 100:g}%")
+        if batch:
+            by_service = _against(runs, "overload", target, "unloaded", "direct", _goodput(),
+                                  lambda r: batch / s if (s := _service_summary(r).get("p50"))
+                                  else None)
+            f.numbers[f"{target}.goodput_vs_service_capacity"] = by_service
+            f.check(f"{target}: goodput vs B / unloaded service time", by_service,
+                    _pct(by_service), 1 - goodput_tol if is_proxy else None, at_most=False,
+                    target_text=f">= {100 - goodput_tol * 100:g}%")
         p99 = median(_stat("latency", "p99")(r) for r in sel)
         f.numbers[f"{target}.latency_p99_s"] = p99
         f.add(f"{target}: latency p99 (queue wait included)", f"{_ms(p99, 0)} ms")
@@ -512,7 +524,7 @@ def render_section(result: ScenarioResult, findings: Findings, command: str,
     lines += [
         f"Command (run {when}{', SMOKE: numbers not meaningful' if result.smoke else ''}):",
         "", "```", command, "```", "",
-        f"Code at commit `{code_version()}`. "
+        f"Code at commit `{result.code or code_version()}`. "
         f"Scenario file `{_display_path(scenario.path)}`; mock: {mock}; "
         f"{scenario.repeat} repeat(s), targets interleaved, medians shown.", "",
         "| what | measured | target | |", "|---|---|---|---|",

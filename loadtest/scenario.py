@@ -368,6 +368,8 @@ class ScenarioResult:
     smoke: bool
     notes: list[str] = field(default_factory=list)
     skipped: str | None = None
+    #: the commit the measured code came from (see loadtest.analysis.code_version)
+    code: str | None = None
 
 
 def skip_reason(scenario: Scenario) -> str | None:
@@ -421,7 +423,9 @@ async def run_scenario(scenario: Scenario, out_dir: Path, *, smoke: bool = False
     """
     if smoke:
         scenario = scenario.smoked()
-    result = ScenarioResult(scenario, [], out_dir, smoke)
+    from loadtest.analysis import code_version
+
+    result = ScenarioResult(scenario, [], out_dir, smoke, code=code_version())
     if (reason := skip_reason(scenario)) is not None:
         result.skipped = reason
         return result
@@ -464,7 +468,7 @@ async def run_scenario(scenario: Scenario, out_dir: Path, *, smoke: bool = False
                     result.runs.append(record)
                     log(_run_line(record))
     (out_dir / "runs.json").write_text(json.dumps(
-        {"scenario": scenario.name, "smoke": smoke, "notes": result.notes,
+        {"scenario": scenario.name, "smoke": smoke, "notes": result.notes, "code": result.code,
          "runs": [r.to_json() for r in result.runs]}, indent=1))
     return result
 
@@ -527,10 +531,12 @@ def _run_line(record: RunRecord) -> str:
             + f" | other load {others / record.wall_s:.2f} cores")
 
 
-def load_runs(out_dir: Path) -> tuple[list[RunRecord], list[str]]:
+def load_result(scenario: Scenario, out_dir: Path) -> ScenarioResult:
     """Read back ``runs.json`` written by a previous run (for ``--from``)."""
     data = json.loads((out_dir / "runs.json").read_text())
-    return [RunRecord.from_json(r) for r in data["runs"]], list(data.get("notes", []))
+    return ScenarioResult(scenario, [RunRecord.from_json(r) for r in data["runs"]], out_dir,
+                          smoke=bool(data.get("smoke")), notes=list(data.get("notes", [])),
+                          code=data.get("code"))
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -581,8 +587,7 @@ def cli_main(args: argparse.Namespace) -> int:
     for scenario in scenarios:
         out_dir = args.out / scenario.name
         if args.from_results:
-            runs, notes = load_runs(out_dir)
-            result = ScenarioResult(scenario, runs, out_dir, smoke=False, notes=notes)
+            result = load_result(scenario, out_dir)
         else:
             result = _run_with_uvloop(scenario, out_dir, args.smoke,
                                       0.0 if args.smoke else args.wait_quiet)
