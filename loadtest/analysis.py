@@ -516,7 +516,8 @@ def _describe_phase(scenario: Scenario, phase_name: str) -> str:
 def render_section(result: ScenarioResult, findings: Findings, command: str,
                    images: dict[str, list[Path]], page_dir: Path | None) -> str:
     scenario, runs = result.scenario, result.runs
-    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    when = result.when or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = result.command or command
     mock = ", ".join(f"{k}={v}" for k, v in scenario.mock.items())
     lines = [f"## {scenario.title}", ""]
     if scenario.description:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import shlex
 import signal
@@ -370,6 +371,9 @@ class ScenarioResult:
     skipped: str | None = None
     #: the commit the measured code came from (see loadtest.analysis.code_version)
     code: str | None = None
+    #: the command line that ran it, and when it started (UTC)
+    command: str = ""
+    when: str = ""
 
 
 def skip_reason(scenario: Scenario) -> str | None:
@@ -415,7 +419,8 @@ async def _proxy_settled(session: aiohttp.ClientSession, proxies: list[Service],
 
 
 async def run_scenario(scenario: Scenario, out_dir: Path, *, smoke: bool = False,
-                       log: Callable[[str], None] = print, quiet: float = 0.0) -> ScenarioResult:
+                       log: Callable[[str], None] = print, quiet: float = 0.0,
+                       command: str = "") -> ScenarioResult:
     """Start the servers, run every phase against every target, stop everything.
 
     ``quiet``: before each run, wait up to that many seconds for other work on the machine to
@@ -425,7 +430,9 @@ async def run_scenario(scenario: Scenario, out_dir: Path, *, smoke: bool = False
         scenario = scenario.smoked()
     from loadtest.analysis import code_version
 
-    result = ScenarioResult(scenario, [], out_dir, smoke, code=code_version())
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    result = ScenarioResult(scenario, [], out_dir, smoke, code=code_version(), command=command,
+                            when=when)
     if (reason := skip_reason(scenario)) is not None:
         result.skipped = reason
         return result
@@ -469,7 +476,8 @@ async def run_scenario(scenario: Scenario, out_dir: Path, *, smoke: bool = False
                     log(_run_line(record))
     (out_dir / "runs.json").write_text(json.dumps(
         {"scenario": scenario.name, "smoke": smoke, "notes": result.notes, "code": result.code,
-         "runs": [r.to_json() for r in result.runs]}, indent=1))
+         "command": command, "when": when, "runs": [r.to_json() for r in result.runs]},
+        indent=1))
     return result
 
 
@@ -536,7 +544,8 @@ def load_result(scenario: Scenario, out_dir: Path) -> ScenarioResult:
     data = json.loads((out_dir / "runs.json").read_text())
     return ScenarioResult(scenario, [RunRecord.from_json(r) for r in data["runs"]], out_dir,
                           smoke=bool(data.get("smoke")), notes=list(data.get("notes", [])),
-                          code=data.get("code"))
+                          code=data.get("code"), command=data.get("command", ""),
+                          when=data.get("when", ""))
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -590,7 +599,7 @@ def cli_main(args: argparse.Namespace) -> int:
             result = load_result(scenario, out_dir)
         else:
             result = _run_with_uvloop(scenario, out_dir, args.smoke,
-                                      0.0 if args.smoke else args.wait_quiet)
+                                      0.0 if args.smoke else args.wait_quiet, command)
         if result.skipped:
             print(f"scenario {scenario.name} SKIPPED: {result.skipped}", file=sys.stderr)
             continue
@@ -605,17 +614,17 @@ def cli_main(args: argparse.Namespace) -> int:
 
 
 async def _stoppable(scenario: Scenario, out_dir: Path, smoke: bool,
-                     quiet: float) -> ScenarioResult:
+                     quiet: float, command: str) -> ScenarioResult:
     """The run, cancelled (so every server is stopped) on SIGTERM as on Ctrl-C."""
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    return await run_scenario(scenario, out_dir, smoke=smoke, quiet=quiet,
+    return await run_scenario(scenario, out_dir, smoke=smoke, quiet=quiet, command=command,
                               log=lambda line: print(line, file=sys.stderr, flush=True))
 
 
 def _run_with_uvloop(scenario: Scenario, out_dir: Path, smoke: bool,
-                     quiet: float) -> ScenarioResult:
+                     quiet: float, command: str) -> ScenarioResult:
     loop_factory = None
     try:
         import uvloop
@@ -625,6 +634,6 @@ def _run_with_uvloop(scenario: Scenario, out_dir: Path, smoke: bool,
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
-            return runner.run(_stoppable(scenario, out_dir, smoke, quiet))
+            return runner.run(_stoppable(scenario, out_dir, smoke, quiet, command))
         except ServiceError as exc:
             raise SystemExit(f"scenario {scenario.name}: {exc}") from None
