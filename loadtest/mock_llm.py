@@ -141,7 +141,7 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json handles
         raise _BadRequest("request body is not valid JSON", "invalid_json") from None
     if not isinstance(body, dict):
         raise _BadRequest("request body must be a JSON object", "invalid_json")

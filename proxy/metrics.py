@@ -1,20 +1,105 @@
 """Prometheus metrics (prefix ``llm_throttle_``), one registry per proxy instance.
 
-Per-request metrics are counters and histograms updated on the request path through cached
-label children; the state gauges (in flight, cap, queue depth) are refreshed from a store
-snapshot when ``/metrics`` is scraped, so the request path never touches them.
+Per-request counters and histograms are plain Python numbers (``LightCounter``,
+``LightHistogram``) exported by one collector at scrape time: prometheus_client's own take a
+lock and re-check labels on every update, which showed on the request path. The event loop
+is the only writer, so no lock is needed. The state gauges (in flight, cap, queue depth) are
+refreshed from a store snapshot when ``/metrics`` is scraped.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.utils import floatToGoString
 
 from .limits.base import Snapshot
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class _CounterChild:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+
+class _HistogramChild:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last slot is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class LightCounter:
+    """A labelled counter without locks (single-threaded event loop)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: list[str]):
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
+        self.children: dict[tuple[str, ...], _CounterChild] = {}
+
+    def labels(self, *values: str) -> _CounterChild:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = _CounterChild()
+        return child
+
+    def collect(self) -> Metric:
+        family = CounterMetricFamily(self.name.removesuffix("_total"), self.documentation,
+                                     labels=self.labelnames)
+        for values, child in self.children.items():
+            family.add_metric(list(values), child.value)
+        return family
+
+
+class LightHistogram:
+    """A labelled histogram without locks (single-threaded event loop)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: list[str],
+                 buckets: tuple[float, ...]):
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
+        self.buckets = tuple(sorted(buckets))
+        self.children: dict[tuple[str, ...], _HistogramChild] = {}
+
+    def labels(self, *values: str) -> _HistogramChild:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = _HistogramChild(self.buckets)
+        return child
+
+    def collect(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in self.children.items():
+            cumulative, running = [], 0
+            for bound, count in zip((*map(floatToGoString, self.buckets), "+Inf"), child.counts):
+                running += count
+                cumulative.append((bound, running))
+            family.add_metric(list(values), cumulative, child.sum)
+        return family
+
+
+class _LightCollector:
+    def __init__(self, metrics: list[LightCounter | LightHistogram]):
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._metrics:
+            yield metric.collect()
 
 
 class ProxyMetrics:
@@ -36,24 +121,28 @@ class ProxyMetrics:
                                   ["bucket"], registry=r)
         self.store_degraded = Gauge("llm_throttle_store_degraded",
                                     "1 while the shared store is unreachable", registry=r)
-        self.queue_wait = Histogram("llm_throttle_queue_wait_seconds",
-                                    "Time spent queued before admission",
-                                    ["model", "priority"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.requests = Counter("llm_throttle_requests_total", "Requests answered",
-                                ["model", "client", "status"], registry=r)
-        self.rejections = Counter("llm_throttle_rejections_total",
-                                  "Requests refused by the proxy", ["model", "reason"], registry=r)
-        self.tokens = Counter("llm_throttle_tokens_total", "LLM tokens used",
-                              ["model", "client", "kind"], registry=r)
-        self.upstream_latency = Histogram("llm_throttle_upstream_latency_seconds",
-                                          "Upstream time to response headers",
-                                          ["upstream"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.upstream_errors = Counter("llm_throttle_upstream_errors_total",
-                                       "Upstream failures and throttling answers",
-                                       ["upstream", "reason"], registry=r)
-        self.ttft = Histogram("llm_throttle_time_to_first_token_seconds",
-                              "Arrival at the proxy to first streamed byte to the client",
-                              ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_wait = LightHistogram("llm_throttle_queue_wait_seconds",
+                                         "Time spent queued before admission",
+                                         ["model", "priority"], _LATENCY_BUCKETS)
+        self.requests = LightCounter("llm_throttle_requests_total", "Requests answered",
+                                     ["model", "client", "status"])
+        self.rejections = LightCounter("llm_throttle_rejections_total",
+                                       "Requests refused by the proxy", ["model", "reason"])
+        self.tokens = LightCounter("llm_throttle_tokens_total", "LLM tokens used",
+                                   ["model", "client", "kind"])
+        self.upstream_latency = LightHistogram("llm_throttle_upstream_latency_seconds",
+                                               "Upstream time to response headers",
+                                               ["upstream"], _LATENCY_BUCKETS)
+        self.upstream_errors = LightCounter("llm_throttle_upstream_errors_total",
+                                            "Upstream failures and throttling answers",
+                                            ["upstream", "reason"])
+        self.ttft = LightHistogram("llm_throttle_time_to_first_token_seconds",
+                                   "Arrival at the proxy to first streamed byte to the client",
+                                   ["model"], _LATENCY_BUCKETS)
+        r.register(_LightCollector([  # type: ignore[arg-type]
+            self.queue_wait, self.requests, self.rejections, self.tokens,
+            self.upstream_latency, self.upstream_errors, self.ttft,
+        ]))
 
         self._children: dict[tuple[object, ...], Any] = {}
 

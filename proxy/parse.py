@@ -7,9 +7,10 @@ tokens with the real count, and hides that chunk again on the way back).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from .errors import InvalidField, InvalidJSON
 
@@ -35,13 +36,11 @@ def is_admitted_path(path: str) -> bool:
 def parse_body(path: str, body: bytes) -> ParsedRequest:
     """Raises ``InvalidJSON`` / ``InvalidField`` with OpenAI-style messages."""
     try:
-        data: Any = json.loads(body)
-    except UnicodeDecodeError:
-        raise InvalidJSON("request body is not valid UTF-8") from None
+        # orjson: ~10x faster than json here; also rejects invalid UTF-8, lone surrogates
+        # and nesting past 1024 levels with a JSONDecodeError (a ValueError)
+        data: Any = orjson.loads(body)
     except ValueError as exc:
         raise InvalidJSON(f"could not parse the JSON body of your request: {exc}") from None
-    except RecursionError:
-        raise InvalidJSON("the JSON body of your request is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidJSON("the request body must be a JSON object")
 
@@ -77,7 +76,6 @@ def parse_body(path: str, body: bytes) -> ParsedRequest:
             raise InvalidField("stream_options must be an object", param="stream_options")
         if not (options or {}).get("include_usage"):
             data["stream_options"] = {**(options or {}), "include_usage": True}
-            # ensure_ascii: a lone surrogate ("\ud800" in the input) stays an escape
-            body = json.dumps(data, separators=(",", ":")).encode()
+            body = orjson.dumps(data)
             strip_usage = True
     return ParsedRequest(model, stream, max_tokens, generates, body, strip_usage)

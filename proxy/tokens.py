@@ -8,9 +8,10 @@ A stream cut short is charged what it generated: one token per content chunk.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
+
+import orjson
 
 BYTES_PER_TOKEN = 4
 _USAGE = b'"usage"'
@@ -48,7 +49,7 @@ def usage_from_body(body: bytes) -> tuple[int, int] | None:
     if _USAGE not in body:
         return None
     try:
-        return usage_tokens(json.loads(body).get("usage"))
+        return usage_tokens(orjson.loads(body).get("usage"))
     except (ValueError, AttributeError):
         return None
 
@@ -110,7 +111,7 @@ class SSEUsageTap:
         for line in event.split(b"\n"):
             if line.startswith(b"data:"):
                 try:
-                    payload = json.loads(line[5:])
+                    payload = orjson.loads(line[5:])
                 except ValueError:
                     payload = None
         if not isinstance(payload, dict):

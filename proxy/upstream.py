@@ -57,8 +57,11 @@ class UpstreamResponse:
             yield chunk
 
     async def read(self) -> bytes:
-        parts = [chunk async for chunk in self.iter_chunks()]
-        return b"".join(parts)
+        parts = []
+        next_chunk = self._conn.next_chunk
+        while (chunk := await next_chunk()) is not None:
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def close(self) -> None:
         """Hand the connection back if the message was read whole, else close it."""

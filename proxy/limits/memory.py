@@ -245,6 +245,12 @@ class MemoryStore(LimitStore):
     def _scan(self) -> None:
         """Serve waiters in order; each one not served blocks only what it lacks."""
         self._rescan_pending = False
+        if not self._depth:  # nobody waiting (the common case): nothing to serve or block
+            for blocked_set in self._blocked:
+                blocked_set.clear()
+            for queue in self._queues:
+                queue.clear()  # drops waiters that gave up but were not yet forgotten
+            return
         now = self._clock()
         blocked: set[str] = set()
         next_wake = math.inf
