@@ -146,9 +146,9 @@ async def relay_stream(
         headers=client_response_headers(upstream_response.headers, extra_headers),
     )
     outcome.status = upstream_response.status
-    await response.prepare(request)
     failure: ProxyError | None = None
     try:
+        await response.prepare(request)
         async for data in upstream_response.iter_chunks():
             if tap is not None:
                 data = tap.feed(data)
