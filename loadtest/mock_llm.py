@@ -437,7 +437,7 @@ async def _stream(
 
 def _embedding(text: str, dim: int) -> list[float]:
     """Deterministic unit vector derived from the text."""
-    raw = hashlib.shake_256(text.encode()).digest(2 * dim)
+    raw = hashlib.shake_256(text.encode("utf-8", "surrogatepass")).digest(2 * dim)
     vec = [(raw[2 * i] << 8 | raw[2 * i + 1]) / 32767.5 - 1.0 for i in range(dim)]
     norm = math.sqrt(sum(v * v for v in vec)) or 1.0
     return [v / norm for v in vec]
@@ -472,7 +472,10 @@ async def _embeddings(request: web.Request) -> web.Response:
         return _error(503, "Service unavailable (mock)", "server_error", "unavailable")
     model: str = body["model"]
     base64_out = body.get("encoding_format") == "base64"
-    dim = int(body.get("dimensions") or config.embedding_dim)
+    dim = body.get("dimensions") or config.embedding_dim
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= 65536:
+        return _error(400, "dimensions must be a positive integer", "invalid_request_error",
+                      "invalid_value")
     active = _Active(state, model)
     try:
         if faults is not None and faults.delay > 0:
