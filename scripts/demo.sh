@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-"$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[loadtest]"
+"$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    -e ".[loadtest]"
 exec "$PYTHON" -m loadtest demo "$@"

@@ -5,11 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-"$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[test]" "hermes-agent==0.19.0"
+"$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    -e ".[test]" "hermes-agent==0.19.0"
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "installing redis-server (apt-get)" >&2
+# redis-server: the Redis store's tests start their own on a free port.
+# nginx: the overhead benchmark's reference (its smoke test leaves nginx out when absent).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} (apt-get)" >&2
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
