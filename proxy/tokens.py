@@ -74,6 +74,10 @@ class SSEUsageTap:
 
     def feed(self, data: bytes) -> bytes:
         """Returns the bytes to send on now."""
+        if not self._pending and data.endswith(b"\n\n") and _USAGE not in data:
+            # The common case: whole events, none with usage: count them, pass them as they are.
+            self.chunks += data.count(b"data:") - data.count(_DONE)
+            return data
         if self._pending:
             data = self._pending + data
         end = data.rfind(b"\n\n") + 2
@@ -90,10 +94,12 @@ class SSEUsageTap:
         if _USAGE not in complete:
             self.chunks += complete.count(b"data:") - complete.count(_DONE)
             return complete
-        kept = []
-        for event in _EVENT_END.split(complete)[:-1]:
-            if self._consume(event):
-                kept.append(event)
+        events = _EVENT_END.split(complete)[:-1]
+        if not self.strip_usage:  # read the usage, but pass the bytes on untouched
+            for event in events:
+                self._consume(event)
+            return complete
+        kept = [event for event in events if self._consume(event)]
         return b"".join(e + b"\n\n" for e in kept)
 
     def flush(self) -> bytes:
