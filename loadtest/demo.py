@@ -25,6 +25,8 @@ import aiohttp
 from loadtest.generator import LoadSpec, parse_proxy_status, run_load
 from loadtest.processes import ServiceError, ServiceGroup
 
+from .runtime import loop_factory
+
 
 @dataclass
 class DemoOutcome:
@@ -119,14 +121,7 @@ async def _stoppable(args: argparse.Namespace) -> DemoOutcome:
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    loop_factory = None
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        pass
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         try:
             outcome = runner.run(_stoppable(args))
         except ServiceError as exc:

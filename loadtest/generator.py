@@ -27,6 +27,8 @@ from typing import Any
 
 import aiohttp
 
+from .runtime import loop_factory
+
 #: response header in which the proxy reports how long the request queued (milliseconds)
 QUEUE_WAIT_HEADER = "x-llm-throttle-queue-ms"
 
@@ -613,14 +615,7 @@ def cli_main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    loop_factory = None
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        pass
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         result = runner.run(run_load(spec))
     print(format_summary(result.summary))
     if args.out:

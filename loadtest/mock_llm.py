@@ -38,6 +38,8 @@ from multidict import CIMultiDictProxy
 
 from loadtest.mock_state import MockLLMConfig, MockState, RecordedRequest
 
+from .runtime import loop_factory
+
 __all__ = [
     "MOCK_STATE",
     "MockLLM",
@@ -805,13 +807,6 @@ async def _serve(config: MockLLMConfig, host: str, port: int) -> None:
 
 def cli_main(args: argparse.Namespace) -> int:
     """``python -m loadtest mock-llm``: serve until SIGINT/SIGTERM (uvloop when available)."""
-    loop_factory = None
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        pass
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(_serve(config_from_args(args), args.host, args.port))
     return 0

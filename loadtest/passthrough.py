@@ -18,6 +18,8 @@ from contextlib import suppress
 import aiohttp
 from aiohttp import web
 
+from .runtime import loop_factory
+
 
 def create_app(upstream: str) -> web.Application:
     origin = upstream.rstrip("/")
@@ -82,13 +84,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def cli_main(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM, on uvloop when available (as llm-throttle serve does)."""
-    loop_factory = None
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        pass
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(_serve(args.upstream, args.host, args.port))
     return 0

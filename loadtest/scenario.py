@@ -61,6 +61,7 @@ from loadtest.processes import (
     redis_store_available,
     wait_for_quiet,
 )
+from loadtest.runtime import loop_factory
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 DEFAULT_OUT = Path("loadtest/results")
@@ -625,14 +626,7 @@ async def _stoppable(scenario: Scenario, out_dir: Path, smoke: bool,
 
 def _run_with_uvloop(scenario: Scenario, out_dir: Path, smoke: bool,
                      quiet: float, command: str) -> ScenarioResult:
-    loop_factory = None
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        pass
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         try:
             return runner.run(_stoppable(scenario, out_dir, smoke, quiet, command))
         except ServiceError as exc:
