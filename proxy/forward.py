@@ -36,6 +36,8 @@ HOP_BY_HOP = frozenset(
 CLIENT_CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key"})
 #: the server hands over request bodies decompressed: forward them as such
 _REQUEST_DROP = HOP_BY_HOP | CLIENT_CREDENTIALS | {"content-encoding"}
+#: admitted calls are read for usage on the way back: the proxy sets Accept-Encoding itself
+_REQUEST_DROP_IDENTITY = _REQUEST_DROP | {"accept-encoding"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 
 
@@ -51,10 +53,9 @@ def upstream_request_headers(
     incoming: CIMultiDictProxy[str], upstream: UpstreamConfig, *, identity_encoding: bool
 ) -> list[tuple[str, str]]:
     """What the upstream sees: the client's headers less hop-by-hop and credentials."""
-    dropped = _REQUEST_DROP | _connection_listed(incoming) if "Connection" in incoming \
-        else _REQUEST_DROP
-    if identity_encoding:
-        dropped = dropped | {"accept-encoding"}
+    dropped = _REQUEST_DROP_IDENTITY if identity_encoding else _REQUEST_DROP
+    if "Connection" in incoming:
+        dropped = dropped | _connection_listed(incoming)
     out = [(name, value) for name, value in incoming.items() if name.lower() not in dropped]
     if upstream.api_key:
         out.append(("Authorization", f"Bearer {upstream.api_key}"))

@@ -27,6 +27,7 @@ from .base import (
     Snapshot,
 )
 from .bucket import TokenBucket
+from .wakeup import EarliestWakeup
 
 #: assumed permit hold time before any release was seen (for retry-after estimates)
 DEFAULT_HOLD_S = 1.0
@@ -70,8 +71,7 @@ class MemoryStore(LimitStore):
         #: what waiters of priority <= p are blocked on, as of the last scan (index p)
         self._blocked: list[set[str]] = [set() for _ in Priority]
         self._hold_ewma: dict[str, float] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
+        self._wakeup = EarliestWakeup(self._scan)  # bucket refills for waiters blocked on them
         self._rescan_pending = False
         self._closed = False
 
@@ -223,7 +223,7 @@ class MemoryStore(LimitStore):
         for p in range(demand.priority, len(self._blocked)):
             self._blocked[p].update(missing)
         if all(m in self._buckets for m in missing):
-            self._arm_timer(self._bucket_wait(demand.charges, now))
+            self._wakeup.arm(self._bucket_wait(demand.charges, now))
         return waiter
 
     def _forget(self, waiter: _Waiter) -> None:
@@ -274,23 +274,7 @@ class MemoryStore(LimitStore):
             self._queues[priority] = kept
             self._blocked[priority] = set(blocked)
         if next_wake < math.inf:
-            self._arm_timer(next_wake)
-
-    def _arm_timer(self, delay: float) -> None:
-        """Rescan when a bucket has refilled enough for a waiter blocked only on it."""
-        loop = asyncio.get_running_loop()
-        at = loop.time() + delay
-        if self._timer is not None and self._timer_at <= at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = at
-        self._timer = loop.call_at(at, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = math.inf
-        self._scan()
+            self._wakeup.arm(next_wake)
 
     def _estimate_wait(self, demand: Demand, now: float, max_wait: float) -> float:
         """How long until this demand could likely be served: queue ahead x hold time / cap."""
@@ -351,6 +335,4 @@ class MemoryStore(LimitStore):
     async def close(self) -> None:
         self._closed = True
         await self.cancel_waiters(ShuttingDown())
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._wakeup.cancel()

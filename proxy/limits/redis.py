@@ -59,6 +59,7 @@ from .redis_local import LocalShare, acquire_until, local_store, refusal
 from .redis_pipeline import ScriptPipeline
 from .redis_scripts import DemandEncoder, Scripts, config_fields, pool_keys
 from .redis_status import read_status_document, snapshot_from_reply
+from .wakeup import EarliestWakeup
 
 __all__ = ["RedisStore", "StoreUnavailable", "mark_fresh", "read_status_document"]
 
@@ -130,8 +131,8 @@ class RedisStore(LimitStore):
         self._live_hosts = 1
         self._resync_lock = asyncio.Lock()
         self._grants: GrantsReader | None = None
-        self._scan_timer: asyncio.TimerHandle | None = None
-        self._scan_at = float("inf")
+        #: rescans when a bucket refills or a recovery pause ends
+        self._scan_wakeup = EarliestWakeup(lambda: self._spawn(self._scan()))
         self._loops: list[asyncio.Task[None]] = []
         self._closed = False
         self._shut = False
@@ -169,8 +170,7 @@ class RedisStore(LimitStore):
         await self.cancel_waiters(ShuttingDown())
         await asyncio.sleep(0)  # let cancelled acquires hand their cleanup to the background
         await self.drain()
-        if self._scan_timer is not None:
-            self._scan_timer.cancel()
+        self._scan_wakeup.cancel()
         if self._loops:
             heartbeat, reader = self._loops
             heartbeat.cancel()
@@ -383,19 +383,8 @@ class RedisStore(LimitStore):
 
     def _arm_scan(self, delay_s: float) -> None:
         """Ask Redis to serve the queue again when a bucket refills or a pause ends."""
-        loop = asyncio.get_running_loop()
-        at = loop.time() + delay_s + 0.002
-        if self._closed or (self._scan_timer is not None and self._scan_at <= at):
-            return
-        if self._scan_timer is not None:
-            self._scan_timer.cancel()
-        self._scan_at = at
-        self._scan_timer = loop.call_at(at, self._on_scan_timer)
-
-    def _on_scan_timer(self) -> None:
-        self._scan_timer = None
-        self._scan_at = float("inf")
-        self._spawn(self._scan())
+        if not self._closed:
+            self._scan_wakeup.arm(delay_s + 0.002)  # a little late: never before Redis' clock
 
     async def _scan(self) -> None:
         if self._degraded or self._scripts is None or self._pipe is None or self._closed:
