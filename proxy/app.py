@@ -1,4 +1,4 @@
-"""The aiohttp application: routes, the request path, start-up and graceful shutdown.
+"""The proxy: routes, the request path, start-up and graceful shutdown.
 
 One request, admitted path::
 
@@ -6,7 +6,7 @@ One request, admitted path::
          -> forward -> relay (plain or stream) -> release (always: permits + token settlement)
 
 Every other path is passed through to an upstream untouched. All state hangs off the
-``Proxy`` object stored on the application; nothing is module-global.
+``Proxy`` object; nothing is module-global. HTTP is served by ``proxy/server.py``.
 """
 
 from __future__ import annotations
@@ -22,19 +22,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
-
 from .admission import AdmissionPolicy, settlement
 from .auth import Authenticator, Identity, bearer_token
 from .config import Config, UpstreamConfig
 from .errors import (
     AuthenticationFailed,
-    BadRequest,
-    BodyTooLarge,
     NotFound,
     ProxyError,
-    RequestTimeout,
     ShuttingDown,
     Throttled,
 )
@@ -50,15 +44,14 @@ from .limits.memory import MemoryStore
 from .metrics import ProxyMetrics
 from .parse import ParsedRequest, is_admitted_path, parse_body
 from .paths import checked_target
+from .server import HttpServer, Request, Response, ServerLimits, StreamResponse
 from .status import RequestRates, SaturationTracker, render_table, status_document
 from .tokens import SSEUsageTap, usage_from_body
 
 log = logging.getLogger("llm_throttle")
 
 ADMIN_PATHS = ("/throttle/status", "/metrics", "/healthz")
-MODEL_LABEL = "llm_throttle.model"
 QUEUE_MS_HEADER = "x-llm-throttle-queue-ms"
-CLIENT_LABEL = "llm_throttle.client"
 
 
 def make_store(config: Config, policy: AdmissionPolicy) -> LimitStore:
@@ -87,7 +80,7 @@ class Proxy:
         #: request ids: unique per proxy instance (random prefix) and cheap (a counter)
         self._id_prefix = uuid.uuid4().hex[:12] + "-"
         self._ids = itertools.count()
-        self._admin_routes: dict[str, Callable[[web.BaseRequest], Awaitable[web.Response]]] = {
+        self._admin_routes: dict[str, Callable[[Request], Awaitable[Response]]] = {
             "/throttle/status": self.handle_status, "/metrics": self.handle_metrics,
             "/healthz": self.handle_healthz,
         }
@@ -121,12 +114,11 @@ class Proxy:
         return status_document(snapshot, self.saturation, self.rates,
                                self.config.queue.max_depth, self.config.queue.max_wait_s)
 
-    def _arrived_on_admin_port(self, request: web.BaseRequest) -> bool:
-        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    def _arrived_on_admin_port(self, request: Request) -> bool:
         admin = self.config.admin_listen
-        return bool(admin and sockname and sockname[1] == admin[1])
+        return bool(admin and request.local_port == admin[1])
 
-    def check_admin(self, request: web.BaseRequest) -> None:
+    def check_admin(self, request: Request) -> None:
         """Admin routes: only on the admin listener when one is set, and behind the admin key."""
         if self.config.admin_listen and not self._arrived_on_admin_port(request):
             raise NotFound(f"no route for {request.path}")
@@ -136,35 +128,35 @@ class Proxy:
                                        self.config.admin_key.encode()):
                 raise AuthenticationFailed("admin key required for this route")
 
-    async def handle_status(self, request: web.BaseRequest) -> web.Response:
+    async def handle_status(self, request: Request) -> Response:
         self.check_admin(request)
         doc = await self.status_json()
         if request.query.get("format") == "table":
-            return web.Response(text=render_table(doc) + "\n")
-        return web.json_response(doc)
+            return Response.text(render_table(doc) + "\n")
+        return Response.json_bytes(json.dumps(doc).encode())
 
-    async def handle_metrics(self, request: web.BaseRequest | None) -> web.Response:
+    async def handle_metrics(self, request: Request | None) -> Response:
         if request is not None:
             self.check_admin(request)
         self.metrics.refresh(await self.store.snapshot())
-        return web.Response(body=self.metrics.render(),
-                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        return Response(200, self.metrics.render(),
+                        [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
 
-    async def handle_healthz(self, request: web.BaseRequest) -> web.Response:
+    async def handle_healthz(self, request: Request) -> Response:
         if self.draining:
-            return web.json_response({"status": "draining"}, status=503)
-        return web.json_response({"status": "ok", "store": self.store.name})
+            return Response.json_bytes(b'{"status": "draining"}', status=503)
+        return Response.json_bytes(json.dumps({"status": "ok", "store": self.store.name}).encode())
 
     # -- the proxied paths -----------------------------------------------------------------------
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Response | StreamResponse:
         if self.draining:
             raise ShuttingDown()
-        target = checked_target(request.method, request.raw_path)
+        target = checked_target(request.method, request.target)
         if self.config.admin_listen and self._arrived_on_admin_port(request):
             raise NotFound("the admin listener serves only /metrics, /throttle/status, /healthz")
         identity = self.auth.authenticate(request.headers)
-        request[CLIENT_LABEL] = identity.label
+        request.client_label = identity.label
         self.active += 1
         self._idle.clear()
         try:
@@ -176,33 +168,13 @@ class Proxy:
             if not self.active:
                 self._idle.set()
 
-    async def _read_body(self, request: web.BaseRequest) -> bytes:
-        limit = self.config.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise BodyTooLarge(f"request body of {request.content_length} bytes is over the "
-                               f"{limit}-byte limit")
-        try:
-            if request.content.is_eof():  # the whole body came with the headers: no timer
-                return await request.read()
-            async with asyncio.timeout(self.config.body_read_timeout_s):
-                return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise BodyTooLarge(f"request body is over the {limit}-byte limit") from None
-        except RequestPayloadError:
-            raise BadRequest("request body could not be read (bad chunking or a body that is "
-                             "not in its Content-Encoding)", code="invalid_body") from None
-        except TimeoutError:
-            raise RequestTimeout(
-                f"request body not received within {self.config.body_read_timeout_s:g}s"
-            ) from None
-
-    async def _admitted(self, request: web.BaseRequest, identity: Identity,
-                        target: str) -> web.StreamResponse:
+    async def _admitted(self, request: Request, identity: Identity,
+                        target: str) -> Response | StreamResponse:
         arrival = self.clock()
-        parsed = parse_body(request.path, await self._read_body(request))
+        parsed = parse_body(request.path, await request.read_body())
         route = self.policy.route(parsed.model)
         model = route.model.name
-        request[MODEL_LABEL] = model
+        request.model_label = model
         demand, reserved = self.policy.demand(route, identity, parsed,
                                              self._id_prefix + str(next(self._ids)))
         try:
@@ -229,10 +201,10 @@ class Proxy:
                 metrics.child(metrics.tokens, model, client, "completion").inc(outcome.usage[1])
 
     async def _forward_admitted(
-        self, request: web.BaseRequest, target: str, parsed: ParsedRequest,
+        self, request: Request, target: str, parsed: ParsedRequest,
         upstream: UpstreamConfig, outcome: RelayOutcome, arrival: float, model: str,
         queued_s: float,
-    ) -> web.StreamResponse:
+    ) -> Response | StreamResponse:
         headers = upstream_request_headers(request.headers, upstream, identity_encoding=True)
         started = self.clock()
         try:
@@ -275,9 +247,9 @@ class Proxy:
             return outcome.chunks + 1
         return reserved
 
-    async def _passthrough(self, request: web.BaseRequest, target: str) -> web.StreamResponse:
+    async def _passthrough(self, request: Request, target: str) -> Response | StreamResponse:
         upstream = self.config.default_passthrough
-        body = await self._read_body(request) if request.body_exists else None
+        body = await request.read_body() if request.body_exists else None
         headers = upstream_request_headers(request.headers, upstream, identity_encoding=False)
         upstream_response = await self.forwarder.open(
             upstream, request.method, target, headers, body)
@@ -292,7 +264,7 @@ class Proxy:
 
 # -- serving ------------------------------------------------------------------------------
 
-    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def dispatch(self, request: Request) -> Response | StreamResponse:
         """The one entry point: admin routes, else the proxied path; errors become JSON."""
         try:
             admin = self._admin_routes.get(request.path)
@@ -301,68 +273,18 @@ class Proxy:
             else:
                 response = await self.handle(request)
         except ProxyError as exc:
-            response = error_response(exc)
+            response = Response.for_error(exc)
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:  # a bug: log it, answer shaped, never a bare traceback page
             log.exception("unhandled error on %s %s", request.method, request.path[:200])
-            response = error_response(ProxyError("internal error in llm-throttle"))
+            response = Response.for_error(ProxyError("internal error in llm-throttle"))
         self.metrics.child(
-            self.metrics.requests, request.get(MODEL_LABEL, "-"), request.get(CLIENT_LABEL, "-"),
+            self.metrics.requests, request.model_label, request.client_label,
             str(response.status),
         ).inc()
         return response
 
-
-
-def error_response(exc: ProxyError) -> web.Response:
-    return web.Response(
-        status=exc.status,
-        body=exc.to_bytes(),
-        content_type="application/json",
-        headers=exc.headers(),
-    )
-
-
-def create_server(proxy: Proxy) -> web.Server:
-    """aiohttp's low-level server around ``Proxy.dispatch``.
-
-    Why not ``web.Application``: the router, middleware chain and per-request ``Request``
-    copy cost ~0.07 ms CPU per request here, and the proxy has one route.
-    """
-    loop = asyncio.get_running_loop()
-    max_body = proxy.config.max_body_bytes
-
-    def make_request(message, payload, protocol, writer, task):  # type: ignore[no-untyped-def]
-        return web.BaseRequest(message, payload, protocol, writer, task, loop,
-                               client_max_size=max_body)
-
-    # keepalive_timeout also bounds how long a new connection may take to send its headers
-    # (aiohttp closes a connection still without a whole request then): slowloris guard.
-    return web.Server(proxy.dispatch, request_factory=make_request, handler_cancellation=True,
-                      access_log=None, max_field_size=16384, max_headers=128,
-                      keepalive_timeout=proxy.config.header_read_timeout_s)
-
-
-def create_app(config: Config, store: LimitStore | None = None) -> web.Application:
-    """The proxy as an aiohttp ``Application``, to mount inside another aiohttp app."""
-    app = web.Application(client_max_size=config.max_body_bytes)
-    proxy = Proxy(config, store)
-    app[PROXY] = proxy
-    app.router.add_route("*", "/{tail:.*}", proxy.dispatch)
-
-    async def on_startup(_: web.Application) -> None:
-        await proxy.start()
-
-    async def on_shutdown(_: web.Application) -> None:
-        await proxy.stop()
-
-    app.on_startup.append(on_startup)
-    app.on_shutdown.append(on_shutdown)
-    return app
-
-
-PROXY = web.AppKey("proxy", Proxy)
 
 
 @dataclass
@@ -370,15 +292,14 @@ class RunningProxy:
     """A proxy listening on its sockets (tests, the CLI)."""
 
     proxy: Proxy
-    runner: web.ServerRunner
+    server: HttpServer
     url: str
 
     async def close(self) -> None:
         """Graceful: stop accepting, drain (see ``Proxy.stop``), then close connections."""
-        for site in list(self.runner.sites):
-            await site.stop()
+        self.server.stop_listening()
         await self.proxy.stop()
-        await self.runner.cleanup()
+        await self.server.close()
 
 
 async def start_proxy(config: Config, host: str | None = None, port: int | None = None,
@@ -386,20 +307,21 @@ async def start_proxy(config: Config, host: str | None = None, port: int | None 
     """Start listening; ``port=0`` picks a free port (see ``RunningProxy.url``)."""
     proxy = Proxy(config, store)
     await proxy.start()
-    runner = web.ServerRunner(create_server(proxy), shutdown_timeout=config.shutdown_grace_s)
-    await runner.setup()
+    server = HttpServer(proxy.dispatch, ServerLimits(
+        max_body_bytes=config.max_body_bytes, body_read_timeout_s=config.body_read_timeout_s,
+        header_read_timeout_s=config.header_read_timeout_s))
     try:
-        site = web.TCPSite(runner, host or config.listen_host,
-                           config.listen_port if port is None else port, reuse_address=True)
-        await site.start()
+        bound_host, bound_port = await server.listen(
+            host or config.listen_host, config.listen_port if port is None else port)
         if config.admin_listen:
-            await web.TCPSite(runner, *config.admin_listen, reuse_address=True).start()
+            await server.listen(*config.admin_listen)
     except BaseException:
-        await runner.cleanup()
+        await server.close()
         await proxy.stop()
         raise
-    bound_host, bound_port = runner.addresses[0][:2]
-    return RunningProxy(proxy, runner, f"http://{bound_host}:{bound_port}")
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    return RunningProxy(proxy, server, f"http://{shown}:{bound_port}")
+
 
 async def serve_forever(config: Config, host: str | None = None, port: int | None = None,
                         on_ready: Callable[[str], None] | None = None) -> None:

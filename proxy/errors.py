@@ -15,6 +15,10 @@ it into the body OpenAI's SDKs expect (``{"error": {"message", "type", "code"}}`
     ├── MethodNotAllowed          405 invalid_request_error
     ├── RequestTimeout            408 invalid_request_error (body sent too slowly)
     ├── BodyTooLarge              413 invalid_request_error
+    ├── TargetTooLong             414 invalid_request_error (request target over 8 KiB)
+    ├── UnsupportedEncoding       415 invalid_request_error (body not identity/gzip/deflate)
+    ├── HeadTooLarge              431 invalid_request_error (header too long, too many, head
+    │                                 over 64 KiB)
     ├── Throttled                 429 rate_limit_error (carries retry_after_s)
     │   ├── QueueFull                 code queue_full
     │   ├── QueueTimeout              code queue_timeout
@@ -122,6 +126,24 @@ class BodyTooLarge(ProxyError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class TargetTooLong(ProxyError):
+    status = 414
+    type = "invalid_request_error"
+    code = "target_too_long"
+
+
+class UnsupportedEncoding(ProxyError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_content_encoding"
+
+
+class HeadTooLarge(ProxyError):
+    status = 431
+    type = "invalid_request_error"
+    code = "header_too_large"
 
 
 class _RetryableMixin:

@@ -5,9 +5,9 @@ response is written to the client chunk by chunk as the upstream sends it. Hop-b
 are dropped both ways (RFC 9110 section 7.6.1), the client's credentials never reach the
 upstream, and the upstream's own key is injected here and nowhere else.
 
-Peer disconnection (aiohttp "Peer disconnection"): the server runs with handler cancellation,
-so a client that goes away cancels the handler; the ``async with`` around the upstream
-response then closes that connection, which tells the upstream to stop generating.
+Peer disconnection: a client that goes away cancels its handler (``proxy/server.py``); the
+``async with`` around the upstream response then closes that connection, which tells the
+upstream to stop generating.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from .config import UpstreamConfig
 from .errors import ProxyError
+from .server import Request, Response, StreamResponse
 from .tokens import SSEUsageTap
 from .upstream import UpstreamPool, UpstreamResponse
 
@@ -50,7 +50,7 @@ def _connection_listed(headers: Mapping[str, str]) -> frozenset[str]:
 
 
 def upstream_request_headers(
-    incoming: CIMultiDictProxy[str], upstream: UpstreamConfig, *, identity_encoding: bool
+    incoming: CIMultiDict[str], upstream: UpstreamConfig, *, identity_encoding: bool
 ) -> list[tuple[str, str]]:
     """What the upstream sees: the client's headers less hop-by-hop and credentials."""
     dropped = _REQUEST_DROP_IDENTITY if identity_encoding else _REQUEST_DROP
@@ -66,15 +66,14 @@ def upstream_request_headers(
 
 
 def client_response_headers(incoming: CIMultiDict[str],
-                            extra: Mapping[str, str] | None = None) -> CIMultiDict[str]:
+                            extra: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
     dropped = _RESPONSE_DROP | _connection_listed(incoming) if "Connection" in incoming \
         else _RESPONSE_DROP
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in incoming.items():
-        if name.lower() not in dropped:
-            out.add(name, value)
+    out = [(name, value) for name, value in incoming.items() if name.lower() not in dropped]
     if extra:
-        out.update(extra)
+        extra_names = {name.lower() for name in extra}
+        out = [(name, value) for name, value in out if name.lower() not in extra_names]
+        out.extend(extra.items())
     return out
 
 
@@ -120,36 +119,30 @@ async def relay_plain(
     upstream_response: UpstreamResponse, outcome: RelayOutcome,
     read_usage: Callable[[bytes], tuple[int, int] | None] | None,
     extra_headers: Mapping[str, str] | None = None,
-) -> web.Response:
+) -> Response:
     """Read a (small) non-streamed response whole and pass it on."""
     body = await upstream_response.read()
     outcome.status = upstream_response.status
     outcome.complete = True
     if read_usage is not None and upstream_response.status < 300:
         outcome.usage = read_usage(body)
-    return web.Response(
-        status=upstream_response.status,
-        reason=upstream_response.reason,
-        headers=client_response_headers(upstream_response.headers, extra_headers),
-        body=body,
-    )
+    return Response(upstream_response.status, body,
+                    client_response_headers(upstream_response.headers, extra_headers),
+                    upstream_response.reason)
 
 
 async def relay_stream(
-    request: web.BaseRequest, upstream_response: UpstreamResponse,
+    request: Request, upstream_response: UpstreamResponse,
     outcome: RelayOutcome, tap: SSEUsageTap | None, clock: Callable[[], float],
     extra_headers: Mapping[str, str] | None = None,
-) -> web.StreamResponse:
+) -> StreamResponse:
     """Relay chunk by chunk. A failure after the first byte ends with an SSE error event."""
-    response = web.StreamResponse(
-        status=upstream_response.status,
-        reason=upstream_response.reason,
-        headers=client_response_headers(upstream_response.headers, extra_headers),
-    )
     outcome.status = upstream_response.status
     failure: ProxyError | None = None
+    response = request.start_stream(
+        upstream_response.status, upstream_response.reason,
+        client_response_headers(upstream_response.headers, extra_headers))
     try:
-        await response.prepare(request)
         async for data in upstream_response.iter_chunks():
             if tap is not None:
                 data = tap.feed(data)
@@ -157,9 +150,11 @@ async def relay_stream(
                     continue
             if outcome.first_byte_at is None:
                 outcome.first_byte_at = clock()
-            await response.write(data)
+            response.write(data)
+            if response.paused:
+                await response.drain()
         if tap is not None and (rest := tap.flush()):
-            await response.write(rest)
+            response.write(rest)
         outcome.complete = True
     except ProxyError as exc:  # the upstream failed (timeout, reset): tell the client in-band
         failure = exc
@@ -171,8 +166,8 @@ async def relay_stream(
             outcome.usage, outcome.chunks = tap.usage, tap.chunks
     try:
         if failure is not None:
-            await response.write(failure.sse_event())
-        await response.write_eof()
+            response.write(failure.sse_event())
+        response.finish()
     except ConnectionResetError:
         pass  # the client hung up right after the end (Hermes workers do): nothing to tell it
     return response
