@@ -51,7 +51,7 @@ from .tokens import SSEUsageTap, usage_from_body
 log = logging.getLogger("llm_throttle")
 
 ADMIN_PATHS = ("/throttle/status", "/metrics", "/healthz")
-QUEUE_MS_HEADER = "x-llm-throttle-queue-ms"
+QUEUE_MS_HEADER = b"x-llm-throttle-queue-ms"
 
 
 def make_store(config: Config, policy: AdmissionPolicy) -> LimitStore:
@@ -205,7 +205,7 @@ class Proxy:
         upstream: UpstreamConfig, outcome: RelayOutcome, arrival: float, model: str,
         queued_s: float,
     ) -> Response | StreamResponse:
-        headers = upstream_request_headers(request.headers, upstream, identity_encoding=True)
+        headers = upstream_request_headers(request, upstream, identity_encoding=True)
         started = self.clock()
         try:
             upstream_response = await self.forwarder.open(
@@ -214,7 +214,7 @@ class Proxy:
             self.metrics.child(self.metrics.upstream_errors, upstream.name,
                                exc.code or "error").inc()
             raise
-        async with upstream_response:
+        try:
             self.metrics.child(self.metrics.upstream_latency, upstream.name).observe(
                 self.clock() - started)
             if upstream_response.status in (429, 503):
@@ -223,7 +223,7 @@ class Proxy:
             content_type = upstream_response.headers.get("Content-Type", "")
             # How long admission made it wait: lets clients and load tests separate queue
             # time from service time.
-            extra = {QUEUE_MS_HEADER: str(round(queued_s * 1000, 1))}
+            extra = b"%s: %.1f\r\n" % (QUEUE_MS_HEADER, queued_s * 1000)
             if parsed.stream and content_type.startswith("text/event-stream"):
                 tap = None
                 if "Content-Encoding" not in upstream_response.headers:
@@ -235,6 +235,8 @@ class Proxy:
                         outcome.first_byte_at - arrival)
                 return response
             return await relay_plain(upstream_response, outcome, usage_from_body, extra)
+        finally:
+            upstream_response.close()
 
     @staticmethod
     def _tokens_used(outcome: RelayOutcome, reserved: int) -> int:
@@ -250,7 +252,7 @@ class Proxy:
     async def _passthrough(self, request: Request, target: str) -> Response | StreamResponse:
         upstream = self.config.default_passthrough
         body = await request.read_body() if request.body_exists else None
-        headers = upstream_request_headers(request.headers, upstream, identity_encoding=False)
+        headers = upstream_request_headers(request, upstream, identity_encoding=False)
         upstream_response = await self.forwarder.open(
             upstream, request.method, target, headers, body)
         outcome = RelayOutcome()

@@ -13,10 +13,9 @@ upstream to stop generating.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from multidict import CIMultiDict
 
 from .config import UpstreamConfig
 from .errors import ProxyError
@@ -25,7 +24,7 @@ from .tokens import SSEUsageTap
 from .upstream import UpstreamPool, UpstreamResponse
 
 HOP_BY_HOP = frozenset(
-    h.lower()
+    h.lower().encode()
     for h in (
         "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
         "Trailer", "Trailers", "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
@@ -33,48 +32,56 @@ HOP_BY_HOP = frozenset(
     )
 )
 #: the client's credentials for the proxy; never forwarded
-CLIENT_CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key"})
+CLIENT_CREDENTIALS = frozenset({b"authorization", b"api-key", b"x-api-key"})
 #: the server hands over request bodies decompressed: forward them as such
-_REQUEST_DROP = HOP_BY_HOP | CLIENT_CREDENTIALS | {"content-encoding"}
+_REQUEST_DROP = HOP_BY_HOP | CLIENT_CREDENTIALS | {b"content-encoding"}
 #: admitted calls are read for usage on the way back: the proxy sets Accept-Encoding itself
-_REQUEST_DROP_IDENTITY = _REQUEST_DROP | {"accept-encoding"}
-_RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
+_REQUEST_DROP_IDENTITY = _REQUEST_DROP | {b"accept-encoding"}
+_RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
 
 
-def _connection_listed(headers: Mapping[str, str]) -> frozenset[str]:
-    """Header names that the sender's ``Connection`` header marks as hop-by-hop."""
-    value = headers.get("Connection")
-    if not value:
-        return frozenset()
-    return frozenset(token.strip().lower() for token in value.split(",") if token.strip())
+def _connection_listed(raw_headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Header names that the sender's ``Connection`` headers mark as hop-by-hop."""
+    return frozenset(
+        token.strip().lower()
+        for name, value in raw_headers if name.lower() == b"connection"
+        for token in value.split(b",") if token.strip()
+    )
 
 
-def upstream_request_headers(
-    incoming: CIMultiDict[str], upstream: UpstreamConfig, *, identity_encoding: bool
-) -> list[tuple[str, str]]:
-    """What the upstream sees: the client's headers less hop-by-hop and credentials."""
-    dropped = _REQUEST_DROP_IDENTITY if identity_encoding else _REQUEST_DROP
-    if "Connection" in incoming:
-        dropped = dropped | _connection_listed(incoming)
-    out = [(name, value) for name, value in incoming.items() if name.lower() not in dropped]
+def _kept(raw_headers: list[tuple[bytes, bytes]], dropped: frozenset[bytes],
+          has_connection: bool) -> list[tuple[bytes, bytes]]:
+    if has_connection:
+        dropped = dropped | _connection_listed(raw_headers)
+    return [(name, value) for name, value in raw_headers if name.lower() not in dropped]
+
+
+def upstream_request_headers(request: Request, upstream: UpstreamConfig, *,
+                             identity_encoding: bool) -> bytes:
+    """What the upstream sees, as header lines: the client's headers less hop-by-hop and
+    credentials, plus the upstream's own key. Bytes pass through as the client sent them
+    (llhttp has checked them), so nothing is decoded and encoded again."""
+    kept = _kept(request.raw_headers,
+                 _REQUEST_DROP_IDENTITY if identity_encoding else _REQUEST_DROP,
+                 "Connection" in request.headers)
+    lines = [b"%s: %s\r\n" % pair for pair in kept]
     if upstream.api_key:
-        out.append(("Authorization", f"Bearer {upstream.api_key}"))
+        lines.append(f"Authorization: Bearer {upstream.api_key}\r\n".encode())
     if identity_encoding:
         # Admitted calls are read for their usage on the way back: keep them uncompressed.
-        out.append(("Accept-Encoding", "identity"))
-    return out
+        lines.append(b"Accept-Encoding: identity\r\n")
+    return b"".join(lines)
 
 
-def client_response_headers(incoming: CIMultiDict[str],
-                            extra: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
-    dropped = _RESPONSE_DROP | _connection_listed(incoming) if "Connection" in incoming \
-        else _RESPONSE_DROP
-    out = [(name, value) for name, value in incoming.items() if name.lower() not in dropped]
+def client_response_headers(upstream_response: UpstreamResponse,
+                            extra: bytes = b"") -> bytes:
+    """What the client sees: the upstream's headers less hop-by-hop, plus ``extra`` lines."""
+    kept = _kept(upstream_response.raw_headers, _RESPONSE_DROP,
+                 "Connection" in upstream_response.headers)
     if extra:
-        extra_names = {name.lower() for name in extra}
-        out = [(name, value) for name, value in out if name.lower() not in extra_names]
-        out.extend(extra.items())
-    return out
+        extra_names = {line.split(b":", 1)[0].lower() for line in extra.split(b"\r\n") if line}
+        kept = [(name, value) for name, value in kept if name.lower() not in extra_names]
+    return b"".join([b"%s: %s\r\n" % pair for pair in kept]) + extra
 
 
 @dataclass(slots=True)
@@ -107,18 +114,18 @@ class Forwarder:
         for pool in self._pools.values():
             pool.close()
 
-    async def open(
-        self, upstream: UpstreamConfig, method: str, target: str,
-        headers: list[tuple[str, str]], body: bytes | None,
-    ) -> UpstreamResponse:
+    def open(
+        self, upstream: UpstreamConfig, method: str, target: str, headers: bytes,
+        body: bytes | None,
+    ) -> Awaitable[UpstreamResponse]:
         """Send the request; raises UpstreamError (502) or UpstreamTimeout (504)."""
-        return await self._pools[upstream.name].request(method, target, headers, body)
+        return self._pools[upstream.name].request(method, target, headers, body)
 
 
 async def relay_plain(
     upstream_response: UpstreamResponse, outcome: RelayOutcome,
     read_usage: Callable[[bytes], tuple[int, int] | None] | None,
-    extra_headers: Mapping[str, str] | None = None,
+    extra_headers: bytes = b"",
 ) -> Response:
     """Read a (small) non-streamed response whole and pass it on."""
     body = await upstream_response.read()
@@ -127,21 +134,21 @@ async def relay_plain(
     if read_usage is not None and upstream_response.status < 300:
         outcome.usage = read_usage(body)
     return Response(upstream_response.status, body,
-                    client_response_headers(upstream_response.headers, extra_headers),
+                    client_response_headers(upstream_response, extra_headers),
                     upstream_response.reason)
 
 
 async def relay_stream(
     request: Request, upstream_response: UpstreamResponse,
     outcome: RelayOutcome, tap: SSEUsageTap | None, clock: Callable[[], float],
-    extra_headers: Mapping[str, str] | None = None,
+    extra_headers: bytes = b"",
 ) -> StreamResponse:
     """Relay chunk by chunk. A failure after the first byte ends with an SSE error event."""
     outcome.status = upstream_response.status
     failure: ProxyError | None = None
     response = request.start_stream(
         upstream_response.status, upstream_response.reason,
-        client_response_headers(upstream_response.headers, extra_headers))
+        client_response_headers(upstream_response, extra_headers))
     try:
         async for data in upstream_response.iter_chunks():
             if tap is not None:

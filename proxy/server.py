@@ -80,7 +80,7 @@ class Response:
     __slots__ = ("status", "reason", "headers", "body")
 
     def __init__(self, status: int = 200, body: bytes = b"",
-                 headers: Iterable[tuple[str, str]] = (), reason: str | None = None):
+                 headers: bytes | Iterable[tuple[str, str]] = (), reason: str | None = None):
         self.status = status
         self.reason = reason
         self.headers = headers
@@ -147,19 +147,23 @@ class StreamResponse:
 class Request:
     """One request: its head at once, its body on demand (``read_body``)."""
 
-    __slots__ = ("method", "target", "path", "query_string", "headers", "version", "keep_alive",
+    __slots__ = ("method", "target", "path", "query_string", "headers", "raw_headers", "version",
+                 "keep_alive",
                  "local_port", "content_length", "chunked", "model_label", "client_label",
                  "_conn", "_parts", "_size", "_complete", "_overflow", "_error", "_waiter",
                  "_started")
 
     def __init__(self, conn: _Connection, method: str, target: str, version: str,
-                 headers: CIMultiDict[str], keep_alive: bool):
+                 headers: CIMultiDict[str], keep_alive: bool,
+                 raw_headers: list[tuple[bytes, bytes]]):
         self.method = method
         self.target = target
         raw_path, _, self.query_string = target.partition("?")
         self.path = unquote(raw_path) if "%" in raw_path else raw_path
         self.version = version
         self.headers = headers
+        #: as received (names and values checked by llhttp): forwarded without re-encoding
+        self.raw_headers = raw_headers
         self.keep_alive = keep_alive
         self.local_port = conn.local_port
         length = headers.get("Content-Length")
@@ -311,6 +315,7 @@ class _Connection(asyncio.Protocol):
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._head_seen = False
+        self._big_feed = False
         self._parsing: Request | None = None  # the request whose body is being parsed
         self._current: Request | None = None  # the request being answered
         self._task: asyncio.Task[None] | None = None
@@ -332,6 +337,7 @@ class _Connection(asyncio.Protocol):
         if self._closing:
             return
         self._head_seen = False
+        self._big_feed = len(data) > MAX_HEADER_BYTES or self._head_bytes > 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -403,16 +409,22 @@ class _Connection(asyncio.Protocol):
             raise _HeadRejected(TargetTooLong(f"request target over {MAX_TARGET_BYTES} bytes"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._raw_headers
-        headers.append((name, value))
-        if len(name) + len(value) > MAX_HEADER_BYTES:
-            raise _HeadRejected(HeadTooLarge(f"a request header is over {MAX_HEADER_BYTES} "
-                                             "bytes", code="header_too_large"))
-        if len(headers) > MAX_HEADERS:
+        self._raw_headers.append((name, value))  # limits: on_headers_complete, data_received
+
+    def _check_header_limits(self) -> None:
+        raw = self._raw_headers
+        if len(raw) > MAX_HEADERS:
             raise _HeadRejected(HeadTooLarge(f"more than {MAX_HEADERS} request headers",
                                              code="too_many_headers"))
+        if self._big_feed:  # only a big read can hold a header over the limit
+            for name, value in raw:
+                if len(name) + len(value) > MAX_HEADER_BYTES:
+                    raise _HeadRejected(HeadTooLarge(
+                        f"a request header is over {MAX_HEADER_BYTES} bytes",
+                        code="header_too_large"))
 
     def on_headers_complete(self) -> None:
+        self._check_header_limits()
         parser = self.parser
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("latin-1")
@@ -422,7 +434,7 @@ class _Connection(asyncio.Protocol):
             [(n.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
              for n, v in self._raw_headers])
         request = Request(self, method, target, parser.get_http_version(), headers,
-                          parser.should_keep_alive())
+                          parser.should_keep_alive(), self._raw_headers)
         self._url = []
         self._head_seen = True
         self._parsing = request
@@ -489,30 +501,30 @@ class _Connection(asyncio.Protocol):
             self.idle_since = self.loop.time()
 
     def _head(self, request: Request, status: int, reason: str | None,
-              headers: Iterable[tuple[str, str]], framing: str) -> bytes:
+              headers: bytes | Iterable[tuple[str, str]], framing: bytes) -> bytes:
         request._started = True
-        if not reason:
-            reason = _REASONS.get(status, "Unknown")
-        lines = [f"HTTP/1.1 {status} {reason}\r\n"]
-        lines.extend([f"{name}: {value}\r\n" for name, value in headers])
-        lines.append(framing)
+        status_line = self.server.status_line(status, reason)
+        if not isinstance(headers, bytes):
+            headers = "".join([f"{name}: {value}\r\n" for name, value in headers]).encode(
+                "utf-8", "surrogateescape")
         if not request.keep_alive or (self._closing and not self._pipeline):
-            lines.append("Connection: close\r\n")
+            connection = b"Connection: close\r\n"
         elif request.version == "1.0":
-            lines.append("Connection: keep-alive\r\n")
-        lines.append(self.server.date_line)
-        lines.append("\r\n")
-        return "".join(lines).encode("utf-8", "surrogateescape")
+            connection = b"Connection: keep-alive\r\n"
+        else:
+            connection = b""
+        return b"".join((status_line, headers, framing, connection, self.server.date_line,
+                         b"\r\n"))
 
     def _write_whole(self, request: Request, response: Response) -> None:
         status = response.status
         body = response.body
         if status in _NO_BODY_STATUS:
-            head = self._head(request, status, response.reason, response.headers, "")
+            head = self._head(request, status, response.reason, response.headers, b"")
             self.transport.write(head)
             return
         head = self._head(request, status, response.reason, response.headers,
-                          f"Content-Length: {len(body)}\r\n")
+                          b"Content-Length: %d\r\n" % len(body))
         if request.method == "HEAD" or not body:
             self.transport.write(head)
         elif len(body) < 65536:
@@ -528,7 +540,7 @@ class _Connection(asyncio.Protocol):
         chunked = not silent and request.version != "1.0"
         if not chunked and not silent:
             request.keep_alive = False  # an HTTP/1.0 body ends when the connection does
-        framing = "Transfer-Encoding: chunked\r\n" if chunked else ""
+        framing = b"Transfer-Encoding: chunked\r\n" if chunked else b""
         self.transport.write(self._head(request, status, reason, headers, framing))
         return StreamResponse(self, status, chunked, silent)
 
@@ -540,7 +552,7 @@ class _Connection(asyncio.Protocol):
             request._fail(error)  # its handler reads the body and answers with the error
             return
         if self._current is None and not self.lost:
-            request = Request(self, "GET", "/", "1.1", CIMultiDict(), False)
+            request = Request(self, "GET", "/", "1.1", CIMultiDict(), False, [])
             self._write_whole(request, Response.for_error(error))
             self.transport.close()
 
@@ -563,7 +575,8 @@ class HttpServer:
         self.limits = limits
         self.loop = asyncio.get_running_loop()
         self.connections: set[_Connection] = set()
-        self.date_line = ""
+        self.date_line = b""
+        self._status_lines: dict[tuple[int, str | None], bytes] = {}
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep()
@@ -575,10 +588,20 @@ class HttpServer:
         self._servers.append(server)
         return server.sockets[0].getsockname()[:2]
 
+    def status_line(self, status: int, reason: str | None) -> bytes:
+        """``HTTP/1.1 200 OK`` and CRLF, cached (upstreams send a handful of distinct ones)."""
+        line = self._status_lines.get((status, reason))
+        if line is None:
+            text = reason or _REASONS.get(status, "Unknown")
+            line = f"HTTP/1.1 {status} {text}\r\n".encode("latin-1", "replace")
+            if len(self._status_lines) < 512:
+                self._status_lines[(status, reason)] = line
+        return line
+
     def _sweep(self) -> None:
         """Once a second (or faster for short timeouts): the Date header, idle heads."""
         now = self.loop.time()
-        self.date_line = f"Date: {formatdate(usegmt=True)}\r\n"
+        self.date_line = f"Date: {formatdate(usegmt=True)}\r\n".encode()
         timeout = self.limits.header_read_timeout_s
         for conn in list(self.connections):
             conn.close_if_idle(now, timeout)

@@ -39,12 +39,14 @@ class _StaleConnection(Exception):
 class UpstreamResponse:
     """Status, headers, and the body as it arrives. Use as ``async with`` or call ``close``."""
 
-    __slots__ = ("status", "reason", "headers", "_conn", "_released")
+    __slots__ = ("status", "reason", "headers", "raw_headers", "_conn", "_released")
 
-    def __init__(self, conn: _Connection, status: int, reason: str, headers: CIMultiDict[str]):
+    def __init__(self, conn: _Connection, status: int, reason: str, headers: CIMultiDict[str],
+                 raw_headers: list[tuple[bytes, bytes]]):
         self.status = status
         self.reason = reason
         self.headers = headers
+        self.raw_headers = raw_headers
         self._conn = conn
         self._released = False
 
@@ -57,6 +59,9 @@ class UpstreamResponse:
             yield chunk
 
     async def read(self) -> bytes:
+        body = self._conn.read_now()
+        if body is not None:
+            return body
         parts = []
         next_chunk = self._conn.next_chunk
         while (chunk := await next_chunk()) is not None:
@@ -104,8 +109,8 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = True
         self._eof_body = False
         self._no_body = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._last_activity = 0.0
+        #: when bytes last came (or the request went out): the pool's sweep times out silence
+        self.last_activity = 0.0
 
     # -- asyncio protocol ------------------------------------------------------------------
 
@@ -114,7 +119,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
-        self._last_activity = self.loop.time()
+        self.last_activity = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -136,7 +141,6 @@ class _Connection(asyncio.Protocol):
             else:
                 self._fail(UpstreamError(
                     f"upstream '{self.pool.name}' closed the connection mid-response"))
-        self._stop_timer()
 
     def pause_writing(self) -> None:  # request bodies are small; nothing to throttle
         pass
@@ -161,15 +165,14 @@ class _Connection(asyncio.Protocol):
         self._head_done = True
         self._keep_alive = self.parser.should_keep_alive()
         headers: CIMultiDict[str] = CIMultiDict(
-            (n.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
-            for n, v in self._raw_headers
-        )
+            [(n.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
+             for n, v in self._raw_headers])
         self._no_body = status in _NO_BODY_STATUS or self._expect_no_body
         self._eof_body = (
             not self._no_body and "Content-Length" not in headers
             and "chunked" not in headers.get("Transfer-Encoding", "").lower()
         )
-        response = UpstreamResponse(self, status, self._reason, headers)
+        response = UpstreamResponse(self, status, self._reason, headers, self._raw_headers)
         if self._no_body:
             self._complete = True
             # After HEAD a body length may be announced but never sent: don't reuse.
@@ -187,22 +190,32 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._complete = True
-        self._stop_timer()
         self._wake()
 
     # -- used by the pool and the response ---------------------------------------------------------
 
-    def send(self, data: bytes, read_timeout: float, expect_no_body: bool) -> \
-            asyncio.Future[UpstreamResponse]:
+    def send(self, data: bytes, expect_no_body: bool) -> asyncio.Future[UpstreamResponse]:
         assert self.transport is not None
         self._reset()
         self._expect_no_body = expect_no_body
-        self._head = self.loop.create_future()
-        self._last_activity = self.loop.time()
-        self._timer = self.loop.call_at(self._last_activity + read_timeout, self._on_timer,
-                                        read_timeout)
+        self._head = head = self.loop.create_future()
+        self.last_activity = self.loop.time()
         self.transport.write(data)
-        return self._head
+        return head
+
+    @property
+    def busy(self) -> bool:
+        """A request is out and its answer is not complete (the read timeout applies)."""
+        return self._head is not None and not self._complete and not self.closed
+
+    def read_now(self) -> bytes | None:
+        """The whole body if it has all arrived already (the usual case for small answers)."""
+        if not self._complete or self._error is not None:
+            return None
+        chunks = self._chunks
+        body = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        return body
 
     async def next_chunk(self) -> bytes | None:
         while True:
@@ -228,7 +241,6 @@ class _Connection(asyncio.Protocol):
 
     def finish(self) -> None:
         """The reader is done: reuse the connection if the exchange ended cleanly."""
-        self._stop_timer()
         if (self._complete and self._keep_alive and self._error is None and not self.closed
                 and not self._chunks):
             self._head = None
@@ -239,7 +251,6 @@ class _Connection(asyncio.Protocol):
             self.abort()
 
     def abort(self) -> None:
-        self._stop_timer()
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.abort()  # tells the upstream to stop generating
@@ -257,24 +268,10 @@ class _Connection(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def _on_timer(self, read_timeout: float) -> None:
-        """Fires at the read deadline; re-arms itself while bytes keep arriving."""
-        self._timer = None
-        if self._complete or self.closed:
-            return
-        idle = self.loop.time() - self._last_activity
-        if idle < read_timeout:
-            self._timer = self.loop.call_at(self._last_activity + read_timeout, self._on_timer,
-                                            read_timeout)
-            return
+    def time_out(self, read_timeout: float) -> None:
         where = "mid-response" if self._head_done else "before answering"
         self._fail(UpstreamTimeout(
             f"upstream '{self.pool.name}' sent nothing for {read_timeout:g}s {where}"))
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
 
 class UpstreamPool:
@@ -298,40 +295,53 @@ class UpstreamPool:
         self.read_timeout_s = read_timeout_s
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
+        #: silence is checked by one sweep per pool, not a timer per request
+        self._sweep_every = max(0.01, min(1.0, read_timeout_s / 4))
+        self._sweeper = loop.call_later(self._sweep_every, self._sweep)
 
-    async def request(self, method: str, target: str, headers: Iterable[tuple[str, str]],
+    async def request(self, method: str, target: str, headers: bytes,
                       body: bytes | None) -> UpstreamResponse:
-        """Send one request; raises UpstreamError (502) or UpstreamTimeout (504)."""
-        lines = [f"{method} {self.prefix}{target} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
-        lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+        """Send one request; raises UpstreamError (502) or UpstreamTimeout (504).
+
+        ``headers`` are the header lines, encoded, each ending in CRLF (see ``encode_headers``).
+        """
+        head = f"{method} {self.prefix}{target} HTTP/1.1\r\nHost: {self.host_header}\r\n"
+        parts = [head.encode("utf-8", "surrogateescape"), headers]
         if body is not None:
-            lines.append(f"Content-Length: {len(body)}\r\n")
-        lines.append("\r\n")
-        data = "".join(lines).encode("utf-8", "surrogateescape")
-        if body:
-            data += body
+            parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
+            parts.append(body)
+        else:
+            parts.append(b"\r\n")
+        data = b"".join(parts)
         head_only = method == "HEAD"
-        while self._idle:
-            conn = self._idle.pop()
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
             if conn.closed:
                 continue
             try:
-                return await self._exchange(conn, data, head_only)
+                return await conn.send(data, head_only)
             except _StaleConnection:
                 continue  # the upstream closed it while idle: try the next / a new one
+            except BaseException:
+                conn.abort()
+                raise
         conn = await self._connect()
         try:
-            return await self._exchange(conn, data, head_only)
+            return await conn.send(data, head_only)
         except _StaleConnection:
             raise UpstreamError(f"upstream '{self.name}' closed the connection") from None
-
-    async def _exchange(self, conn: _Connection, data: bytes, head_only: bool) -> \
-            UpstreamResponse:
-        try:
-            return await conn.send(data, self.read_timeout_s, head_only)
         except BaseException:
             conn.abort()
             raise
+
+    def _sweep(self) -> None:
+        """Fail the requests whose upstream has been silent for longer than the read timeout."""
+        now = self.loop.time()
+        timeout = self.read_timeout_s
+        for conn in [c for c in self._open if c.busy and now - c.last_activity > timeout]:
+            conn.time_out(timeout)
+        self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
 
     async def _connect(self) -> _Connection:
         try:
@@ -359,6 +369,13 @@ class UpstreamPool:
             self._idle.remove(conn)
 
     def close(self) -> None:
+        self._sweeper.cancel()
         for conn in list(self._open):
             conn.abort()
         self._idle.clear()
+
+
+def encode_headers(headers: Iterable[tuple[str, str]]) -> bytes:
+    """Header lines as ``UpstreamPool.request`` takes them."""
+    return "".join([f"{name}: {value}\r\n" for name, value in headers]).encode(
+        "utf-8", "surrogateescape")
