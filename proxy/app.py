@@ -33,9 +33,10 @@ from .errors import (
     Throttled,
 )
 from .forward import (
+    QUEUE_MS_HEADER,
     Forwarder,
     RelayOutcome,
-    relay_plain,
+    plain_response,
     relay_stream,
     upstream_request_headers,
 )
@@ -51,7 +52,6 @@ from .tokens import SSEUsageTap, usage_from_body
 log = logging.getLogger("llm_throttle")
 
 ADMIN_PATHS = ("/throttle/status", "/metrics", "/healthz")
-QUEUE_MS_HEADER = b"x-llm-throttle-queue-ms"
 
 
 def make_store(config: Config, policy: AdmissionPolicy) -> LimitStore:
@@ -147,29 +147,46 @@ class Proxy:
             return Response.json_bytes(b'{"status": "draining"}', status=503)
         return Response.json_bytes(json.dumps({"status": "ok", "store": self.store.name}).encode())
 
-    # -- the proxied paths -----------------------------------------------------------------------
+    # -- the request path ------------------------------------------------------------------------
 
-    async def handle(self, request: Request) -> Response | StreamResponse:
-        if self.draining:
-            raise ShuttingDown()
-        target = checked_target(request.method, request.target)
-        if self.config.admin_listen and self._arrived_on_admin_port(request):
-            raise NotFound("the admin listener serves only /metrics, /throttle/status, /healthz")
-        identity = self.auth.authenticate(request.headers)
-        request.client_label = identity.label
+    async def dispatch(self, request: Request) -> Response | StreamResponse:
+        """The one entry point: admin routes, else the proxied path; errors become JSON."""
         self.active += 1
         self._idle.clear()
         try:
-            if request.method == "POST" and is_admitted_path(request.path):
-                return await self._admitted(request, identity, target)
-            return await self._passthrough(request, target)
+            admin = self._admin_routes.get(request.path)
+            if admin is not None and request.method in ("GET", "HEAD"):
+                response = await admin(request)
+            else:
+                if self.draining:
+                    raise ShuttingDown()
+                target = checked_target(request.method, request.target)
+                if self.config.admin_listen and self._arrived_on_admin_port(request):
+                    raise NotFound(
+                        "the admin listener serves only /metrics, /throttle/status, /healthz")
+                identity = self.auth.authenticate(request.headers)
+                request.client_label = identity.label
+                if request.method == "POST" and is_admitted_path(request.path):
+                    response = await self._admitted(request, identity, target)
+                else:
+                    response = await self._passthrough(request, target)
+        except ProxyError as exc:
+            response = Response.for_error(exc)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:  # a bug: log it, answer shaped, never a bare traceback page
+            log.exception("unhandled error on %s %s", request.method, request.path[:200])
+            response = Response.for_error(ProxyError("internal error in llm-throttle"))
         finally:
             self.active -= 1
             if not self.active:
                 self._idle.set()
+        self.metrics.answered(request.model_label, request.client_label, response.status)
+        return response
 
     async def _admitted(self, request: Request, identity: Identity,
                         target: str) -> Response | StreamResponse:
+        """Parse, admit (may queue), forward, relay; the permit is released on every path."""
         arrival = self.clock()
         parsed = parse_body(request.path, await request.read_body())
         route = self.policy.route(parsed.model)
@@ -184,59 +201,51 @@ class Proxy:
             self.metrics.child(self.metrics.rejections, model, exc.code or "throttled").inc()
             raise
         self.rates.count(self.rates.admitted, model)
-        self.metrics.child(self.metrics.queue_wait, model, demand.priority.name.lower()).observe(
-            grant.queued_s)
+        seen = self.metrics.for_request(model, identity.label, demand.priority)
+        seen.queue_wait.observe(grant.queued_s)
         upstream = self.config.upstreams[grant.option.name]
         outcome = RelayOutcome()
         try:
-            return await self._forward_admitted(request, target, parsed, upstream, outcome,
-                                                arrival, model, grant.queued_s)
+            started = self.clock()
+            try:
+                upstream_response = await self.forwarder.open(
+                    upstream, request.method, target,
+                    upstream_request_headers(request, upstream, identity_encoding=True),
+                    parsed.body)
+            except ProxyError as exc:
+                self.metrics.upstream_error(upstream.name, exc.code or "error")
+                raise
+            try:
+                self.metrics.child(self.metrics.upstream_latency, upstream.name).observe(
+                    self.clock() - started)
+                status = upstream_response.status
+                if status == 429 or status == 503:
+                    self.metrics.upstream_error(upstream.name, str(status))
+                extra = b"%s: %.1f\r\n" % (QUEUE_MS_HEADER, grant.queued_s * 1000)
+                if parsed.stream and upstream_response.headers.get(
+                        "Content-Type", "").startswith("text/event-stream"):
+                    tap = None
+                    if "Content-Encoding" not in upstream_response.headers:
+                        tap = SSEUsageTap(parsed.strip_usage)
+                    response = await relay_stream(request, upstream_response, outcome, tap,
+                                                  self.clock, extra)
+                    if outcome.first_byte_at is not None:
+                        self.metrics.child(self.metrics.ttft, model).observe(
+                            outcome.first_byte_at - arrival)
+                    return response
+                body = upstream_response.read_now()
+                if body is None:
+                    body = await upstream_response.read()
+                return plain_response(upstream_response, body, outcome, usage_from_body, extra)
+            finally:
+                upstream_response.close()
         finally:
             used = self._tokens_used(outcome, reserved)
-            self.store.release_nowait(grant, settlement(grant, reserved, used))
+            self.store.release_nowait(
+                grant, settlement(grant, reserved, used) if grant.charges else ())
             if outcome.usage is not None:
-                client = identity.label
-                metrics = self.metrics
-                metrics.child(metrics.tokens, model, client, "prompt").inc(outcome.usage[0])
-                metrics.child(metrics.tokens, model, client, "completion").inc(outcome.usage[1])
-
-    async def _forward_admitted(
-        self, request: Request, target: str, parsed: ParsedRequest,
-        upstream: UpstreamConfig, outcome: RelayOutcome, arrival: float, model: str,
-        queued_s: float,
-    ) -> Response | StreamResponse:
-        headers = upstream_request_headers(request, upstream, identity_encoding=True)
-        started = self.clock()
-        try:
-            upstream_response = await self.forwarder.open(
-                upstream, request.method, target, headers, parsed.body)
-        except ProxyError as exc:
-            self.metrics.child(self.metrics.upstream_errors, upstream.name,
-                               exc.code or "error").inc()
-            raise
-        try:
-            self.metrics.child(self.metrics.upstream_latency, upstream.name).observe(
-                self.clock() - started)
-            if upstream_response.status in (429, 503):
-                self.metrics.child(self.metrics.upstream_errors, upstream.name,
-                                   str(upstream_response.status)).inc()
-            content_type = upstream_response.headers.get("Content-Type", "")
-            # How long admission made it wait: lets clients and load tests separate queue
-            # time from service time.
-            extra = b"%s: %.1f\r\n" % (QUEUE_MS_HEADER, queued_s * 1000)
-            if parsed.stream and content_type.startswith("text/event-stream"):
-                tap = None
-                if "Content-Encoding" not in upstream_response.headers:
-                    tap = SSEUsageTap(parsed.strip_usage)
-                response = await relay_stream(request, upstream_response, outcome, tap,
-                                              self.clock, extra)
-                if outcome.first_byte_at is not None:
-                    self.metrics.child(self.metrics.ttft, model).observe(
-                        outcome.first_byte_at - arrival)
-                return response
-            return await relay_plain(upstream_response, outcome, usage_from_body, extra)
-        finally:
-            upstream_response.close()
+                seen.prompt_tokens.inc(outcome.usage[0])
+                seen.completion_tokens.inc(outcome.usage[1])
 
     @staticmethod
     def _tokens_used(outcome: RelayOutcome, reserved: int) -> int:
@@ -256,37 +265,15 @@ class Proxy:
         upstream_response = await self.forwarder.open(
             upstream, request.method, target, headers, body)
         outcome = RelayOutcome()
-        async with upstream_response:
+        try:
             content_type = upstream_response.headers.get("Content-Type", "")
             if content_type.startswith("text/event-stream") or \
                     upstream_response.headers.get("Transfer-Encoding") == "chunked":
                 return await relay_stream(request, upstream_response, outcome, None, self.clock)
-            return await relay_plain(upstream_response, outcome, None)
-
-
-# -- serving ------------------------------------------------------------------------------
-
-    async def dispatch(self, request: Request) -> Response | StreamResponse:
-        """The one entry point: admin routes, else the proxied path; errors become JSON."""
-        try:
-            admin = self._admin_routes.get(request.path)
-            if admin is not None and request.method in ("GET", "HEAD"):
-                response = await admin(request)
-            else:
-                response = await self.handle(request)
-        except ProxyError as exc:
-            response = Response.for_error(exc)
-        except (asyncio.CancelledError, ConnectionResetError):
-            raise
-        except Exception:  # a bug: log it, answer shaped, never a bare traceback page
-            log.exception("unhandled error on %s %s", request.method, request.path[:200])
-            response = Response.for_error(ProxyError("internal error in llm-throttle"))
-        self.metrics.child(
-            self.metrics.requests, request.model_label, request.client_label,
-            str(response.status),
-        ).inc()
-        return response
-
+            return plain_response(upstream_response, await upstream_response.read(), outcome,
+                                  None)
+        finally:
+            upstream_response.close()
 
 
 @dataclass

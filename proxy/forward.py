@@ -38,6 +38,10 @@ _REQUEST_DROP = HOP_BY_HOP | CLIENT_CREDENTIALS | {b"content-encoding"}
 #: admitted calls are read for usage on the way back: the proxy sets Accept-Encoding itself
 _REQUEST_DROP_IDENTITY = _REQUEST_DROP | {b"accept-encoding"}
 _RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+#: how long admission made the request wait (ms): lets clients and load tests separate queue
+#: time from service time; the proxy's own, replacing any an upstream sent
+QUEUE_MS_HEADER = b"x-llm-throttle-queue-ms"
+_RESPONSE_DROP_OWN = _RESPONSE_DROP | {QUEUE_MS_HEADER}
 
 
 def _connection_listed(raw_headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -75,12 +79,10 @@ def upstream_request_headers(request: Request, upstream: UpstreamConfig, *,
 
 def client_response_headers(upstream_response: UpstreamResponse,
                             extra: bytes = b"") -> bytes:
-    """What the client sees: the upstream's headers less hop-by-hop, plus ``extra`` lines."""
-    kept = _kept(upstream_response.raw_headers, _RESPONSE_DROP,
+    """What the client sees: the upstream's headers less hop-by-hop, plus ``extra`` lines
+    (the proxy's own headers, ``QUEUE_MS_HEADER``)."""
+    kept = _kept(upstream_response.raw_headers, _RESPONSE_DROP_OWN if extra else _RESPONSE_DROP,
                  "Connection" in upstream_response.headers)
-    if extra:
-        extra_names = {line.split(b":", 1)[0].lower() for line in extra.split(b"\r\n") if line}
-        kept = [(name, value) for name, value in kept if name.lower() not in extra_names]
     return b"".join([b"%s: %s\r\n" % pair for pair in kept]) + extra
 
 
@@ -122,13 +124,12 @@ class Forwarder:
         return self._pools[upstream.name].request(method, target, headers, body)
 
 
-async def relay_plain(
-    upstream_response: UpstreamResponse, outcome: RelayOutcome,
+def plain_response(
+    upstream_response: UpstreamResponse, body: bytes, outcome: RelayOutcome,
     read_usage: Callable[[bytes], tuple[int, int] | None] | None,
     extra_headers: bytes = b"",
 ) -> Response:
-    """Read a (small) non-streamed response whole and pass it on."""
-    body = await upstream_response.read()
+    """A non-streamed answer, read whole (``body``), passed on."""
     outcome.status = upstream_response.status
     outcome.complete = True
     if read_usage is not None and upstream_response.status < 300:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -18,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.exposition import generate_latest
 from prometheus_client.utils import floatToGoString
 
-from .limits.base import Snapshot
+from .limits.base import Priority, Snapshot
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -93,6 +94,16 @@ class LightHistogram:
         return family
 
 
+@dataclass(frozen=True, slots=True)
+class RequestSeries:
+    """The series one kind of admitted request (model, client, priority) updates, looked up
+    once per kind instead of one label lookup per update."""
+
+    queue_wait: _HistogramChild
+    prompt_tokens: _CounterChild
+    completion_tokens: _CounterChild
+
+
 class _LightCollector:
     def __init__(self, metrics: list[LightCounter | LightHistogram]):
         self._metrics = metrics
@@ -145,6 +156,8 @@ class ProxyMetrics:
         ]))
 
         self._children: dict[tuple[object, ...], Any] = {}
+        self._series: dict[tuple[str, str, Priority], RequestSeries] = {}
+        self._answered: dict[tuple[str, str, int], _CounterChild] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: the request path skips prometheus' lock+lookup."""
@@ -153,6 +166,26 @@ class ProxyMetrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
+
+    def for_request(self, model: str, client: str, priority: Priority) -> RequestSeries:
+        key = (model, client, priority)
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = RequestSeries(
+                self.queue_wait.labels(model, priority.name.lower()),
+                self.tokens.labels(model, client, "prompt"),
+                self.tokens.labels(model, client, "completion"))
+        return found
+
+    def answered(self, model: str, client: str, status: int) -> None:
+        key = (model, client, status)
+        found = self._answered.get(key)
+        if found is None:
+            found = self._answered[key] = self.requests.labels(model, client, str(status))
+        found.value += 1
+
+    def upstream_error(self, upstream: str, reason: str) -> None:
+        self.child(self.upstream_errors, upstream, reason).inc()
 
     def refresh(self, snapshot: Snapshot) -> None:
         """Bring the state gauges up to date from a store snapshot."""

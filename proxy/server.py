@@ -396,12 +396,6 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._url = []
-        self._url_bytes = 0
-        self._raw_headers = []
-        self._head_bytes = 0
-
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
         self._url_bytes += len(url)
@@ -424,7 +418,8 @@ class _Connection(asyncio.Protocol):
                         code="header_too_large"))
 
     def on_headers_complete(self) -> None:
-        self._check_header_limits()
+        if self._big_feed or len(self._raw_headers) > MAX_HEADERS:
+            self._check_header_limits()
         parser = self.parser
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("latin-1")
@@ -435,12 +430,17 @@ class _Connection(asyncio.Protocol):
              for n, v in self._raw_headers])
         request = Request(self, method, target, parser.get_http_version(), headers,
                           parser.should_keep_alive(), self._raw_headers)
+        # ready for the next head (no on_message_begin callback: one call less per request)
         self._url = []
+        self._url_bytes = 0
+        self._raw_headers = []
+        self._head_bytes = 0
         self._head_seen = True
         self._parsing = request
         if self._current is None:
             self.idle_since = None
-            self._start(request)
+            self._current = request
+            self._task = self.loop.create_task(self._answer(request))
         else:
             self._pipeline.append(request)
             if len(self._pipeline) >= _MAX_PIPELINED and not self._reading_paused:

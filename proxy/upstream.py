@@ -58,6 +58,10 @@ class UpstreamResponse:
                 return
             yield chunk
 
+    def read_now(self) -> bytes | None:
+        """The whole body when it has all arrived already (small answers); else None."""
+        return self._conn.read_now()
+
     async def read(self) -> bytes:
         body = self._conn.read_now()
         if body is not None:
@@ -95,7 +99,6 @@ class _Connection(asyncio.Protocol):
         self._reset()
 
     def _reset(self) -> None:
-        self._reason = ""
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._head: asyncio.Future[UpstreamResponse] | None = None
         self._chunks: deque[bytes] = deque()
@@ -150,9 +153,6 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------------
 
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason.decode("latin-1")
-
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw_headers.append((name, value))
 
@@ -160,7 +160,6 @@ class _Connection(asyncio.Protocol):
         status = self.parser.get_status_code()
         if 100 <= status < 200:  # an interim answer: the real one follows
             self._raw_headers.clear()
-            self._reason = ""
             return
         self._head_done = True
         self._keep_alive = self.parser.should_keep_alive()
@@ -172,7 +171,9 @@ class _Connection(asyncio.Protocol):
             not self._no_body and "Content-Length" not in headers
             and "chunked" not in headers.get("Transfer-Encoding", "").lower()
         )
-        response = UpstreamResponse(self, status, self._reason, headers, self._raw_headers)
+        # The reason phrase is not read (no on_status callback): it carries no meaning (RFC
+        # 9110 section 15) and the client gets the standard one for the status.
+        response = UpstreamResponse(self, status, "", headers, self._raw_headers)
         if self._no_body:
             self._complete = True
             # After HEAD a body length may be announced but never sent: don't reuse.
