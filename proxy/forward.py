@@ -150,17 +150,23 @@ async def relay_stream(
     response = request.start_stream(
         upstream_response.status, upstream_response.reason,
         client_response_headers(upstream_response, extra_headers))
-    try:
-        async for data in upstream_response.iter_chunks():
-            if tap is not None:
-                data = tap.feed(data)
-                if not data:
-                    continue
-            if outcome.first_byte_at is None:
-                outcome.first_byte_at = clock()
+
+    def sink(data: bytes) -> bool:
+        """Called from the upstream socket callback for every chunk; False: wait a moment."""
+        if tap is not None:
+            data = tap.feed(data)
+            if not data:
+                return True
+        if outcome.first_byte_at is None:
+            outcome.first_byte_at = clock()
+        try:
             response.write(data)
-            if response.paused:
-                await response.drain()
+        except ConnectionResetError:
+            return False  # the pump's wait (drain) raises it again, in the handler
+        return not response.paused
+
+    try:
+        await upstream_response.pump(sink, response.drain)
         if tap is not None and (rest := tap.flush()):
             response.write(rest)
         outcome.complete = True

@@ -15,9 +15,10 @@ import orjson
 
 BYTES_PER_TOKEN = 4
 _USAGE = b'"usage"'
-_NULL_USAGE = (b'"usage":null', b'"usage": null')
 _DONE = b"[DONE]"
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
+#: a usage object (not ``"usage": null``): the one event of a stream worth parsing
+_REAL_USAGE = re.compile(rb'"usage"\s*:\s*\{')
 #: a partial event longer than this is passed on as is (not SSE after all, or a huge event)
 _MAX_PENDING = 1 << 20
 
@@ -90,17 +91,28 @@ class SSEUsageTap:
                 self._pending = data
                 return b""
         self._pending = data[end:]
-        complete = data[:end]
-        if _USAGE not in complete:
-            self.chunks += complete.count(b"data:") - complete.count(_DONE)
-            return complete
-        events = _EVENT_END.split(complete)[:-1]
-        if not self.strip_usage:  # read the usage, but pass the bytes on untouched
-            for event in events:
-                self._consume(event)
-            return complete
-        kept = [event for event in events if self._consume(event)]
-        return b"".join(e + b"\n\n" for e in kept)
+        return self._complete_events(data[:end])
+
+    def _complete_events(self, data: bytes) -> bytes:
+        """Whole events: only one carrying a usage object is parsed; the rest is counted and
+        passed on with byte scans (no per-event Python work)."""
+        out = []
+        while (found := _REAL_USAGE.search(data)) is not None:
+            at = found.start()
+            lf, crlf = data.rfind(b"\n\n", 0, at), data.rfind(b"\n\r\n", 0, at)
+            start = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
+            end_match = _EVENT_END.search(data, found.end())
+            stop = end_match.end() if end_match is not None else len(data)
+            before, event, data = data[:start], data[start:stop], data[stop:]
+            self.chunks += before.count(b"data:") - before.count(_DONE)
+            out.append(before)
+            if self._consume(event):
+                out.append(event)
+        self.chunks += data.count(b"data:") - data.count(_DONE)
+        if not out:
+            return data
+        out.append(data)
+        return b"".join(out)
 
     def flush(self) -> bytes:
         """Whatever is left when the upstream ends (a stream not ending in a blank line)."""
@@ -108,11 +120,7 @@ class SSEUsageTap:
         return rest
 
     def _consume(self, event: bytes) -> bool:
-        """Record usage in ``event``; False when the event is to be dropped."""
-        if _USAGE not in event or any(n in event for n in _NULL_USAGE):
-            if b"data:" in event and _DONE not in event:
-                self.chunks += 1
-            return True
+        """Record the usage in ``event``; False when the event is to be dropped."""
         payload = None
         for line in event.split(b"\n"):
             if line.startswith(b"data:"):

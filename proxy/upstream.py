@@ -20,13 +20,16 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
 import httptools
 from multidict import CIMultiDict
 
 from .errors import UpstreamError, UpstreamTimeout
+
+log = logging.getLogger("llm_throttle.upstream")
 
 _HIGH_WATER = 1 << 20
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -50,13 +53,13 @@ class UpstreamResponse:
         self._conn = conn
         self._released = False
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        conn = self._conn
-        while True:
-            chunk = await conn.next_chunk()
-            if chunk is None:
-                return
-            yield chunk
+    def pump(self, sink: Callable[[bytes], bool],
+             wait_ready: Callable[[], Awaitable[None]]) -> Awaitable[None]:
+        """Hand the body to ``sink`` as it arrives, straight from the socket callback (no
+        task switch per chunk), until it ends; raises what failed the upstream. ``sink``
+        returns False to stop reading until ``wait_ready()`` returns (a client that reads
+        slower than the upstream writes)."""
+        return self._conn.pump(sink, wait_ready)
 
     def read_now(self) -> bytes | None:
         """The whole body when it has all arrived already (small answers); else None."""
@@ -110,6 +113,8 @@ class _Connection(asyncio.Protocol):
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._keep_alive = True
+        self._sink: Callable[[bytes], bool] | None = None
+        self._sink_paused = False
         self._eof_body = False
         self._no_body = False
         #: when bytes last came (or the request went out): the pool's sweep times out silence
@@ -125,6 +130,10 @@ class _Connection(asyncio.Protocol):
         self.last_activity = self.loop.time()
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:  # a bug in a callback or a sink
+            log.error("upstream response handling failed", exc_info=exc.__context__)
+            self._fail(UpstreamError(f"upstream '{self.pool.name}' response could not be "
+                                     "relayed"))
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamError(f"upstream '{self.pool.name}' tried to upgrade the protocol"))
         except httptools.HttpParserError:
@@ -182,6 +191,14 @@ class _Connection(asyncio.Protocol):
             self._head.set_result(response)
 
     def on_body(self, body: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            if not sink(body) and not self._sink_paused:
+                self._sink_paused = True  # the pump waits for the consumer, then resumes
+                if self.transport is not None:
+                    self.transport.pause_reading()
+                self._wake()
+            return
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
@@ -239,6 +256,39 @@ class _Connection(asyncio.Protocol):
                 await self._waiter
             finally:
                 self._waiter = None
+
+    async def pump(self, sink: Callable[[bytes], bool],
+                   wait_ready: Callable[[], Awaitable[None]]) -> None:
+        while self._chunks:  # what came with the head, before anyone was pumping
+            chunks = self._chunks
+            chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            self._buffered = 0
+            if self._paused and self.transport:
+                self._paused = False
+                self.transport.resume_reading()
+            if not sink(chunk):
+                await wait_ready()
+        self._sink = sink
+        try:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if self._complete:
+                    return
+                if self._sink_paused:
+                    await wait_ready()
+                    self._sink_paused = False
+                    if self.transport is not None and not self.closed:
+                        self.transport.resume_reading()
+                    continue
+                self._waiter = self.loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+        finally:
+            self._sink = None
 
     def finish(self) -> None:
         """The reader is done: reuse the connection if the exchange ended cleanly."""

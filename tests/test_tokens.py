@@ -49,3 +49,23 @@ def test_tap_passes_complete_events_on_at_once():
     tap = SSEUsageTap(strip_usage=True)
     assert tap.feed(CONTENT + b"data: {\"cho") == CONTENT
     assert tap.feed(b"ices\": []}\n\n") == b'data: {"choices": []}\n\n'
+
+
+def test_tap_reads_only_real_usage_among_null_usage_events_and_crlf_endings():
+    """OpenAI-style streams carry ``"usage": null`` in every chunk; CRLF event ends are kept."""
+    null = b'data: {"choices": [{"delta": {"content": "b"}}], "usage": null}\r\n\r\n'
+    usage_with_choice = event({"choices": [{"delta": {}}], "usage": {"prompt_tokens": 1,
+                                                                      "completion_tokens": 2}})
+    tap = SSEUsageTap(strip_usage=True)
+    stream = null + CONTENT + null + usage_with_choice + USAGE.replace(b"\n\n", b"\r\n\r\n") + DONE
+    out = tap.feed(stream)
+    # the usage-only chunk the proxy asked for is gone; one with a choice is a real chunk
+    assert out == null + CONTENT + null + usage_with_choice + DONE
+    assert tap.usage == (7, 3) and tap.chunks == 4
+
+
+def test_tap_without_strip_passes_bytes_untouched():
+    tap = SSEUsageTap(strip_usage=False)
+    stream = CONTENT + USAGE + CONTENT + DONE
+    assert tap.feed(stream) == stream
+    assert tap.usage == (7, 3) and tap.chunks == 2
