@@ -11,7 +11,9 @@ Per-request fault injection, through headers the proxy forwards untouched:
 * ``x-mock-fault: <f>[,<f>...]`` with ``refuse-429[:<retry s>]``, ``unavailable-503``,
   ``hang`` (never answers until the client leaves), ``die-mid-stream`` (a few chunks, then the
   connection is aborted without ``[DONE]``), ``delay:<s>`` (extra latency before the first
-  token), ``tokens:<n>`` (output length; ``max_tokens`` still caps it).
+  token), ``tokens:<n>`` (output length; ``max_tokens`` still caps it), ``end-after-done:<s>``
+  (stream: the body's terminating chunk comes that long after ``[DONE]``, as from servers that
+  send them in separate writes).
 
 Introspection: ``GET /mock/stats``, ``POST /mock/reset``, ``POST /mock/config`` (JSON fields of
 :class:`MockLLMConfig`), and ``/mock/echo`` (any method) which returns what it received.
@@ -106,6 +108,7 @@ class _Faults:
     delay: float = 0.0
     tokens: int | None = None
     pause_after_first: float = 0.0
+    end_after_done: float = 0.0
 
 
 def _parse_faults(headers: CIMultiDictProxy[str]) -> _Faults | None:
@@ -131,6 +134,8 @@ def _parse_faults(headers: CIMultiDictProxy[str]) -> _Faults | None:
             faults.delay = float(arg)
         elif name == "tokens":
             faults.tokens = int(arg)
+        elif name == "end-after-done":
+            faults.end_after_done = float(arg)
         elif name:
             raise _BadRequest(f"unknown x-mock-fault {name!r}", "unknown_fault")
     return faults
@@ -430,6 +435,8 @@ async def _stream(
                 return response
     _account(state, active, prompt_tokens, n_tokens, finish_reason)
     await response.write(end)
+    if faults is not None and faults.end_after_done > 0:
+        await asyncio.sleep(faults.end_after_done)
     await response.write_eof()
     return response
 

@@ -42,6 +42,7 @@ _RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
 #: time from service time; the proxy's own, replacing any an upstream sent
 QUEUE_MS_HEADER = b"x-llm-throttle-queue-ms"
 _RESPONSE_DROP_OWN = _RESPONSE_DROP | {QUEUE_MS_HEADER}
+_SSE_DONE = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n", b"data:[DONE]\n\n")
 
 
 def _connection_listed(raw_headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -151,15 +152,23 @@ async def relay_stream(
         upstream_response.status, upstream_response.reason,
         client_response_headers(upstream_response, extra_headers))
 
-    def sink(data: bytes) -> bool:
-        """Called from the upstream socket callback for every chunk; False: wait a moment."""
+    def sink(data: bytes, end: bool) -> bool:
+        """Called from the upstream socket callback with what one read brought; returns
+        False to pause the upstream until the client has drained."""
         if tap is not None:
             data = tap.feed(data)
-            if not data:
-                return True
-        if outcome.first_byte_at is None:
+            if end:
+                data += tap.flush()
+        if data and outcome.first_byte_at is None:
             outcome.first_byte_at = clock()
         try:
+            if end or (tap is not None and data.endswith(_SSE_DONE)):
+                # The last bytes, or [DONE] (the last event of an OpenAI stream): end the
+                # client's body in the same write. A client that stops reading at [DONE] (the
+                # SDKs do) otherwise finds the terminating chunk missing and drops its
+                # connection; the upstream's own end follows (nothing after it is sent).
+                response.finish(data)
+                return True
             response.write(data)
         except ConnectionResetError:
             return False  # the pump's wait (drain) raises it again, in the handler

@@ -118,7 +118,7 @@ class StreamResponse:
         conn = self._conn
         if conn.lost:
             raise ConnectionResetError("the client closed the connection")
-        if not data or self._silent:
+        if not data or self._silent or self.finished:
             return
         transport = conn.transport
         if self._chunked:
@@ -134,13 +134,21 @@ class StreamResponse:
     async def drain(self) -> None:
         await self._conn.drain()
 
-    def finish(self) -> None:
-        """The end of the body (the zero-length chunk); a no-op after the client left."""
+    def finish(self, tail: bytes = b"") -> None:
+        """The end of the body (``tail``, then the zero-length chunk, in one write); a no-op
+        after the client left or once finished."""
         if self.finished:
             return
         self.finished = True
         conn = self._conn
-        if self._chunked and not self._silent and not conn.lost:
+        if conn.lost or self._silent:
+            return
+        if not self._chunked:
+            if tail:
+                conn.transport.write(tail)
+        elif tail:
+            conn.transport.writelines((b"%x\r\n" % len(tail), tail, b"\r\n0\r\n\r\n"))
+        else:
             conn.transport.write(b"0\r\n\r\n")
 
 

@@ -9,10 +9,12 @@ handed over as the upstream sends it.
 Theory of operation: a ``_Connection`` is an asyncio protocol that serves one request at a
 time. ``UpstreamPool.request`` takes an idle connection (or opens one), writes the request, and
 returns an ``UpstreamResponse`` once the status line and headers are in. The body arrives in
-``data_received`` and is queued; reading pauses the socket when the queue holds more than
-``_HIGH_WATER`` bytes. When the message is complete and both sides allow keep-alive, the
-connection goes back to the pool; anything else (early close by the reader, a parse error, a
-timeout) closes it, which tells the upstream to stop generating.
+``data_received``: it is queued for ``read`` (reading pauses past ``_HIGH_WATER`` bytes), or,
+once a relay calls ``pump``, handed to its sink from that same callback, so a streamed chunk
+reaches the client without a task switch. When the message is complete and both sides allow
+keep-alive, the connection goes back to the pool; anything else (early close by the reader, a
+parse error, a timeout) closes it, which tells the upstream to stop generating. Silence longer
+than the read timeout is found by one sweep per pool, not a timer per request.
 """
 
 from __future__ import annotations
@@ -53,12 +55,14 @@ class UpstreamResponse:
         self._conn = conn
         self._released = False
 
-    def pump(self, sink: Callable[[bytes], bool],
+    def pump(self, sink: Callable[[bytes, bool], bool],
              wait_ready: Callable[[], Awaitable[None]]) -> Awaitable[None]:
-        """Hand the body to ``sink`` as it arrives, straight from the socket callback (no
-        task switch per chunk), until it ends; raises what failed the upstream. ``sink``
-        returns False to stop reading until ``wait_ready()`` returns (a client that reads
-        slower than the upstream writes)."""
+        """Hand the body to ``sink(data, end)`` as it arrives, straight from the socket
+        callback (no task switch per chunk): one call per read, ``end`` True with the last
+        bytes, so the relay ends its own body in the same write (a client that hangs up on
+        ``data: [DONE]`` then has read the whole response and keeps its connection). Returns
+        when the body has ended; raises what failed the upstream. ``sink`` returns False to
+        stop reading until ``wait_ready()`` returns (a client slower than the upstream)."""
         return self._conn.pump(sink, wait_ready)
 
     def read_now(self) -> bytes | None:
@@ -113,8 +117,9 @@ class _Connection(asyncio.Protocol):
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._keep_alive = True
-        self._sink: Callable[[bytes], bool] | None = None
+        self._sink: Callable[[bytes, bool], bool] | None = None
         self._sink_paused = False
+        self._end_delivered = False
         self._eof_body = False
         self._no_body = False
         #: when bytes last came (or the request went out): the pool's sweep times out silence
@@ -130,7 +135,10 @@ class _Connection(asyncio.Protocol):
         self.last_activity = self.loop.time()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:  # a bug in a callback or a sink
+            if self._sink is not None and (
+                    self._chunks or (self._complete and not self._end_delivered)):
+                self._deliver()
+        except httptools.HttpParserCallbackError as exc:  # a bug in a callback
             log.error("upstream response handling failed", exc_info=exc.__context__)
             self._fail(UpstreamError(f"upstream '{self.pool.name}' response could not be "
                                      "relayed"))
@@ -191,14 +199,6 @@ class _Connection(asyncio.Protocol):
             self._head.set_result(response)
 
     def on_body(self, body: bytes) -> None:
-        sink = self._sink
-        if sink is not None:
-            if not sink(body) and not self._sink_paused:
-                self._sink_paused = True  # the pump waits for the consumer, then resumes
-                if self.transport is not None:
-                    self.transport.pause_reading()
-                self._wake()
-            return
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
@@ -257,30 +257,26 @@ class _Connection(asyncio.Protocol):
             finally:
                 self._waiter = None
 
-    async def pump(self, sink: Callable[[bytes], bool],
+    async def pump(self, sink: Callable[[bytes, bool], bool],
                    wait_ready: Callable[[], Awaitable[None]]) -> None:
-        while self._chunks:  # what came with the head, before anyone was pumping
-            chunks = self._chunks
-            chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-            chunks.clear()
-            self._buffered = 0
-            if self._paused and self.transport:
-                self._paused = False
-                self.transport.resume_reading()
-            if not sink(chunk):
-                await wait_ready()
         self._sink = sink
         try:
+            if self._chunks or self._complete:  # what came with the head
+                self._deliver()
             while True:
                 if self._error is not None:
                     raise self._error
                 if self._complete:
+                    if not self._end_delivered:  # a body that ended with the connection
+                        self._deliver()
                     return
                 if self._sink_paused:
                     await wait_ready()
                     self._sink_paused = False
                     if self.transport is not None and not self.closed:
                         self.transport.resume_reading()
+                    if self._chunks:
+                        self._deliver()
                     continue
                 self._waiter = self.loop.create_future()
                 try:
@@ -289,6 +285,25 @@ class _Connection(asyncio.Protocol):
                     self._waiter = None
         finally:
             self._sink = None
+
+    def _deliver(self) -> None:
+        """Everything one socket read brought, to the sink in one call (with the end when it
+        came too: the relay writes its last chunk and its terminator in one write)."""
+        assert self._sink is not None
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+        end = self._complete
+        self._end_delivered = end
+        if not self._sink(data, end) and not end and not self._sink_paused:
+            self._sink_paused = True  # the pump waits for the consumer, then resumes
+            if self.transport is not None and not self.closed:
+                self.transport.pause_reading()
+            self._wake()
 
     def finish(self) -> None:
         """The reader is done: reuse the connection if the exchange ended cleanly."""
