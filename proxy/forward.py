@@ -150,7 +150,9 @@ async def relay_stream(
     failure: ProxyError | None = None
     response = request.start_stream(
         upstream_response.status, upstream_response.reason,
-        client_response_headers(upstream_response, extra_headers))
+        client_response_headers(upstream_response, extra_headers), defer_head=True)
+    if not upstream_response.body_ready:
+        response.send_head()  # the body will take a while: the head goes now
 
     def sink(data: bytes, end: bool) -> bool:
         """Called from the upstream socket callback with what one read brought; returns

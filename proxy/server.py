@@ -102,16 +102,28 @@ class Response:
 
 
 class StreamResponse:
-    """An answer written as it is produced (chunked for HTTP/1.1 clients)."""
+    """An answer written as it is produced (chunked for HTTP/1.1 clients).
 
-    __slots__ = ("status", "_conn", "_chunked", "_silent", "finished")
+    The head may be held back (``defer_head``) to leave with the first bytes of the body in
+    one write: a stream whose body is already there costs one write, not two.
+    """
 
-    def __init__(self, conn: _Connection, status: int, chunked: bool, silent: bool):
+    __slots__ = ("status", "_conn", "_chunked", "_silent", "_head", "finished")
+
+    def __init__(self, conn: _Connection, status: int, chunked: bool, silent: bool,
+                 head: bytes):
         self.status = status
         self._conn = conn
         self._chunked = chunked
         self._silent = silent  # HEAD, 204, 304: a head and no body
+        self._head = head  # not written yet (b"" once it is)
         self.finished = False
+
+    def send_head(self) -> None:
+        """Write a held-back head now (the body will take a while)."""
+        if self._head and not self._conn.lost:
+            self._conn.transport.write(self._head)
+            self._head = b""
 
     def write(self, data: bytes) -> None:
         """Queue ``data`` on the socket; raises ConnectionResetError once the client is gone."""
@@ -120,11 +132,13 @@ class StreamResponse:
             raise ConnectionResetError("the client closed the connection")
         if not data or self._silent or self.finished:
             return
-        transport = conn.transport
+        head, self._head = self._head, b""
         if self._chunked:
-            transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            conn.transport.writelines((head, b"%x\r\n" % len(data), data, b"\r\n"))
+        elif head:
+            conn.transport.writelines((head, data))
         else:
-            transport.write(data)
+            conn.transport.write(data)
 
     @property
     def paused(self) -> bool:
@@ -135,21 +149,25 @@ class StreamResponse:
         await self._conn.drain()
 
     def finish(self, tail: bytes = b"") -> None:
-        """The end of the body (``tail``, then the zero-length chunk, in one write); a no-op
-        after the client left or once finished."""
+        """The end of the body (``tail``, then the zero-length chunk, in one write with the head
+        if it was held back); a no-op after the client left or once finished."""
         if self.finished:
             return
         self.finished = True
         conn = self._conn
-        if conn.lost or self._silent:
+        if conn.lost:
             return
-        if not self._chunked:
-            if tail:
-                conn.transport.write(tail)
+        head, self._head = self._head, b""
+        if self._silent or not (tail or self._chunked):
+            if head:
+                conn.transport.write(head)
+        elif not self._chunked:
+            conn.transport.writelines((head, tail))
         elif tail:
-            conn.transport.writelines((b"%x\r\n" % len(tail), tail, b"\r\n0\r\n\r\n"))
+            conn.transport.writelines((head, b"%x\r\n" % len(tail), tail,
+                                       b"\r\n0\r\n\r\n"))
         else:
-            conn.transport.write(b"0\r\n\r\n")
+            conn.transport.writelines((head, b"0\r\n\r\n"))
 
 
 class Request:
@@ -228,9 +246,11 @@ class Request:
         return body
 
     def start_stream(self, status: int, reason: str | None,
-                     headers: Iterable[tuple[str, str]]) -> StreamResponse:
-        """Write the head now; the body follows with ``write`` and ``finish``."""
-        return self._conn.start_stream(self, status, reason, headers)
+                     headers: bytes | Iterable[tuple[str, str]], *,
+                     defer_head: bool = False) -> StreamResponse:
+        """Write the head (now, or with the first body bytes when ``defer_head``); the body
+        follows with ``write`` and ``finish``."""
+        return self._conn.start_stream(self, status, reason, headers, defer_head)
 
     # -- fed by the connection ----------------------------------------------------------------
 
@@ -541,7 +561,8 @@ class _Connection(asyncio.Protocol):
             self.transport.writelines((head, body))
 
     def start_stream(self, request: Request, status: int, reason: str | None,
-                     headers: Iterable[tuple[str, str]]) -> StreamResponse:
+                     headers: bytes | Iterable[tuple[str, str]],
+                     defer_head: bool) -> StreamResponse:
         if self.lost:
             raise ConnectionResetError("the client closed the connection")
         silent = request.method == "HEAD" or status in _NO_BODY_STATUS
@@ -549,8 +570,11 @@ class _Connection(asyncio.Protocol):
         if not chunked and not silent:
             request.keep_alive = False  # an HTTP/1.0 body ends when the connection does
         framing = b"Transfer-Encoding: chunked\r\n" if chunked else b""
-        self.transport.write(self._head(request, status, reason, headers, framing))
-        return StreamResponse(self, status, chunked, silent)
+        response = StreamResponse(self, status, chunked, silent,
+                                  self._head(request, status, reason, headers, framing))
+        if not defer_head:
+            response.send_head()
+        return response
 
     def _parse_failed(self, error: ProxyError) -> None:
         """The rest of the input is unreadable: answer what can be answered, then close."""

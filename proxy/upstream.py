@@ -65,6 +65,12 @@ class UpstreamResponse:
         stop reading until ``wait_ready()`` returns (a client slower than the upstream)."""
         return self._conn.pump(sink, wait_ready)
 
+    @property
+    def body_ready(self) -> bool:
+        """Body bytes (or its end) have arrived and are waiting to be read or pumped."""
+        conn = self._conn
+        return bool(conn._chunks) or conn._complete
+
     def read_now(self) -> bytes | None:
         """The whole body when it has all arrived already (small answers); else None."""
         return self._conn.read_now()
