@@ -155,7 +155,7 @@ async def relay_stream(
         response.send_head()  # the body will take a while: the head goes now
 
     def sink(data: bytes, end: bool) -> bool:
-        """Called from the upstream socket callback with what one read brought; returns
+        """Called from the upstream socket callback with body bytes as they arrive; returns
         False to pause the upstream until the client has drained."""
         if tap is not None:
             data = tap.feed(data)
@@ -171,10 +171,9 @@ async def relay_stream(
                 # connection; the upstream's own end follows (nothing after it is sent).
                 response.finish(data)
                 return True
-            response.write(data)
+            return response.write(data)
         except ConnectionResetError:
             return False  # the pump's wait (drain) raises it again, in the handler
-        return not response.paused
 
     try:
         await upstream_response.pump(sink, response.drain)

@@ -125,25 +125,21 @@ class StreamResponse:
             self._conn.transport.write(self._head)
             self._head = b""
 
-    def write(self, data: bytes) -> None:
-        """Queue ``data`` on the socket; raises ConnectionResetError once the client is gone."""
+    def write(self, data: bytes) -> bool:
+        """Queue ``data`` on the socket; False when the client's buffer is full (await
+        ``drain``). Raises ConnectionResetError once the client is gone."""
         conn = self._conn
         if conn.lost:
             raise ConnectionResetError("the client closed the connection")
-        if not data or self._silent or self.finished:
-            return
-        head, self._head = self._head, b""
-        if self._chunked:
-            conn.transport.writelines((head, b"%x\r\n" % len(data), data, b"\r\n"))
-        elif head:
-            conn.transport.writelines((head, data))
-        else:
-            conn.transport.write(data)
-
-    @property
-    def paused(self) -> bool:
-        """The client's socket buffer is full: await ``drain`` before writing more."""
-        return self._conn.write_paused
+        if data and not (self._silent or self.finished):
+            head, self._head = self._head, b""
+            if self._chunked:
+                conn.transport.writelines((head, b"%x\r\n" % len(data), data, b"\r\n"))
+            elif head:
+                conn.transport.writelines((head, data))
+            else:
+                conn.transport.write(data)
+        return not conn.write_paused
 
     async def drain(self) -> None:
         await self._conn.drain()

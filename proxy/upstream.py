@@ -57,12 +57,11 @@ class UpstreamResponse:
 
     def pump(self, sink: Callable[[bytes, bool], bool],
              wait_ready: Callable[[], Awaitable[None]]) -> Awaitable[None]:
-        """Hand the body to ``sink(data, end)`` as it arrives, straight from the socket
-        callback (no task switch per chunk): one call per read, ``end`` True with the last
-        bytes, so the relay ends its own body in the same write (a client that hangs up on
-        ``data: [DONE]`` then has read the whole response and keeps its connection). Returns
-        when the body has ended; raises what failed the upstream. ``sink`` returns False to
-        stop reading until ``wait_ready()`` returns (a client slower than the upstream)."""
+        """Hand the body to ``sink(data, end)`` as it arrives, straight from the parser's
+        callback (no task switch per chunk); ``end`` is True once, with the last bytes (or
+        none), so the relay ends its own body in that same callback. Returns when the body
+        has ended; raises what failed the upstream. ``sink`` returns False to stop reading
+        until ``wait_ready()`` returns (a client slower than the upstream)."""
         return self._conn.pump(sink, wait_ready)
 
     @property
@@ -141,9 +140,6 @@ class _Connection(asyncio.Protocol):
         self.last_activity = self.loop.time()
         try:
             self.parser.feed_data(data)
-            if self._sink is not None and (
-                    self._chunks or (self._complete and not self._end_delivered)):
-                self._deliver()
         except httptools.HttpParserCallbackError as exc:  # a bug in a callback
             log.error("upstream response handling failed", exc_info=exc.__context__)
             self._fail(UpstreamError(f"upstream '{self.pool.name}' response could not be "
@@ -205,6 +201,11 @@ class _Connection(asyncio.Protocol):
             self._head.set_result(response)
 
     def on_body(self, body: bytes) -> None:
+        sink = self._sink
+        if sink is not None:  # pumping: straight to the relay, no queue, no wake-up
+            if not sink(body, False) and not self._sink_paused:
+                self._pause_for_sink()
+            return
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
@@ -214,6 +215,10 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._complete = True
+        sink = self._sink
+        if sink is not None:
+            self._end_delivered = True
+            sink(b"", True)  # the relay ends its body in this same callback
         self._wake()
 
     # -- used by the pool and the response ---------------------------------------------------------
@@ -293,7 +298,7 @@ class _Connection(asyncio.Protocol):
             self._sink = None
 
     def _deliver(self) -> None:
-        """Everything one socket read brought, to the sink in one call (with the end when it
+        """What arrived before pumping began, to the sink in one call (with the end when it
         came too: the relay writes its last chunk and its terminator in one write)."""
         assert self._sink is not None
         chunks = self._chunks
@@ -306,10 +311,13 @@ class _Connection(asyncio.Protocol):
         end = self._complete
         self._end_delivered = end
         if not self._sink(data, end) and not end and not self._sink_paused:
-            self._sink_paused = True  # the pump waits for the consumer, then resumes
-            if self.transport is not None and not self.closed:
-                self.transport.pause_reading()
-            self._wake()
+            self._pause_for_sink()
+
+    def _pause_for_sink(self) -> None:
+        self._sink_paused = True  # the pump waits for the consumer, then resumes
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self._wake()
 
     def finish(self) -> None:
         """The reader is done: reuse the connection if the exchange ended cleanly."""
