@@ -104,6 +104,54 @@ def _command(*parts: str | bytes) -> bytes:
     return b"*%d\r\n" % len(parts) + b"".join(_bulk(p) for p in parts)
 
 
+class _Connection(asyncio.Protocol):
+    """The socket: replies are parsed and handed to their callers in ``data_received``,
+    without a reader task in between (one task switch per call, not two)."""
+
+    def __init__(self, pipeline: ScriptPipeline):
+        self.pipeline = pipeline
+        self.parser = RespParser()
+        self.transport: asyncio.Transport | None = None
+        loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        #: during AUTH / SELECT: their replies, before the connection carries calls
+        self.setup_replies: list[Any] = []
+        self.setup_done: asyncio.Future[None] | None = None
+        self.setup_expected = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # small calls back to back must not wait for each other's ACK (Nagle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.pipeline.last_activity = self.pipeline.loop.time()
+        parser = self.parser
+        parser.feed(data)
+        try:
+            replies = parser.replies()
+        except RedisConnectionError:
+            self.abort()
+            return
+        if self.setup_done is not None:
+            self.setup_replies.extend(replies)
+            if len(self.setup_replies) >= self.setup_expected and not self.setup_done.done():
+                self.setup_done.set_result(None)
+            return
+        self.pipeline.answered(replies, self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self.pipeline.dropped(self)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
 class ScriptPipeline:
     """Runs script calls on one multiplexed connection, in the order they are made."""
 
@@ -111,22 +159,26 @@ class ScriptPipeline:
         self.url = url
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
+        self.loop = asyncio.get_running_loop()
         #: calls written and not yet answered: (payload, future), oldest first
         self._waiting: deque[tuple[bytes, asyncio.Future[Any]]] = deque()
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
+        self._conn: _Connection | None = None
         self._opening: asyncio.Task[None] | None = None
         self._prefixes: dict[tuple[str, int], bytes] = {}
         self._closed = False
+        #: when Redis last sent bytes (or a call went out to an idle connection)
+        self.last_activity = 0.0
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """One EVALSHA; loads the script once when Redis does not know it (after a restart).
 
-        A caller that is cancelled does not withdraw its call: it still runs, and the caller's
-        cleanup, made later, runs after it.
+        A caller that is cancelled does not withdraw its call: it was written already (or is
+        sent on reconnection) and still runs; its reply is read and dropped in order, and the
+        caller's cleanup, made later, runs after it.
         """
         while True:
-            result = await asyncio.shield(self._send(self._pack(script, keys, args)))
+            result = await self._send(self._pack(script, keys, args))
             if not isinstance(result, Exception):
                 return result
             if not isinstance(result, NoScriptError):
@@ -138,20 +190,24 @@ class ScriptPipeline:
 
     async def execute(self, *parts: str | bytes) -> Any:
         """Any other command, in order with the script calls."""
-        result = await asyncio.shield(self._send(_command(*parts)))
+        result = await self._send(_command(*parts))
         if isinstance(result, Exception):
             raise result
         return result
 
     async def close(self) -> None:
         self._closed = True
-        if self._writer is not None:
-            self._writer.close()
-        for task in (self._reader_task, self._opening):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._opening is not None:
+            self._opening.cancel()
+            with contextlib.suppress(BaseException):
+                await self._opening
+        conn, self._conn = self._conn, None
+        if conn is not None and conn.transport is not None:
+            conn.transport.close()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(conn.lost), 1.0)
         self._fail(RedisConnectionError("connection closed"))
 
     def _pack(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> bytes:
@@ -162,54 +218,104 @@ class ScriptPipeline:
                 [_bulk("EVALSHA"), _bulk(script.sha), _bulk(str(len(keys))),
                  *(_bulk(key) for key in keys)])
         parts = [b"*%d\r\n" % (3 + len(keys) + len(args)), prefix]
-        parts.extend(_bulk(arg if isinstance(arg, str | bytes) else str(arg)) for arg in args)
+        parts.extend([_bulk(arg if isinstance(arg, str | bytes) else str(arg)) for arg in args])
         return b"".join(parts)
 
     def _send(self, payload: bytes) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        future.add_done_callback(_retrieve)  # a cancelled caller never reads it
+        future: asyncio.Future[Any] = self.loop.create_future()
         if self._closed:
             future.set_exception(RedisConnectionError("connection closed"))
             return future
+        if not self._waiting:
+            self.last_activity = self.loop.time()  # silence counts from the first call out
         self._waiting.append((payload, future))
-        if self._writer is not None and self._opening is None:
-            self._writer.write(payload)
+        conn = self._conn
+        if conn is not None and self._opening is None:
+            assert conn.transport is not None
+            conn.transport.write(payload)
         elif self._opening is None:
-            self._opening = loop.create_task(self._open())
+            self._opening = self.loop.create_task(self._open())
         return future
+
+    # -- called by the connection -------------------------------------------------------------
+
+    def answered(self, replies: list[Any], conn: _Connection) -> None:
+        if conn is not self._conn:
+            return  # a connection being replaced: its calls are sent again
+        waiting = self._waiting
+        for reply in replies:
+            if not waiting:
+                conn.abort()  # a reply nobody asked for: the stream is out of step
+                return
+            _, future = waiting.popleft()
+            if not future.done():  # a cancelled caller's reply is dropped, in order
+                future.set_result(reply)
+
+    def dropped(self, conn: _Connection) -> None:
+        """Dropped or silent: reopen and resend what is still waiting (idempotent calls)."""
+        if conn is not self._conn:
+            return
+        self._conn = None
+        if self._waiting and not self._closed and self._opening is None:
+            self._opening = self.loop.create_task(self._open())
+
+    def _sweep(self) -> None:
+        """Redis silent past the timeout with calls waiting: drop the connection (resend)."""
+        self._sweeper = None
+        conn = self._conn
+        if conn is None or self._closed:
+            return
+        if self._waiting and self.loop.time() - self.last_activity > self.timeout_s:
+            conn.abort()
+        self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
+
+    @property
+    def _sweep_every(self) -> float:
+        return max(0.01, min(0.5, self.timeout_s / 4))
+
+    def _fail(self, exc: Exception) -> None:
+        while self._waiting:
+            _, future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(exc)
+
+    # -- connecting ---------------------------------------------------------------------------
 
     async def _open(self) -> None:
         """Connect (retrying), then send every waiting call again, in order."""
         try:
             for attempt in range(RETRIES + 1):
                 try:
-                    reader, writer = await asyncio.wait_for(self._connect(),
-                                                            self.connect_timeout_s)
+                    conn = await asyncio.wait_for(self._connect(), self.connect_timeout_s)
                     break
                 except (OSError, TimeoutError, RedisConnectionError, ResponseError) as exc:
                     if attempt == RETRIES or self._closed:
                         self._fail(RedisConnectionError(f"cannot reach Redis: {exc}"))
                         return
                     await asyncio.sleep(min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (attempt + 1)))
-            self._writer = writer
-            writer.write(b"".join(payload for payload, _ in self._waiting))
-            self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
+            if self._closed:
+                conn.abort()
+                return
+            self._conn = conn
+            self.last_activity = self.loop.time()
+            assert conn.transport is not None
+            conn.transport.write(b"".join(payload for payload, _ in self._waiting))
+            if self._sweeper is None:
+                self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
         finally:
             self._opening = None
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _connect(self) -> _Connection:
         parts = urlsplit(self.url)
         if parts.scheme == "unix":
-            reader, writer = await asyncio.open_unix_connection(parts.path)
+            _, conn = await self.loop.create_unix_connection(
+                lambda: _Connection(self), parts.path)
         else:
             context = ssl.create_default_context() if parts.scheme == "rediss" else None
-            reader, writer = await asyncio.open_connection(
-                parts.hostname or "localhost", parts.port or 6379, ssl=context)
-        sock = writer.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # small calls back to back must not wait for each other's ACK (Nagle)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            host = parts.hostname or "localhost"
+            _, conn = await self.loop.create_connection(
+                lambda: _Connection(self), host, parts.port or 6379, ssl=context,
+                server_hostname=host if context else None)
         setup = []
         if parts.password is not None:
             user = unquote(parts.username) if parts.username else None
@@ -218,55 +324,22 @@ class ScriptPipeline:
         if db and db != "0":
             setup.append(_command("SELECT", db))
         if setup:
-            writer.write(b"".join(setup))
-            parser = RespParser()
-            answers: list[Any] = []
-            while len(answers) < len(setup):
-                data = await reader.read(65536)
-                if not data:
-                    raise RedisConnectionError("connection closed during setup")
-                parser.feed(data)
-                answers += parser.replies()
-            for answer in answers:
-                if isinstance(answer, Exception):
-                    writer.close()
-                    raise answer
-        return reader, writer
+            await self._handshake(conn, setup)
+        return conn
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        parser = RespParser()
+    async def _handshake(self, conn: _Connection, setup: list[bytes]) -> None:
+        """AUTH / SELECT before the connection carries calls; their replies are read here."""
+        conn.setup_done = self.loop.create_future()
+        conn.setup_expected = len(setup)
+        assert conn.transport is not None
+        conn.transport.write(b"".join(setup))
         try:
-            while True:
-                if self._waiting:
-                    async with asyncio.timeout(self.timeout_s):
-                        data = await reader.read(65536)
-                else:
-                    data = await reader.read(65536)
-                if not data:
-                    raise RedisConnectionError("Redis closed the connection")
-                parser.feed(data)
-                for reply in parser.replies():
-                    _, future = self._waiting.popleft()
-                    if not future.done():
-                        future.set_result(reply)
-        except asyncio.CancelledError:
+            await conn.setup_done  # _open bounds the whole connect with its timeout
+        except BaseException:
+            conn.abort()
             raise
-        except (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError):
-            # Dropped or silent: reopen and resend what is still waiting (idempotent calls).
-            if self._writer is not None:
-                self._writer.close()
-            self._writer = None
-            self._reader_task = None
-            if self._waiting and not self._closed and self._opening is None:
-                self._opening = asyncio.get_running_loop().create_task(self._open())
-
-    def _fail(self, exc: Exception) -> None:
-        while self._waiting:
-            _, future = self._waiting.popleft()
-            if not future.done():
-                future.set_exception(exc)
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
+        conn.setup_done = None
+        for answer in conn.setup_replies:
+            if isinstance(answer, Exception):
+                conn.abort()
+                raise answer
