@@ -256,6 +256,7 @@ class ScriptPipeline:
         if conn is not self._conn:
             return
         self._conn = None
+        conn.abort()
         if self._waiting and not self._closed and self._opening is None:
             self._opening = self.loop.create_task(self._open())
 
@@ -266,7 +267,7 @@ class ScriptPipeline:
         if conn is None or self._closed:
             return
         if self._waiting and self.loop.time() - self.last_activity > self.timeout_s:
-            conn.abort()
+            self.dropped(conn)
         self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
 
     @property
@@ -287,6 +288,8 @@ class ScriptPipeline:
             for attempt in range(RETRIES + 1):
                 try:
                     conn = await asyncio.wait_for(self._connect(), self.connect_timeout_s)
+                    if conn.lost.done():  # killed as it opened
+                        raise RedisConnectionError("connection lost as it opened")
                     break
                 except (OSError, TimeoutError, RedisConnectionError, ResponseError) as exc:
                     if attempt == RETRIES or self._closed:
