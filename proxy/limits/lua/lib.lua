@@ -66,6 +66,13 @@ local function inflight(r)
   return v
 end
 
+-- One HMGET for several resources' counts (a script about to read them all).
+local function prefetch_inflight(resources)
+  if #resources < 2 then return end
+  local values = redis.call('HMGET', K.inflight, unpack(resources))
+  for i, r in ipairs(resources) do inflight_cache[r] = num(values[i], 0) end
+end
+
 local function add_inflight(r, delta)
   local v = redis.call('HINCRBY', K.inflight, r, delta)
   if v <= 0 then
@@ -209,14 +216,19 @@ end
 -- Give a lease's permits back (``lease`` decoded); ``observe`` feeds the hold-time average.
 local function drop_lease(rid, lease, now, observe)
   local held_for = now - lease[2]
-  for _, r in ipairs(lease[3]) do
-    add_inflight(r, -1)
-    if observe then
-      local prev = num(redis.call('HGET', K.hold, r), nil)
+  local resources = lease[3]
+  for _, r in ipairs(resources) do add_inflight(r, -1) end
+  if observe and #resources > 0 then  -- the hold-time averages: one read, one write
+    local prev = redis.call('HMGET', K.hold, unpack(resources))
+    local fields = {}
+    for i, r in ipairs(resources) do
       local avg = held_for
-      if prev then avg = prev + HOLD_ALPHA * (held_for - prev) end
-      redis.call('HSET', K.hold, r, string.format('%.3f', avg))
+      local p = num(prev[i], nil)
+      if p then avg = p + HOLD_ALPHA * (held_for - p) end
+      fields[#fields + 1] = r
+      fields[#fields + 1] = string.format('%.3f', avg)
     end
+    redis.call('HSET', K.hold, unpack(fields))
   end
   redis.call('HDEL', K.leases, rid)
   if redis.call('HINCRBY', K.hostn, lease[1], -1) <= 0 then

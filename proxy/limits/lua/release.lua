@@ -13,8 +13,7 @@
 
 local host, rid, settle, tomb_ms, refund = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local now = clock()
-if redis.call('ZSCORE', K.tombs, rid) then return {'D'} end
-redis.call('ZADD', K.tombs, fmt(now + tomb_ms), rid)
+if redis.call('ZADD', K.tombs, 'NX', fmt(now + tomb_ms), rid) == 0 then return {'D'} end
 
 local lease = redis.call('HGET', K.leases, rid)
 local dropped_waiter = false
