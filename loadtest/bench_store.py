@@ -31,7 +31,8 @@ import aiohttp
 import yaml
 
 #: commandstats entries that scripts run inside Redis (not client round trips)
-SCRIPT_INTERNAL = {"hget", "hset", "hdel", "hexists", "hincrby", "hgetall", "zadd", "zrem",
+SCRIPT_INTERNAL = {"hget", "hmget", "hset", "hdel", "hexists", "hincrby", "hgetall", "exists",
+                   "zadd", "zrem",
                    "zscore", "zcard", "zcount", "zrange", "zrangebyscore", "zremrangebyscore",
                    "xrevrange", "xadd", "time", "del"}
 
