@@ -210,7 +210,8 @@ class Proxy:
             try:
                 upstream_response = await self.forwarder.open(
                     upstream, request.method, target,
-                    upstream_request_headers(request, upstream, identity_encoding=True),
+                    upstream_request_headers(request, self.forwarder.injected[upstream.name],
+                                             identity_encoding=True),
                     parsed.body)
             except ProxyError as exc:
                 self.metrics.upstream_error(upstream.name, exc.code or "error")
@@ -261,7 +262,8 @@ class Proxy:
     async def _passthrough(self, request: Request, target: str) -> Response | StreamResponse:
         upstream = self.config.default_passthrough
         body = await request.read_body() if request.body_exists else None
-        headers = upstream_request_headers(request, upstream, identity_encoding=False)
+        headers = upstream_request_headers(request, self.forwarder.injected[upstream.name],
+                                           identity_encoding=False)
         upstream_response = await self.forwarder.open(
             upstream, request.method, target, headers, body)
         outcome = RelayOutcome()

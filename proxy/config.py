@@ -293,10 +293,15 @@ def _upstream(name: str, s: _Section) -> UpstreamConfig:
         elif parts.query or parts.fragment:
             s.problems.append(f"{s.key_path('url')}: must not carry a query or fragment")
         url = url.rstrip("/")
+    api_key = s.str("api_key") or None
+    if api_key is not None and not api_key.isprintable():
+        # it becomes a header line: a newline in it would add headers of its own
+        s.problems.append(f"{s.key_path('api_key')}: must not contain control characters "
+                          "(a stray newline from an environment variable?)")
     return UpstreamConfig(
         name=name,
         url=url,
-        api_key=s.str("api_key") or None,
+        api_key=api_key,
         gpus=s.str_list("gpus"),
         max_in_flight=s.number("max_in_flight", integer=True),
         connect_timeout_s=s.number("connect_timeout_s", 5.0),

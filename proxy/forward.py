@@ -61,17 +61,17 @@ def _kept(raw_headers: list[tuple[bytes, bytes]], dropped: frozenset[bytes],
     return [(name, value) for name, value in raw_headers if name.lower() not in dropped]
 
 
-def upstream_request_headers(request: Request, upstream: UpstreamConfig, *,
+def upstream_request_headers(request: Request, injected: bytes, *,
                              identity_encoding: bool) -> bytes:
     """What the upstream sees, as header lines: the client's headers less hop-by-hop and
-    credentials, plus the upstream's own key. Bytes pass through as the client sent them
-    (llhttp has checked them), so nothing is decoded and encoded again."""
+    credentials, plus ``injected`` (the upstream's own key, ``Forwarder.injected``). Bytes
+    pass through as the client sent them (llhttp has checked them), so nothing is decoded
+    and encoded again."""
     kept = _kept(request.raw_headers,
                  _REQUEST_DROP_IDENTITY if identity_encoding else _REQUEST_DROP,
                  "Connection" in request.headers)
     lines = [b"%s: %s\r\n" % pair for pair in kept]
-    if upstream.api_key:
-        lines.append(f"Authorization: Bearer {upstream.api_key}\r\n".encode())
+    lines.append(injected)
     if identity_encoding:
         # Admitted calls are read for their usage on the way back: keep them uncompressed.
         lines.append(b"Accept-Encoding: identity\r\n")
@@ -105,6 +105,11 @@ class Forwarder:
     def __init__(self, upstreams: Mapping[str, UpstreamConfig]):
         self._upstreams = upstreams
         self._pools: dict[str, UpstreamPool] = {}
+        #: header lines the proxy adds for each upstream (its key), encoded once
+        self.injected: dict[str, bytes] = {
+            name: f"Authorization: Bearer {up.api_key}\r\n".encode() if up.api_key else b""
+            for name, up in upstreams.items()
+        }
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -66,6 +66,15 @@ def test_unset_environment_variable_is_an_error():
     assert "upstreams.a.api_key: environment variable NOPE is not set" in info.value.problems
 
 
+def test_upstream_key_with_a_newline_is_refused():
+    """The key becomes a header line: a newline (say, from an env file) would add headers."""
+    with pytest.raises(ConfigError) as info:
+        parse_config({"upstreams": {"a": {"url": "http://x:1", "api_key": "${K}"}},
+                      "models": {"*": {"upstreams": ["a"]}}}, environ={"K": "sk-1\nX-Evil: 1"})
+    assert any(p.startswith("upstreams.a.api_key: must not contain control characters")
+               for p in info.value.problems)
+
+
 def test_quick_mode_is_one_wildcard_model():
     config = quick_config("http://127.0.0.1:9000", 4)
     assert config.models["*"].max_in_flight == 4
