@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .admission import AdmissionPolicy, settlement
 from .auth import Authenticator, Identity, bearer_token
-from .config import Config, UpstreamConfig
+from .config import Config
 from .errors import (
     AuthenticationFailed,
     NotFound,
@@ -42,10 +42,11 @@ from .forward import (
 )
 from .limits.base import LimitStore
 from .limits.memory import MemoryStore
+from .messages import Request, Response, StreamResponse
 from .metrics import ProxyMetrics
-from .parse import ParsedRequest, is_admitted_path, parse_body
+from .parse import is_admitted_path, parse_body
 from .paths import checked_target
-from .server import HttpServer, Request, Response, ServerLimits, StreamResponse
+from .server import HttpServer, ServerLimits
 from .status import RequestRates, SaturationTracker, render_table, status_document
 from .tokens import SSEUsageTap, usage_from_body
 

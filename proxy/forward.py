@@ -16,10 +16,9 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-
 from .config import UpstreamConfig
 from .errors import ProxyError
-from .server import Request, Response, StreamResponse
+from .messages import Request, Response, StreamResponse
 from .tokens import SSEUsageTap
 from .upstream import UpstreamPool, UpstreamResponse
 

@@ -8,7 +8,8 @@ parser of Node.js, also behind aiohttp and uvicorn) parses; this module frames, 
 and times out. Its upstream twin is ``proxy/upstream.py``.
 
 Theory of operation: one ``_Connection`` protocol per TCP connection. The parser calls back as
-bytes arrive. When a request's head is complete a ``Request`` is made and handled as a task
+bytes arrive. When a request's head is complete a ``Request`` (``proxy/messages.py``, with the
+answers ``Response`` and ``StreamResponse``) is made and handled as a task
 when the connection is free, else it waits its turn (pipelining). Body bytes go to the
 request, where ``Request.read_body`` picks them up. A client that disconnects cancels its
 handler task, so a queued request leaves the queue and a stream stops at once. The handler
@@ -27,26 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from urllib.parse import parse_qsl, unquote
 
 import httptools
 from multidict import CIMultiDict
 
-from .errors import (
-    BadRequest,
-    BodyTooLarge,
-    HeadTooLarge,
-    ProxyError,
-    RequestTimeout,
-    TargetTooLong,
-    UnsupportedEncoding,
-)
+from .errors import BadRequest, HeadTooLarge, ProxyError, TargetTooLong
+from .messages import NO_BODY_STATUS, Request, Response, StreamResponse
 
 log = logging.getLogger("llm_throttle.server")
 
@@ -56,13 +48,9 @@ MAX_HEADERS = 128
 MAX_HEAD_BYTES = 65536
 #: pipelined requests parsed ahead of the one being answered before reading pauses
 _MAX_PIPELINED = 8
-_NO_BODY_STATUS = frozenset({204, 304})
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _METHODS = {m: m.decode() for m in (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS",
                                      b"PATCH")}
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
-               "deflate": zlib.MAX_WBITS}
 
 Handler = Callable[["Request"], Awaitable["Response | StreamResponse"]]
 
@@ -72,244 +60,6 @@ class ServerLimits:
     max_body_bytes: int
     body_read_timeout_s: float
     header_read_timeout_s: float
-
-
-class Response:
-    """A whole answer, written in one go."""
-
-    __slots__ = ("status", "reason", "headers", "body")
-
-    def __init__(self, status: int = 200, body: bytes = b"",
-                 headers: bytes | Iterable[tuple[str, str]] = (), reason: str | None = None):
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        self.body = body
-
-    @classmethod
-    def text(cls, text: str, status: int = 200,
-             content_type: str = "text/plain; charset=utf-8") -> Response:
-        return cls(status, text.encode(), [("Content-Type", content_type)])
-
-    @classmethod
-    def json_bytes(cls, body: bytes, status: int = 200,
-                   headers: Iterable[tuple[str, str]] = ()) -> Response:
-        return cls(status, body, [("Content-Type", "application/json"), *headers])
-
-    @classmethod
-    def for_error(cls, exc: ProxyError) -> Response:
-        return cls.json_bytes(exc.to_bytes(), exc.status, exc.headers().items())
-
-
-class StreamResponse:
-    """An answer written as it is produced (chunked for HTTP/1.1 clients).
-
-    The head may be held back (``defer_head``) to leave with the first bytes of the body in
-    one write: a stream whose body is already there costs one write, not two.
-    """
-
-    __slots__ = ("status", "_conn", "_chunked", "_silent", "_head", "finished")
-
-    def __init__(self, conn: _Connection, status: int, chunked: bool, silent: bool,
-                 head: bytes):
-        self.status = status
-        self._conn = conn
-        self._chunked = chunked
-        self._silent = silent  # HEAD, 204, 304: a head and no body
-        self._head = head  # not written yet (b"" once it is)
-        self.finished = False
-
-    def send_head(self) -> None:
-        """Write a held-back head now (the body will take a while)."""
-        if self._head and not self._conn.lost:
-            self._conn.transport.write(self._head)
-            self._head = b""
-
-    def write(self, data: bytes) -> bool:
-        """Queue ``data`` on the socket; False when the client's buffer is full (await
-        ``drain``). Raises ConnectionResetError once the client is gone."""
-        conn = self._conn
-        if conn.lost:
-            raise ConnectionResetError("the client closed the connection")
-        if data and not (self._silent or self.finished):
-            head, self._head = self._head, b""
-            if self._chunked:
-                conn.transport.writelines((head, b"%x\r\n" % len(data), data, b"\r\n"))
-            elif head:
-                conn.transport.writelines((head, data))
-            else:
-                conn.transport.write(data)
-        return not conn.write_paused
-
-    async def drain(self) -> None:
-        await self._conn.drain()
-
-    def finish(self, tail: bytes = b"") -> None:
-        """The end of the body (``tail``, then the zero-length chunk, in one write with the head
-        if it was held back); a no-op after the client left or once finished."""
-        if self.finished:
-            return
-        self.finished = True
-        conn = self._conn
-        if conn.lost:
-            return
-        head, self._head = self._head, b""
-        if self._silent or not (tail or self._chunked):
-            if head:
-                conn.transport.write(head)
-        elif not self._chunked:
-            conn.transport.writelines((head, tail))
-        elif tail:
-            conn.transport.writelines((head, b"%x\r\n" % len(tail), tail,
-                                       b"\r\n0\r\n\r\n"))
-        else:
-            conn.transport.writelines((head, b"0\r\n\r\n"))
-
-
-class Request:
-    """One request: its head at once, its body on demand (``read_body``)."""
-
-    __slots__ = ("method", "target", "path", "query_string", "headers", "raw_headers", "version",
-                 "keep_alive",
-                 "local_port", "content_length", "chunked", "model_label", "client_label",
-                 "_conn", "_parts", "_size", "_complete", "_overflow", "_error", "_waiter",
-                 "_started")
-
-    def __init__(self, conn: _Connection, method: str, target: str, version: str,
-                 headers: CIMultiDict[str], keep_alive: bool,
-                 raw_headers: list[tuple[bytes, bytes]]):
-        self.method = method
-        self.target = target
-        raw_path, _, self.query_string = target.partition("?")
-        self.path = unquote(raw_path) if "%" in raw_path else raw_path
-        self.version = version
-        self.headers = headers
-        #: as received (names and values checked by llhttp): forwarded without re-encoding
-        self.raw_headers = raw_headers
-        self.keep_alive = keep_alive
-        self.local_port = conn.local_port
-        length = headers.get("Content-Length")
-        self.content_length = int(length) if length is not None else None  # llhttp checked it
-        self.chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
-        self.model_label = "-"
-        self.client_label = "-"
-        self._conn = conn
-        self._parts: list[bytes] = []
-        self._size = 0
-        self._complete = False
-        self._overflow = False
-        self._error: ProxyError | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._started = False
-
-    @property
-    def body_exists(self) -> bool:
-        return bool(self.content_length) or self.chunked
-
-    @property
-    def query(self) -> dict[str, str]:
-        return dict(parse_qsl(self.query_string))
-
-    async def read_body(self) -> bytes:
-        """The whole body, decompressed; raises 413 / 408 / 400 / 415 as a ProxyError."""
-        limits = self._conn.limits
-        if self.content_length is not None and self.content_length > limits.max_body_bytes:
-            raise BodyTooLarge(f"request body of {self.content_length} bytes is over the "
-                               f"{limits.max_body_bytes}-byte limit")
-        if not self._complete and self._error is None and not self._overflow:
-            if self.headers.get("Expect", "").lower() == "100-continue" and \
-                    not self._conn.lost:
-                self._conn.transport.write(_CONTINUE)
-            try:
-                async with asyncio.timeout(limits.body_read_timeout_s):
-                    while not (self._complete or self._error or self._overflow):
-                        self._waiter = self._conn.loop.create_future()
-                        await self._waiter
-            except TimeoutError:
-                raise RequestTimeout(f"request body not received within "
-                                     f"{limits.body_read_timeout_s:g}s") from None
-            finally:
-                self._waiter = None
-        if self._overflow:
-            raise BodyTooLarge(f"request body is over the {limits.max_body_bytes}-byte limit")
-        if self._error is not None:
-            raise self._error
-        parts = self._parts
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
-        encoding = self.headers.get("Content-Encoding")
-        if encoding is not None and body:
-            body = _decoded(body, encoding.strip().lower(), limits.max_body_bytes)
-        return body
-
-    def start_stream(self, status: int, reason: str | None,
-                     headers: bytes | Iterable[tuple[str, str]], *,
-                     defer_head: bool = False) -> StreamResponse:
-        """Write the head (now, or with the first body bytes when ``defer_head``); the body
-        follows with ``write`` and ``finish``."""
-        return self._conn.start_stream(self, status, reason, headers, defer_head)
-
-    # -- fed by the connection ----------------------------------------------------------------
-
-    def _feed(self, data: bytes) -> None:
-        if self._overflow:
-            return
-        self._size += len(data)
-        if self._size > self._conn.limits.max_body_bytes:
-            self._overflow = True
-            self._parts.clear()
-            self._wake()
-        else:
-            self._parts.append(data)
-
-    def _end(self) -> None:
-        self._complete = True
-        self._wake()
-
-    def _fail(self, error: ProxyError) -> None:
-        self._error = error
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-
-def _decoded(body: bytes, encoding: str, limit: int) -> bytes:
-    """A gzip/deflate body inflated, refusing one that inflates past ``limit`` (zip bombs)."""
-    if encoding == "identity":
-        return body
-    wbits = _ZLIB_WBITS.get(encoding)
-    if wbits is None:
-        raise UnsupportedEncoding(f"Content-Encoding '{encoding[:40]}' is not supported; send "
-                                  "the body as identity, gzip or deflate")
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(body, limit + 1)
-        if not inflater.eof:
-            if len(out) > limit:
-                raise BodyTooLarge(f"request body is over the {limit}-byte limit once "
-                                   f"decompressed")
-            raise zlib.error("truncated stream")
-    except zlib.error:
-        if encoding == "deflate" and wbits == zlib.MAX_WBITS:
-            return _raw_deflate(body, limit)
-        raise BadRequest(f"request body is not valid {encoding}", code="invalid_body") from None
-    return out
-
-
-def _raw_deflate(body: bytes, limit: int) -> bytes:
-    """``deflate`` sent without its zlib wrapper (some clients do): one more try."""
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error:
-        raise BadRequest("request body is not valid deflate", code="invalid_body") from None
-    if not inflater.eof:
-        if len(out) > limit:
-            raise BodyTooLarge(f"request body is over the {limit}-byte limit once decompressed")
-        raise BadRequest("request body is not valid deflate", code="invalid_body")
-    return out
 
 
 class _HeadRejected(Exception):
@@ -543,7 +293,7 @@ class _Connection(asyncio.Protocol):
     def _write_whole(self, request: Request, response: Response) -> None:
         status = response.status
         body = response.body
-        if status in _NO_BODY_STATUS:
+        if status in NO_BODY_STATUS:
             head = self._head(request, status, response.reason, response.headers, b"")
             self.transport.write(head)
             return
@@ -561,7 +311,7 @@ class _Connection(asyncio.Protocol):
                      defer_head: bool) -> StreamResponse:
         if self.lost:
             raise ConnectionResetError("the client closed the connection")
-        silent = request.method == "HEAD" or status in _NO_BODY_STATUS
+        silent = request.method == "HEAD" or status in NO_BODY_STATUS
         chunked = not silent and request.version != "1.0"
         if not chunked and not silent:
             request.keep_alive = False  # an HTTP/1.0 body ends when the connection does

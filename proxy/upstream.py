@@ -20,9 +20,9 @@ than the read timeout is found by one sweep per pool, not a timer per request.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections import deque
-import logging
 from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 

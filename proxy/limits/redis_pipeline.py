@@ -26,7 +26,6 @@ from urllib.parse import unquote, urlsplit
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: a dropped connection is reopened this many times, after a growing pause, before failing
 RETRIES = 3
