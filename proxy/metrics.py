@@ -157,7 +157,6 @@ class ProxyMetrics:
 
         self._children: dict[tuple[object, ...], Any] = {}
         self._series: dict[tuple[str, str, Priority], RequestSeries] = {}
-        self._answered: dict[tuple[str, str, int], _CounterChild] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: the request path skips prometheus' lock+lookup."""
@@ -178,11 +177,7 @@ class ProxyMetrics:
         return found
 
     def answered(self, model: str, client: str, status: int) -> None:
-        key = (model, client, status)
-        found = self._answered.get(key)
-        if found is None:
-            found = self._answered[key] = self.requests.labels(model, client, str(status))
-        found.value += 1
+        self.child(self.requests, model, client, str(status)).inc()
 
     def upstream_error(self, upstream: str, reason: str) -> None:
         self.child(self.upstream_errors, upstream, reason).inc()

@@ -241,32 +241,37 @@ class _Connection(asyncio.Protocol):
         """The whole body if it has all arrived already (the usual case for small answers)."""
         if not self._complete or self._error is not None:
             return None
-        chunks = self._chunks
-        body = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        return body
+        return self._take_chunks()
 
     async def next_chunk(self) -> bytes | None:
         while True:
             if self._chunks:
                 # Hand over everything that has arrived: one write downstream, not one each.
-                chunks = self._chunks
-                chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                self._buffered = 0
-                if self._paused and self._buffered < _HIGH_WATER // 2 and self.transport:
-                    self._paused = False
-                    self.transport.resume_reading()
-                return chunk
+                return self._take_chunks()
             if self._error is not None:
                 raise self._error
             if self._complete:
                 return None
-            self._waiter = self.loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self._wait()
+
+    def _take_chunks(self) -> bytes:
+        """Everything queued, as one piece; reading resumes if the queue had paused it."""
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def _wait(self) -> None:
+        """Until the next body bytes, the end, an error, or a pause for the sink."""
+        self._waiter = self.loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     async def pump(self, sink: Callable[[bytes, bool], bool],
                    wait_ready: Callable[[], Awaitable[None]]) -> None:
@@ -289,11 +294,7 @@ class _Connection(asyncio.Protocol):
                     if self._chunks:
                         self._deliver()
                     continue
-                self._waiter = self.loop.create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
+                await self._wait()
         finally:
             self._sink = None
 
@@ -301,13 +302,7 @@ class _Connection(asyncio.Protocol):
         """What arrived before pumping began, to the sink in one call (with the end when it
         came too: the relay writes its last chunk and its terminator in one write)."""
         assert self._sink is not None
-        chunks = self._chunks
-        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self._buffered = 0
-        if self._paused and self.transport is not None and not self.closed:
-            self._paused = False
-            self.transport.resume_reading()
+        data = self._take_chunks()
         end = self._complete
         self._end_delivered = end
         if not self._sink(data, end) and not end and not self._sink_paused:
