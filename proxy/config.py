@@ -48,6 +48,13 @@ class UpstreamConfig:
     max_in_flight: int | None = None
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 300.0  # longest silence allowed between two upstream bytes
+    #: pooled connections unused this long are closed: below common upstream keep-alive
+    #: timeouts (uvicorn and llama-server 5 s), so the upstream never closes one under a request
+    idle_timeout_s: float = 4.0
+    max_response_body_bytes: int = 64 * 1024 * 1024  # a non-streamed answer read whole
+    ca_file: str | None = None  # https: CA bundle to verify the upstream (default: system)
+    verify: bool = True  # https: verify the certificate and host name
+    server_hostname: str | None = None  # https: name for SNI and verification (default: host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +313,33 @@ def _upstream(name: str, s: _Section) -> UpstreamConfig:
         max_in_flight=s.number("max_in_flight", integer=True),
         connect_timeout_s=s.number("connect_timeout_s", 5.0),
         read_timeout_s=s.number("read_timeout_s", 300.0),
+        idle_timeout_s=s.number("idle_timeout_s", 4.0),
+        max_response_body_bytes=s.number("max_response_body_bytes", 64 * 1024 * 1024,
+                                         integer=True),
+        **_upstream_tls(url, s),
     )
+
+
+def _upstream_tls(url: str, s: _Section) -> dict[str, Any]:
+    """``ca_file``, ``verify``, ``server_hostname``: only meaningful for https."""
+    ca_file = s.str("ca_file")
+    server_hostname = s.str("server_hostname")
+    verify = s._get("verify")
+    if isinstance(verify, str) and verify.lower() in ("true", "false"):
+        verify = verify.lower() == "true"  # from an environment variable
+    if verify is None:
+        verify = True
+    elif not isinstance(verify, bool):
+        s.problems.append(f"{s.key_path('verify')}: expected true or false, got {_kind(verify)}")
+        verify = True
+    https = urlsplit(url).scheme == "https"
+    for key, value in (("ca_file", ca_file), ("server_hostname", server_hostname),
+                       ("verify", None if verify else False)):
+        if value is not None and not https:
+            s.problems.append(f"{s.key_path(key)}: only for an https:// url")
+    if ca_file is not None and https and not os.path.isfile(ca_file):
+        s.problems.append(f"{s.key_path('ca_file')}: no such file {ca_file!r}")
+    return {"ca_file": ca_file, "verify": verify, "server_hostname": server_hostname}
 
 
 def _model(name: str, s: _Section) -> ModelConfig:

@@ -113,7 +113,7 @@ class Forwarder:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._pools = {
-            name: UpstreamPool(name, up.url, up.connect_timeout_s, up.read_timeout_s, loop)
+            name: UpstreamPool(up, loop)
             for name, up in self._upstreams.items()
         }
 
