@@ -117,6 +117,10 @@ class Forwarder:
             for name, up in self._upstreams.items()
         }
 
+    def pool(self, name: str) -> UpstreamPool:
+        """The connection pool of one upstream (status, tests)."""
+        return self._pools[name]
+
     async def close(self) -> None:
         for pool in self._pools.values():
             pool.close()

@@ -15,6 +15,11 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+CHAT_BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
 @dataclass
@@ -50,6 +55,32 @@ def sends(*parts: bytes, pause_s: float = 0.0) -> Script:
             await writer.drain()
 
     return script
+
+
+def split_head(response: bytes) -> tuple[bytes, bytes]:
+    """A response as two writes: its head, then its body."""
+    head, body = response.split(b"\r\n\r\n", 1)
+    return head + b"\r\n\r\n", body
+
+
+def per_request(*scripts: Script) -> Script:
+    """The n-th request gets the n-th script (the last one repeats)."""
+    calls = [0]
+
+    async def script(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        index = min(calls[0], len(scripts) - 1)
+        calls[0] += 1
+        await scripts[index](seen, writer)
+
+    return script
+
+
+async def post(url: str, body: dict[str, Any] | None = None,
+               ) -> tuple[int, dict[str, str], bytes]:
+    """One JSON POST on a client connection of its own: status, headers, body."""
+    async with aiohttp.ClientSession() as session, session.post(
+            url, json=body or CHAT_BODY, timeout=aiohttp.ClientTimeout(total=15)) as response:
+        return response.status, dict(response.headers), await response.read()
 
 
 def reset(writer: asyncio.StreamWriter) -> None:

@@ -10,65 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.conftest import one_model_config
-from tests.raw_upstream import RawUpstream, Script, Seen, answer, sends
+from tests.raw_upstream import Seen, answer, per_request, post, sends, split_head
 
 CHAT = "/v1/chat/completions"
-GOOD = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
 def completion(text: str) -> bytes:
     return json.dumps({"object": "chat.completion", "choices": [
         {"index": 0, "message": {"role": "assistant", "content": text}}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode()
-
-
-@pytest.fixture
-async def raw_upstream() -> AsyncIterator[Callable[[Script], Awaitable[RawUpstream]]]:
-    """``await raw_upstream(script)`` -> a started raw upstream, closed after the test."""
-    started: list[RawUpstream] = []
-
-    async def make(script: Script) -> RawUpstream:
-        upstream = await RawUpstream(script).start()
-        started.append(upstream)
-        return upstream
-
-    yield make
-    for upstream in started:
-        await upstream.close()
-
-
-async def post(url: str, body: dict[str, Any] | None = None,
-               ) -> tuple[int, dict[str, str], bytes]:
-    """One request on its own client connection."""
-    async with aiohttp.ClientSession() as session:
-        async with session.post(url, json=body or GOOD,
-                                timeout=aiohttp.ClientTimeout(total=15)) as response:
-            return response.status, dict(response.headers), await response.read()
-
-
-def split_head(response: bytes) -> tuple[bytes, bytes]:
-    """A response as two writes: its head, then its body."""
-    head, body = response.split(b"\r\n\r\n", 1)
-    return head + b"\r\n\r\n", body
-
-
-def per_request(*scripts: Script) -> Script:
-    """The n-th request gets the n-th script (the last one repeats)."""
-
-    async def script(seen: Seen, writer: asyncio.StreamWriter) -> None:
-        index = min(script.calls, len(scripts) - 1)  # type: ignore[attr-defined]
-        script.calls += 1  # type: ignore[attr-defined]
-        await scripts[index](seen, writer)
-
-    script.calls = 0  # type: ignore[attr-defined]
-    return script
 
 
 @pytest.mark.parametrize("interim", [
