@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -96,6 +97,7 @@ class RawUpstream:
     """``await RawUpstream(script).start()``; ``url`` to point a proxy at; ``close()`` after."""
 
     script: Script
+    tls: ssl.SSLContext | None = None  # serve https with this server context
     seen: list[Seen] = field(default_factory=list)
     connections: int = 0
     _server: asyncio.Server | None = None
@@ -103,7 +105,7 @@ class RawUpstream:
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
     async def start(self) -> RawUpstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         return self
 
     @property
@@ -113,7 +115,7 @@ class RawUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     async def close(self) -> None:
         if self._server is not None:
@@ -135,7 +137,7 @@ class RawUpstream:
                 try:
                     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
-                        ConnectionError):
+                        ConnectionError, ssl.SSLError):
                     return
                 seen = _parse_head(index, head)
                 length = int(seen.headers.get("content-length", "0"))

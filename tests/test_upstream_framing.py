@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import aiohttp
 import pytest
 
 from tests.conftest import one_model_config
