@@ -51,6 +51,19 @@ MAX_INTERIM = 8
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
+def _framing_doubt(version: str, headers: CIMultiDict[str]) -> str | None:
+    """What llhttp accepts but the proxy will not relay, as h11 refuses it too: another
+    HTTP version, or a transfer coding other than one ``chunked`` (a body in a coding the
+    client would never be told of)."""
+    if version != "1.1" and version != "1.0":
+        return f"an HTTP/{version} response"
+    if "Transfer-Encoding" in headers:
+        codings = headers.getall("Transfer-Encoding")
+        if len(codings) > 1 or codings[0].strip().lower() != "chunked":
+            return f"Transfer-Encoding {', '.join(codings)!r} (only chunked is relayed)"
+    return None
+
+
 class Exchange(enum.Enum):
     """Where a connection is in its current request/response exchange."""
 
@@ -292,6 +305,10 @@ class UpstreamConnection(asyncio.Protocol):
         raw = self._raw_headers
         headers: CIMultiDict[str] = CIMultiDict(
             [(n.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for n, v in raw])
+        doubt = _framing_doubt(self.parser.get_http_version(), headers)
+        if doubt is not None:
+            self._stop = self._bad(f"upstream '{self.owner.name}' sent {doubt}")
+            raise self._stop
         no_body = status in _NO_BODY_STATUS or self._expect_no_body
         self._eof_body = (
             not no_body and "Content-Length" not in headers
