@@ -112,6 +112,10 @@ class UpstreamPool:
                 conn.abort()
                 raise
         conn = await self._connect()
+        if not conn.usable:  # it spoke (or closed) before being asked anything
+            conn.abort()
+            raise UpstreamError(f"upstream '{self.name}' closed the connection or sent bytes "
+                                "before the request", code="upstream_bad_response")
         try:
             return await conn.send(data, head_only)
         except StaleConnection:  # not reused: cannot happen, but never leak the name
