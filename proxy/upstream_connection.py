@@ -468,7 +468,9 @@ class UpstreamConnection(asyncio.Protocol):
     def finish(self) -> None:
         """The reader is done: reuse the connection if the exchange ended cleanly."""
         if (self.state is Exchange.DONE and self._keep_alive and self._error is None
-                and not self._chunks and self.flow is not None and not self.flow.read_paused):
+                and not self._chunks and self.flow is not None):
+            # Reading resumes: whatever arrives now is a leftover and closes the connection.
+            self.flow.resume_reading(ReadPause.CONSUMER | ReadPause.BUFFER)
             self._head = None
             self.state = Exchange.IDLE
             self.reused = True
