@@ -317,6 +317,11 @@ class UpstreamConnection(asyncio.Protocol):
         # The reason phrase is not read (no on_status callback): it carries no meaning (RFC
         # 9110 section 15) and the client gets the standard one for the status.
         response = UpstreamResponse(self, status, "", headers, raw)
+        if status == 204 and ("Transfer-Encoding" in headers
+                              or headers.get("Content-Length", "0") != "0"):
+            # A 204 announcing a body (RFC 9110 s. 8.6 forbids it): if those bytes come,
+            # they come after the message. Not reused.
+            self._keep_alive = False
         if self._expect_no_body:
             # After HEAD a body length may be announced but never sent: don't reuse.
             self._keep_alive = False

@@ -12,7 +12,9 @@ connection when the first exchange allowed it). After every example:
 
 1. both answers arrived (no hang) and neither is a proxy-made 500;
 2. the first client never saw the marker written after a complete message, and the second got
-   exactly its own body;
+   exactly its own body (or, when the upstream closed the connection right after the first
+   answer, a 502 saying its POST was not sent again: the close may come after the request
+   went out on that connection);
 3. in flight and queue are back at zero and no request is active in the proxy.
 """
 
@@ -58,6 +60,9 @@ class Generated:
     trailing: bytes  # written after a complete message (MARKER), or nothing
     splits: list[int]  # write boundaries, as offsets into the whole
     ending: str  # "open", "fin", "rst"
+    #: framing that leaves bytes after the message (a shorter Content-Length, a 204 body):
+    #: written later, they may meet the next request on the connection (then refused)
+    leaves_bytes: bool = False
 
     def wire(self) -> bytes:
         head = self.status_line + b"".join(h + b"\r\n" for h in self.headers) + b"\r\n"
@@ -129,13 +134,15 @@ def responses(draw: st.DrawFn) -> Generated:
     if consistent and status not in (204, 304) and draw(st.booleans()):
         trailing = draw(st.sampled_from(LEFTOVERS))
     head_end = len(b"".join(interim)) + len(status_line) + sum(len(h) + 2 for h in headers) + 2
-    whole = head_end + len(body) + len(trailing)
-    cuts = draw(st.lists(st.integers(1, max(1, whole - 1)), max_size=3))
+    # cuts stay inside the message: leftover bytes come in the write that ends it
+    cuts = draw(st.lists(st.integers(1, max(1, head_end + len(body) - 1)), max_size=3))
     if draw(st.booleans()):
         cuts.append(head_end)  # the body a moment after the head (a 1xx's end must not end it)
-    splits = sorted({cut for cut in cuts if 0 < cut < whole})
+    splits = sorted({cut for cut in cuts if 0 < cut < head_end + len(body)})
     ending = draw(st.sampled_from(["open", "open", "fin", "rst"]))
-    return Generated(interim, status_line, headers, body, trailing, splits, ending)
+    leaves_bytes = framing == "long-length" or (status in (204, 304) and bool(body))
+    return Generated(interim, status_line, headers, body, trailing, splits, ending,
+                     leaves_bytes)
 
 
 class LiveUpstreamSide:
@@ -242,5 +249,13 @@ def test_any_upstream_answer_no_500_no_hang_nothing_held_nothing_crosses(
     assert MARKER not in first.body, shown
     assert not any(MARKER.decode() in v for v in first.headers.values()), shown
     assert second is not None, f"no answer to the clean request after {shown}"
-    assert (second.status, second.body) == (200, f"clean-{live.examples}".encode()), shown
+    if second.status == 502 and (generated.ending != "open" or generated.leaves_bytes):
+        # The upstream closed right after answering, or wrote bytes after the message a
+        # moment later: the second request may have gone out on that connection first. It
+        # is then refused (a POST is not sent again), never answered with those bytes.
+        code = json.loads(second.body)["error"]["code"]
+        assert code in ("upstream_unreachable", "upstream_bad_response"), shown
+        event(f"second: 502 {code}")
+    else:
+        assert (second.status, second.body) == (200, f"clean-{live.examples}".encode()), shown
     live.runner.run(live.settle())

@@ -101,3 +101,16 @@ async def test_trailers_never_become_headers(raw_upstream, make_proxy):
     status, headers, body = await post(proxy.url + CHAT)
     assert (status, body) == (200, b"hello")
     assert "x-smuggled" not in {name.lower() for name in headers}
+
+
+async def test_204_announcing_a_body_is_not_reused(raw_upstream, make_proxy):
+    """Hazard: a 204 with a Content-Length went back to the pool; its body bytes, written a
+    moment later, met the next client's request on that connection (a 502 for them, or
+    their answer)."""
+    upstream = await raw_upstream(per_request(
+        sends(b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\n", b"EVIL", pause_s=0.2),
+        sends(answer(200, b"world"))))
+    proxy = await make_proxy(one_model_config(upstream.url, max_in_flight=1))
+    assert (await post(proxy.url + CHAT))[0] == 204
+    assert (await post(proxy.url + CHAT))[::2] == (200, b"world")
+    assert [seen.conn for seen in upstream.seen] == [0, 1]
