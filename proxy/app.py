@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from .admission import AdmissionPolicy, settlement
 from .auth import Authenticator, Identity, bearer_token
+from .catalog import ModelCatalog
 from .config import Config
 from .errors import (
     AuthenticationFailed,
@@ -73,6 +74,7 @@ class Proxy:
         self.store = store if store is not None else make_store(config, self.policy)
         self.auth = Authenticator(config)
         self.forwarder = Forwarder(config.upstreams)
+        self.catalog = ModelCatalog(config, self.forwarder)
         self.metrics = ProxyMetrics()
         self.rates = RequestRates()
         self.saturation = SaturationTracker()
@@ -261,6 +263,8 @@ class Proxy:
         return reserved
 
     async def _passthrough(self, request: Request, target: str) -> Response | StreamResponse:
+        if self.catalog.serves(request.method, request.path):  # every upstream's models
+            return await self.catalog.answer(request.path)
         upstream = self.config.default_passthrough
         body = await request.read_body() if request.body_exists else None
         headers = upstream_request_headers(request, self.forwarder.injected[upstream.name],

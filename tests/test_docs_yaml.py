@@ -24,7 +24,7 @@ from proxy.yamlfile import load_yaml
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _BLOCK = re.compile(r"(?:<!--\s*yaml:\s*(?P<kind>[a-z-]+)[^>]*-->\s*\n)?```yaml\n(?P<body>.*?)```",
-                    re.S)
+                    re.DOTALL)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 KINDS = ("config", "fragment", "scenario", "other")
 _BASE = {"upstreams": {"mock": {"url": "http://127.0.0.1:9"}},
