@@ -184,7 +184,8 @@ class Proxy:
             self.active -= 1
             if not self.active:
                 self._idle.set()
-        self.metrics.answered(request.model_label, request.client_label, response.status)
+        if admin is None or request.method not in ("GET", "HEAD"):  # scrapes are not requests
+            self.metrics.answered(request.model_label, request.client_label, response.status)
         return response
 
     async def _admitted(self, request: Request, identity: Identity,
