@@ -50,6 +50,7 @@ from .paths import checked_target
 from .server import HttpServer, ServerLimits
 from .status import RequestRates, SaturationTracker, render_table, status_document
 from .tokens import SSEUsageTap, usage_from_body
+from .upstream_metrics import fetch_upstream_metrics, is_upstream_metrics_path, upstream_of
 
 log = logging.getLogger("llm_throttle")
 
@@ -145,6 +146,11 @@ class Proxy:
         return Response(200, self.metrics.render(),
                         [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
 
+    async def handle_upstream_metrics(self, request: Request) -> Response:
+        self.check_admin(request)
+        upstream = upstream_of(self.config, request.path)
+        return await fetch_upstream_metrics(self.forwarder, upstream, request)
+
     async def handle_healthz(self, request: Request) -> Response:
         if self.draining:
             return Response.json_bytes(b'{"status": "draining"}', status=503)
@@ -158,6 +164,8 @@ class Proxy:
         self._idle.clear()
         try:
             admin = self._admin_routes.get(request.path)
+            if admin is None and is_upstream_metrics_path(request.path):
+                admin = self.handle_upstream_metrics
             if admin is not None and request.method in ("GET", "HEAD"):
                 response = await admin(request)
             else:
