@@ -175,7 +175,7 @@ class Proxy:
                 if self.config.admin_listen and self._arrived_on_admin_port(request):
                     raise NotFound(
                         "the admin listener serves only /metrics, /throttle/status, /healthz")
-                identity = self.auth.authenticate(request.headers)
+                identity = self.auth.authenticate(request.headers, request.method, request.path)
                 request.client_label = identity.label
                 if request.method == "POST" and is_admitted_path(request.path):
                     response = await self._admitted(request, identity, target)

@@ -78,11 +78,20 @@ class Authenticator:
         self._attr_header = config.attribution.header
         self._attr_capped = config.attribution.max_in_flight is not None
         self._priority_header = config.attribution.priority_header
+        self._public = frozenset(p for p in config.public_paths if not p.endswith("*"))
+        self._public_prefixes = tuple(p[:-1] for p in config.public_paths if p.endswith("*"))
 
-    def authenticate(self, headers: Mapping[str, str]) -> Identity:
-        """Raises ``AuthenticationFailed`` for a missing or unknown key (when keys are on)."""
+    def is_public(self, method: str, path: str) -> bool:
+        """A configured read-only probe path: GET/HEAD only, so nothing is admitted keyless."""
+        return method in ("GET", "HEAD") and (
+            path in self._public or path.startswith(self._public_prefixes))
+
+    def authenticate(self, headers: Mapping[str, str], method: str = "",
+                     path: str = "") -> Identity:
+        """Raises ``AuthenticationFailed`` for a missing or unknown key (when keys are on);
+        a ``public_paths`` probe passes without one (as ``anonymous``)."""
         identity = self._anonymous
-        if self._required:
+        if self._required and not self.is_public(method, path):
             token = bearer_token(headers)
             if token is None:
                 raise AuthenticationFailed(

@@ -114,6 +114,9 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     max_body_bytes: int = 16 * 1024 * 1024
     passthrough_upstream: str | None = None  # where model-less paths go; default: the first
+    #: GET/HEAD paths served without a client key (read-only probes: /version, /api/tags...);
+    #: a trailing ``*`` matches any path under that prefix
+    public_paths: tuple[str, ...] = ()
     shutdown_grace_s: float = 30.0
     body_read_timeout_s: float = 60.0  # a client slower than this to send its body gets 408
     #: a connection without a whole request head this long after opening (or after its last
@@ -280,6 +283,17 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not 0 <= port_number < 65536:
         raise ValueError(f"port out of range: {port_number}")
     return host, port_number
+
+
+def _public_paths(top: _Section) -> tuple[str, ...]:
+    paths = top.str_list("public_paths")
+    for i, path in enumerate(paths):
+        where = f"public_paths[{i}]"
+        if not path.startswith("/") or "?" in path or "*" in path[:-1]:
+            top.problems.append(f"{where}: expected a path like /version or /api/*, got {path!r}")
+        elif path.rstrip("*") in ("/throttle/status", "/metrics", "/healthz", "/", ""):
+            top.problems.append(f"{where}: {path!r} would open the admin routes or every path")
+    return paths
 
 
 def _listen_text(top: _Section, key: str) -> str | None:
@@ -451,6 +465,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         redis=redis_config,
         max_body_bytes=top.number("max_body_bytes", cd["max_body_bytes"], integer=True),
         passthrough_upstream=top.str("passthrough_upstream"),
+        public_paths=_public_paths(top),
         shutdown_grace_s=top.number("shutdown_grace_s", cd["shutdown_grace_s"], minimum=0,
                                     exclusive=False),
         body_read_timeout_s=top.number("body_read_timeout_s", cd["body_read_timeout_s"]),
