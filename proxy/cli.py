@@ -47,7 +47,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     host, port = config.listen_host, config.listen_port
     if args.listen:
-        host, port = parse_listen(args.listen)
+        try:
+            host, port = parse_listen(args.listen)
+        except ValueError as exc:
+            print(f"--listen: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     models = ", ".join(config.models)
 
     def ready(url: str) -> None:

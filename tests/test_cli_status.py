@@ -82,3 +82,14 @@ def test_blocked_reasons_name_an_empty_bucket_and_a_shared_cap():
     assert refill_s(doc["buckets"]["tpm:model:m"]) == pytest.approx(49.9)
     assert refill_s(doc["buckets"]["rpm:client:c"]) == 0
     assert "waiting" not in render_watch({"models": {}})
+
+
+def test_serve_with_a_bare_port_says_what_is_expected(capsys, tmp_path):
+    """Hazard: ``serve --config FILE --listen 55777`` ended in a ValueError traceback."""
+    path = tmp_path / "throttle.yaml"
+    path.write_text('upstreams: {a: {url: "http://127.0.0.1:9"}}\n'
+                    'models: {"*": {upstreams: [a]}}\n')
+    code = main(["serve", "--config", str(path), "--listen", "55777"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "host:port" in err and ":8080" in err
