@@ -174,7 +174,8 @@ class Proxy:
                 target = checked_target(request.method, request.target)
                 if self.config.admin_listen and self._arrived_on_admin_port(request):
                     raise NotFound(
-                        "the admin listener serves only /metrics, /throttle/status, /healthz")
+                        "the admin listener serves only /metrics, /throttle/status, /healthz, "
+                        "/upstreams/<name>/metrics")
                 identity = self.auth.authenticate(request.headers, request.method, request.path)
                 request.client_label = identity.label
                 if request.method == "POST" and is_admitted_path(request.path):

@@ -115,7 +115,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         while args.count is None or shown < args.count:
             try:
                 view = render_watch(await fetch())
-            except Exception as exc:  # shown, then retried at the next refresh
+            except Exception as exc:  # noqa: BLE001 (any failure is shown, retried next time)
                 view = f"cannot read status: {describe_failure(exc, where)}"
             shown += 1
             print(f"{clear}{view}\n", flush=True)
