@@ -78,13 +78,18 @@ class Authenticator:
         self._attr_header = config.attribution.header
         self._attr_capped = config.attribution.max_in_flight is not None
         self._priority_header = config.attribution.priority_header
-        self._public = frozenset(p for p in config.public_paths if not p.endswith("*"))
-        self._public_prefixes = tuple(p[:-1] for p in config.public_paths if p.endswith("*"))
+        reads = [p for p in config.public_paths if not p.startswith("POST ")]
+        self._public = frozenset(p for p in reads if not p.endswith("*"))
+        self._public_prefixes = tuple(p[:-1] for p in reads if p.endswith("*"))
+        self._public_posts = frozenset(p.removeprefix("POST ") for p in config.public_paths
+                                       if p.startswith("POST "))
 
     def is_public(self, method: str, path: str) -> bool:
-        """A configured read-only probe path: GET/HEAD only, so nothing is admitted keyless."""
-        return method in ("GET", "HEAD") and (
-            path in self._public or path.startswith(self._public_prefixes))
+        """A configured read-only probe: GET/HEAD, or a POST listed as such (never an
+        admitted path: the configuration refuses those), so nothing is admitted keyless."""
+        if method in ("GET", "HEAD"):
+            return path in self._public or path.startswith(self._public_prefixes)
+        return method == "POST" and path in self._public_posts
 
     def authenticate(self, headers: Mapping[str, str], method: str = "",
                      path: str = "") -> Identity:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .parse import is_admitted_path
 from .yamlfile import YamlProblems, load_yaml
 
 WILDCARD_MODEL = "*"
@@ -286,14 +287,22 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def _public_paths(top: _Section) -> tuple[str, ...]:
-    paths = top.str_list("public_paths")
-    for i, path in enumerate(paths):
+    """``/path`` (GET/HEAD) or ``POST /path`` (a read-only POST probe such as Ollama's
+    ``/api/show``); never an admitted path, an admin route, or everything."""
+    entries = top.str_list("public_paths")
+    for i, entry in enumerate(entries):
         where = f"public_paths[{i}]"
-        if not path.startswith("/") or "?" in path or "*" in path[:-1]:
-            top.problems.append(f"{where}: expected a path like /version or /api/*, got {path!r}")
+        method, _, path = entry.rpartition(" ")
+        if method not in ("", "POST") or not path.startswith("/") or "?" in path \
+                or "*" in path[:-1]:
+            top.problems.append(f"{where}: expected a path like /version or /api/*, or "
+                                f"'POST /api/show', got {entry!r}")
         elif path.rstrip("*") in ("/throttle/status", "/metrics", "/healthz", "/", ""):
-            top.problems.append(f"{where}: {path!r} would open the admin routes or every path")
-    return paths
+            top.problems.append(f"{where}: {entry!r} would open the admin routes or every path")
+        elif method == "POST" and (path.endswith("*") or is_admitted_path(path)):
+            top.problems.append(f"{where}: {entry!r}: a POST that is admitted (or a prefix of "
+                                "them) always needs a key")
+    return entries
 
 
 def _listen_text(top: _Section, key: str) -> str | None:

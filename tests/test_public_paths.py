@@ -9,7 +9,7 @@ from proxy.config import ConfigError, parse_config
 from tests.conftest import one_model_config
 
 HERMES_PROBES = ["/version", "/props", "/v1/props", "/api/tags", "/api/v1/models", "/v1/models",
-                 "/v1/models/*"]
+                 "/v1/models/*", "POST /api/show"]
 
 
 async def test_probe_paths_pass_without_a_key_and_nothing_else_does(mock_llm, make_proxy):
@@ -24,10 +24,13 @@ async def test_probe_paths_pass_without_a_key_and_nothing_else_does(mock_llm, ma
         for path in ("/version", "/props", "/api/tags", "/v1/models", "/v1/models/mock-model"):
             async with session.get(proxy.url + path) as response:
                 assert response.status == 200, path
+        # measured with hermes-agent 0.19.0: one of its POST /api/show probes carries no key
+        async with session.post(proxy.url + "/api/show", json={"model": "m"}) as response:
+            assert response.status != 401  # passed through: the mock's own answer
         async with session.head(proxy.url + "/version") as response:
             assert response.status != 401  # passed through (the mock has no HEAD there: 405)
         # not listed, or not a read: the key is still required
-        for method, path in (("GET", "/health"), ("POST", "/version"),
+        for method, path in (("GET", "/health"), ("POST", "/version"), ("PUT", "/api/show"),
                              ("POST", "/v1/models"), ("GET", "/v1/chat/completions")):
             async with session.request(method, proxy.url + path, json={}) as response:
                 assert response.status == 401, (method, path)
@@ -39,7 +42,9 @@ async def test_probe_paths_pass_without_a_key_and_nothing_else_does(mock_llm, ma
             assert response.status == 200
 
 
-@pytest.mark.parametrize("path", ["version", "/api/*/x", "/metrics", "/*", "/v1/models?x=1"])
+@pytest.mark.parametrize("path", ["version", "/api/*/x", "/metrics", "/*", "/v1/models?x=1",
+                                  "PUT /x", "POST /v1/chat/completions", "POST /api/*",
+                                  "POST /api/chat"])
 def test_bad_public_paths_are_refused(path):
     """Hazard: a public path that opens the admin routes or every path would undo the keys."""
     data = one_model_config("http://127.0.0.1:9")
