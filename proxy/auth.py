@@ -94,11 +94,15 @@ class Authenticator:
     def authenticate(self, headers: Mapping[str, str], method: str = "",
                      path: str = "") -> Identity:
         """Raises ``AuthenticationFailed`` for a missing or unknown key (when keys are on);
-        a ``public_paths`` probe passes without one (as ``anonymous``)."""
+        a ``public_paths`` probe passes without one (as ``anonymous``; with a good key it is
+        still counted under its client)."""
         identity = self._anonymous
-        if self._required and not self.is_public(method, path):
+        if self._required:
+            public = self.is_public(method, path)
             token = bearer_token(headers)
             if token is None:
+                if public:
+                    return self._refine(identity, headers)
                 raise AuthenticationFailed(
                     "no API key given: send 'Authorization: Bearer <key>'", code="missing_api_key"
                 )
@@ -106,6 +110,8 @@ class Authenticator:
             expected, found = self._by_digest.get(digest, ("", self._anonymous))
             # The dict lookup picked a candidate; confirm it in constant time.
             if not hmac.compare_digest(digest, expected):
+                if public:
+                    return self._refine(identity, headers)
                 raise AuthenticationFailed("incorrect API key provided")
             identity = found
         return self._refine(identity, headers)

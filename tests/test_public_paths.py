@@ -29,6 +29,14 @@ async def test_probe_paths_pass_without_a_key_and_nothing_else_does(mock_llm, ma
             assert response.status != 401  # passed through: the mock's own answer
         async with session.head(proxy.url + "/version") as response:
             assert response.status != 401  # passed through (the mock has no HEAD there: 405)
+        # a wrong key on a probe is no worse than none; a good one is counted under its client
+        async with session.get(proxy.url + "/version",
+                               headers={"Authorization": "Bearer wrong"}) as response:
+            assert response.status == 200
+        async with session.get(proxy.url + "/version",
+                               headers={"Authorization": "Bearer hk"}) as response:
+            assert response.status == 200
+        assert proxy.proxy.metrics.requests.children[("-", "hermes", "200")].value == 1
         # not listed, or not a read: the key is still required
         for method, path in (("GET", "/health"), ("POST", "/version"), ("PUT", "/api/show"),
                              ("POST", "/v1/models"), ("GET", "/v1/chat/completions")):
