@@ -101,3 +101,15 @@ async def test_dashboard_selectors_and_groupings_use_exported_labels(mock_llm, m
                     for group in re.findall(r"\bby \(([^)]*)\)", expr):
                         for label in filter(None, (g.strip() for g in group.split(","))):
                             assert label in labels, f"{panel['title']}: by {label}"
+
+
+def test_dispatcher_metrics_pass_promtool():
+    """Hazard: the alert rules query the dispatcher's series too; they must be well formed."""
+    from prometheus_client.exposition import generate_latest
+
+    from proxy.dispatcher.metrics import DispatcherMetrics
+
+    text = generate_latest(DispatcherMetrics().registry).decode()
+    assert "llm_throttle_dispatch_holding" in text  # alerts.yml: LlmThrottleDispatcherHoldingLong
+    code, output = run_promtool("check", "metrics", stdin=text)
+    assert code == 0, output
