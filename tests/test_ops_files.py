@@ -90,3 +90,22 @@ def test_compose_dispatcher_has_init_and_prometheus_loads_the_rules():
     assert "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounts
     prometheus = yaml.safe_load((DEPLOY / "compose/prometheus.yml").read_text())
     assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yml"]
+
+
+def test_alert_rules_query_series_the_proxy_and_dispatcher_export():
+    """Hazard: a renamed metric leaves an alert that can never fire, and promtool's unit
+    tests (which feed their own series) would not notice."""
+    import re
+
+    from proxy.dispatcher.metrics import DispatcherMetrics
+    from proxy.metrics import ProxyMetrics
+
+    exported: set[str] = set()
+    for registry in (ProxyMetrics().registry, DispatcherMetrics().registry):
+        for family in registry.collect():
+            exported |= {family.name, f"{family.name}_total"} | {s.name for s in family.samples}
+    rules = yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            for name in re.findall(r"\b(llm_throttle_[a-z_]+)", rule["expr"]):
+                assert name in exported, f"{rule['alert']}: {name} is not exported"
