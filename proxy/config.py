@@ -19,8 +19,12 @@ from urllib.parse import urlsplit
 import yaml
 
 WILDCARD_MODEL = "*"
+#: see ``proxy/families.py``: llama.cpp's tokenizer and template helpers, Ollama's model info
+DEFAULT_PASSTHROUGH_PATHS = frozenset({"/tokenize", "/detokenize", "/apply-template",
+                                       "/api/show"})
 PRIORITIES = ("interactive", "batch")
 STORE_ERROR_POLICIES = ("local_share", "open", "closed")
+ACCESS_LOG_FORMATS = ("plain", "json")
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -89,6 +93,15 @@ class AttributionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    """One line per answered request on logger ``llm_throttle.access`` (proxy/access_log.py)."""
+
+    enabled: bool = False
+    format: str = "plain"  # or "json"
+    include_admin: bool = False  # also /metrics, /throttle/status, /healthz
+
+
+@dataclass(frozen=True, slots=True)
 class RedisConfig:
     heartbeat_s: float = 1.0
     lease_ttl_s: float = 5.0
@@ -111,8 +124,11 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     max_body_bytes: int = 16 * 1024 * 1024
     passthrough_upstream: str | None = None  # where model-less paths go; default: the first
+    #: normalized paths whose POSTs pass through without admission (cheap engine routes)
+    passthrough_paths: frozenset[str] = DEFAULT_PASSTHROUGH_PATHS
     shutdown_grace_s: float = 30.0
     body_read_timeout_s: float = 60.0  # a client slower than this to send its body gets 408
     #: a connection without a whole request head this long after opening (or after its last
@@ -207,6 +223,16 @@ class _Section:
         if value < minimum or (exclusive and value == minimum):
             sign = ">" if exclusive else ">="
             self.problems.append(f"{self.key_path(key)}: must be {sign} {minimum}, got {value}")
+            return default
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.problems.append(f"{self.key_path(key)}: expected true or false, got "
+                                 f"{_kind(value)}")
             return default
         return value
 
@@ -344,6 +370,19 @@ def _client(name: str, s: _Section) -> ClientConfig:
     )
 
 
+def _passthrough_paths(top: _Section) -> frozenset[str]:
+    """Exact paths (as normalized by ``proxy/paths.py``) that need no admission."""
+    if not top.has("passthrough_paths"):
+        top.seen.add("passthrough_paths")
+        return DEFAULT_PASSTHROUGH_PATHS
+    paths = top.str_list("passthrough_paths")
+    for i, path in enumerate(paths):
+        if not path.startswith("/") or "?" in path or "#" in path:
+            top.problems.append(f"passthrough_paths[{i}]: expected a path like /tokenize, "
+                                f"got {path!r}")
+    return frozenset(paths)
+
+
 def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
     """Validate a decoded YAML document; raises ``ConfigError`` listing every problem."""
     problems: list[str] = []
@@ -388,6 +427,14 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
     )
     a.finish()
 
+    al = top.section("access_log")
+    access_log = AccessLogConfig(
+        enabled=al.flag("enabled", False),
+        format=al.str("format", "plain", choices=ACCESS_LOG_FORMATS),
+        include_admin=al.flag("include_admin", False),
+    )
+    al.finish()
+
     r = top.section("redis")
     redis_config = RedisConfig(
         heartbeat_s=r.number("heartbeat_s", 1.0),
@@ -413,8 +460,10 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         queue=queue,
         attribution=attribution,
         redis=redis_config,
+        access_log=access_log,
         max_body_bytes=top.number("max_body_bytes", 16 * 1024 * 1024, integer=True),
         passthrough_upstream=top.str("passthrough_upstream"),
+        passthrough_paths=_passthrough_paths(top),
         shutdown_grace_s=top.number("shutdown_grace_s", 30.0, minimum=0, exclusive=False),
         body_read_timeout_s=top.number("body_read_timeout_s", 60.0),
         header_read_timeout_s=top.number("header_read_timeout_s", 30.0),

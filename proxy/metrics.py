@@ -20,6 +20,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.utils import floatToGoString
 
 from .limits.base import Priority, Snapshot
+from .record import RequestRecord
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -178,6 +179,25 @@ class ProxyMetrics:
 
     def answered(self, model: str, client: str, status: int) -> None:
         self.child(self.requests, model, client, str(status)).inc()
+
+    def observe(self, record: RequestRecord) -> None:
+        """Everything one answered request adds, from its record (called once per request)."""
+        model, client = record.model, record.client
+        self.answered(model, client, record.status)
+        if record.rejected is not None:
+            self.child(self.rejections, model, record.rejected).inc()
+        if record.upstream_failure is not None and record.upstream is not None:
+            self.upstream_error(record.upstream, record.upstream_failure)
+        if record.upstream_s is not None:
+            self.child(self.upstream_latency, record.upstream).observe(record.upstream_s)
+        if record.priority is not None and record.queue_s is not None:
+            seen = self.for_request(model, client, record.priority)
+            seen.queue_wait.observe(record.queue_s)
+            if record.tokens is not None:
+                seen.prompt_tokens.inc(record.tokens[0])
+                seen.completion_tokens.inc(record.tokens[1])
+        if record.first_byte_at is not None:
+            self.child(self.ttft, model).observe(record.first_byte_at - record.arrival)
 
     def upstream_error(self, upstream: str, reason: str) -> None:
         self.child(self.upstream_errors, upstream, reason).inc()
