@@ -125,10 +125,15 @@ class Proxy:
         admin = self.config.admin_listen
         return bool(admin and request.local_port == admin[1])
 
-    def check_admin(self, request: Request) -> None:
-        """Admin routes: only on the admin listener when one is set, and behind the admin key."""
-        if self.config.admin_listen and not self._arrived_on_admin_port(request):
+    def check_admin(self, request: Request, *, probe: bool = False) -> None:
+        """Admin routes: only on the admin listener when one is set, and behind the admin key;
+        a health ``probe`` on the admin listener needs no key (probes that cannot send one
+        use ``admin_listen``, a private address)."""
+        on_admin_port = self._arrived_on_admin_port(request)
+        if self.config.admin_listen and not on_admin_port:
             raise NotFound(f"no route for {request.path}")
+        if probe and on_admin_port:
+            return
         if self.config.admin_key:
             token = bearer_token(request.headers) or ""
             if not hmac.compare_digest(token.encode("utf-8", "surrogateescape"),
@@ -150,6 +155,7 @@ class Proxy:
                         [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
 
     async def handle_healthz(self, request: Request) -> Response:
+        self.check_admin(request, probe=True)
         if self.draining:
             return Response.json_bytes(b'{"status": "draining"}', status=503)
         return Response.json_bytes(json.dumps({"status": "ok", "store": self.store.name}).encode())
