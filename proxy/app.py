@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from .access_log import AccessLog
 from .admission import AdmissionPolicy, settlement
+from .attribution import AttributionLabels
 from .auth import Authenticator, Identity, bearer_token
 from .config import Config
 from .errors import (
@@ -45,7 +46,7 @@ from .forward import (
     relay_answer,
     upstream_request_headers,
 )
-from .limits.base import Demand, Grant, LimitStore
+from .limits.base import Demand, Grant, LimitStore, Snapshot
 from .limits.memory import MemoryStore
 from .messages import Request, Response, StreamResponse
 from .metrics import ProxyMetrics
@@ -77,6 +78,8 @@ class Proxy:
         self.policy = AdmissionPolicy(config)
         self.store = store if store is not None else make_store(config, self.policy)
         self.auth = Authenticator(config)
+        self.attribution = AttributionLabels(config.attribution.max_values,
+                                             config.attribution.value_idle_s)
         self.forwarder = Forwarder(config.upstreams)
         self.metrics = ProxyMetrics()
         self.access_log = AccessLog(config.access_log) if config.access_log.enabled else None
@@ -116,8 +119,14 @@ class Proxy:
 
     # -- admin endpoints -----------------------------------------------------------------------
 
+    async def snapshot(self) -> Snapshot:
+        """The store's snapshot as shown: attribution values bounded (``AttributionLabels``),
+        idle ones forgotten with their series."""
+        self.metrics.forget_clients(self.attribution.expire())
+        return self.attribution.fold(await self.store.snapshot())
+
     async def status_json(self) -> dict:
-        snapshot = await self.store.snapshot()
+        snapshot = await self.snapshot()
         return status_document(snapshot, self.saturation, self.rates,
                                self.config.queue.max_depth, self.config.queue.max_wait_s)
 
@@ -150,7 +159,7 @@ class Proxy:
     async def handle_metrics(self, request: Request | None) -> Response:
         if request is not None:
             self.check_admin(request)
-        self.metrics.refresh(await self.store.snapshot())
+        self.metrics.refresh(await self.snapshot())
         return Response(200, self.metrics.render(),
                         [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
 
@@ -206,7 +215,7 @@ class Proxy:
         if self.config.admin_listen and self._arrived_on_admin_port(request):
             raise NotFound("the admin listener serves only /metrics, /throttle/status, /healthz")
         identity = self.auth.authenticate(request.headers)
-        record.client = identity.label
+        record.client = self.attribution.label(identity)
         path = target.partition("?")[0]
         if admits(request.method, path, request.body_exists, self.config.passthrough_paths):
             return await self._admitted(request, identity, target, family_for(path), record)

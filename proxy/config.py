@@ -90,6 +90,9 @@ class AttributionConfig:
     header: str | None = None  # e.g. "x-hermes-profile"
     max_in_flight: int | None = None  # per attributed identity, within the key's own limits
     priority_header: str | None = None  # may lower priority (interactive -> batch), never raise
+    #: distinct values shown in metrics and status; the rest are folded into "<client>/other"
+    max_values: int = 100
+    value_idle_s: float = 600.0  # a value unseen this long is forgotten (its series dropped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,6 +427,8 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         header=(a.str("header") or "").lower() or None,
         max_in_flight=a.number("max_in_flight", integer=True),
         priority_header=(a.str("priority_header") or "").lower() or None,
+        max_values=a.number("max_values", 100, integer=True, minimum=0, exclusive=False),
+        value_idle_s=a.number("value_idle_s", 600.0),
     )
     a.finish()
 

@@ -10,7 +10,7 @@ refreshed from a store snapshot when ``/metrics`` is scraped.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +158,8 @@ class ProxyMetrics:
 
         self._children: dict[tuple[object, ...], Any] = {}
         self._series: dict[tuple[str, str, Priority], RequestSeries] = {}
+        #: resources of the last refresh: one gone from the store loses its gauges
+        self._resources: set[str] = set()
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: the request path skips prometheus' lock+lookup."""
@@ -202,8 +204,29 @@ class ProxyMetrics:
     def upstream_error(self, upstream: str, reason: str) -> None:
         self.child(self.upstream_errors, upstream, reason).inc()
 
+    def forget_clients(self, labels: Iterable[str]) -> None:
+        """Drop every series of these client labels (attribution values gone idle)."""
+        gone = set(labels)
+        if not gone:
+            return
+        for metric in (self.requests, self.tokens):
+            for key in [k for k in metric.children if k[1] in gone]:
+                del metric.children[key]
+        self._children = {k: v for k, v in self._children.items()
+                          if not (k[0] is self.requests and k[2] in gone)}
+        self._series = {k: v for k, v in self._series.items() if k[1] not in gone}
+
     def refresh(self, snapshot: Snapshot) -> None:
-        """Bring the state gauges up to date from a store snapshot."""
+        """Bring the state gauges up to date from a store snapshot; resources no longer in it
+        lose their series (so folded or expired attribution values do not linger)."""
+        names = set(snapshot.resources)
+        for stale in self._resources - names:
+            for gauge in (self.in_flight, self.queued, self.cap):
+                try:
+                    gauge.remove(stale)
+                except KeyError:
+                    pass
+        self._resources = names
         for name, state in snapshot.resources.items():
             self.in_flight.labels(name).set(state.in_flight)
             self.queued.labels(name).set(state.queued)

@@ -54,6 +54,7 @@ class RawUpstream:
         self.seen: list[Seen] = []
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
@@ -68,17 +69,21 @@ class RawUpstream:
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
         self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        for writer in list(self._writers):
+            writer.close()  # the connection's task then ends on its own (no cancel noise)
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=5)
+            for task in pending:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._writers.add(writer)
         try:
             while True:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
@@ -108,6 +113,7 @@ class RawUpstream:
             pass
         finally:
             writer.close()
+            self._writers.discard(writer)
             self._tasks.discard(task)
 
     @staticmethod
