@@ -27,7 +27,7 @@ _PREFIX = "attr:"
 class AttributionLabels:
     """Identity -> its label for metrics, status and the access log, with bounded values."""
 
-    __slots__ = ("max_values", "idle_s", "_seen", "_clock")
+    __slots__ = ("_clock", "_seen", "idle_s", "max_values")
 
     def __init__(self, max_values: int, idle_s: float,
                  clock: Callable[[], float] = time.monotonic):

@@ -104,7 +104,7 @@ class RelayOutcome:
     failure: str | None = None  # why the upstream failed or throttled (error code, "429")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per request, and frozen init costs
 class Exchange:
     """One admitted request as the upstream is to see it, and what to read on the way back."""
 

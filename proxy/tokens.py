@@ -100,7 +100,9 @@ class SSEUsageTap:
 
     def _marked(self, data: bytes) -> bool:
         needles = self._needles
-        return needles[0] in data or any(n in data for n in needles[1:])
+        if needles[0] in data:
+            return True
+        return len(needles) > 1 and any(n in data for n in needles[1:])
 
     def feed(self, data: bytes) -> bytes:
         """Returns the bytes to send on now."""
