@@ -1,0 +1,98 @@
+"""The access log: one line per answered request (refusals included), from its record."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import aiohttp
+import pytest
+
+from proxy.access_log import LOGGER_NAME
+from tests.raw_upstream import RawUpstream, Reply
+
+ANSWER = Reply.json({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}},
+                    hold_s=0.3)
+CHAT = {"model": "m", "messages": [], "max_tokens": 2}
+
+
+def config(url: str, **access_log: object) -> dict[str, object]:
+    return {
+        "upstreams": {"up": {"url": url}},
+        "models": {"m": {"upstreams": ["up"], "max_in_flight": 1}},
+        "clients": {"team-a": {"key": "ka"}},
+        "queue": {"max_depth": 0},
+        "admin_key": "adm",
+        "access_log": {"enabled": True, **access_log},
+    }
+
+
+def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER_NAME]
+
+
+async def test_json_lines_for_answers_and_refusals(make_proxy, caplog):
+    """Every answer is one line: 200 with its tokens and times, 429 and 401 too; admin routes
+    only with include_admin; no key or query string ever appears."""
+    caplog.set_level(logging.INFO, logger=LOGGER_NAME)
+    async with RawUpstream(lambda seen: ANSWER) as upstream:
+        proxy = await make_proxy(config(upstream.url, format="json"))
+        url = proxy.url + "/v1/chat/completions?secret=s3"
+        async with aiohttp.ClientSession() as session:
+
+            async def post(key: str) -> int:
+                async with session.post(url, json=CHAT,
+                                        headers={"Authorization": f"Bearer {key}"}) as r:
+                    await r.read()
+                    return r.status
+
+            first = asyncio.create_task(post("ka"))
+            while not upstream.seen:
+                await asyncio.sleep(0.01)
+            assert await post("ka") == 429  # cap 1, no queue
+            assert await first == 200
+            assert await post("wrong") == 401
+            async with session.get(proxy.url + "/metrics",
+                                   headers={"Authorization": "Bearer adm"}) as r:
+                assert r.status == 200
+    records = [json.loads(line) for line in lines(caplog)]
+    assert [r["status"] for r in records] == [429, 200, 401]
+    refused, ok, unknown = records
+    assert refused["client"] == "team-a" and refused["model"] == "m"
+    assert refused["upstream"] is None and refused["prompt_tokens"] is None
+    assert ok["upstream"] == "up" and ok["prompt_tokens"] == 4 and ok["completion_tokens"] == 2
+    assert ok["queue_ms"] == 0.0 and ok["upstream_ms"] >= 250 and ok["duration_ms"] >= 250
+    assert ok["path"] == "/v1/chat/completions" and ok["time"].endswith("Z")
+    assert unknown["client"] == "-"
+    text = "\n".join(lines(caplog))
+    assert "ka" not in text.replace("team-a", "") and "s3" not in text and "adm" not in text
+
+
+async def test_plain_format_and_admin_routes_when_asked(make_proxy, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER_NAME)
+    async with RawUpstream(lambda seen: Reply.json({"usage": {"prompt_tokens": 1}})) as upstream:
+        proxy = await make_proxy(config(upstream.url, include_admin=True))
+        async with aiohttp.ClientSession() as session:
+            async with session.post(proxy.url + "/v1/chat/completions", json=CHAT,
+                                    headers={"Authorization": "Bearer ka"}) as r:
+                assert r.status == 200
+            async with session.get(proxy.url + "/healthz") as r:
+                assert r.status == 401
+    chat, health = lines(caplog)
+    assert " client=team-a model=m upstream=up status=200 method=POST " in chat
+    assert "prompt_tokens=1 completion_tokens=0" in chat
+    assert " status=401 method=GET path=/healthz " in health and "upstream=-" in health
+
+
+async def test_off_by_default(make_proxy, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER_NAME)
+    async with RawUpstream(lambda seen: Reply.json({})) as upstream:
+        cfg = config(upstream.url)
+        del cfg["access_log"]
+        proxy = await make_proxy(cfg)
+        async with aiohttp.ClientSession() as session, session.post(
+                proxy.url + "/v1/chat/completions", json=CHAT,
+                headers={"Authorization": "Bearer ka"}) as r:
+            assert r.status == 200
+    assert lines(caplog) == []
