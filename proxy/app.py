@@ -224,7 +224,8 @@ class Proxy:
     async def _admitted(self, request: Request, identity: Identity, target: str,
                         family: RouteFamily, record: RequestRecord) -> Response | StreamResponse:
         """Parse, admit (may queue), forward and relay; the permit is released on every path."""
-        parsed = parse_body(family, await request.read_body())
+        parsed = parse_body(family, await request.read_body(),
+                            request.headers.get("Content-Type", ""))
         route = self.policy.route(parsed.model)
         record.model, record.priority = route.model.name, identity.priority
         demand, reserved = self.policy.demand(route, identity, parsed,

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .paths import normalized_path
+
 WILDCARD_MODEL = "*"
 #: see ``proxy/families.py``: llama.cpp's tokenizer and template helpers, Ollama's model info
 DEFAULT_PASSTHROUGH_PATHS = frozenset({"/tokenize", "/detokenize", "/apply-template",
@@ -383,7 +385,7 @@ def _passthrough_paths(top: _Section) -> frozenset[str]:
         if not path.startswith("/") or "?" in path or "#" in path:
             top.problems.append(f"passthrough_paths[{i}]: expected a path like /tokenize, "
                                 f"got {path!r}")
-    return frozenset(paths)
+    return frozenset(normalized_path(path) for path in paths)
 
 
 def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:

@@ -63,8 +63,31 @@ def _max_tokens(data: dict[str, Any], fields: tuple[TokenField, ...]) -> int | N
     return max_tokens
 
 
-def parse_body(family: RouteFamily, body: bytes) -> ParsedRequest:
+def multipart_model(content_type: str, body: bytes) -> str | None:
+    """The ``model`` field of a ``multipart/form-data`` body (OpenAI's audio uploads), found
+    with byte scans (the file part is never decoded); None when absent."""
+    _, found, boundary = content_type.partition("boundary=")
+    if not found:
+        return None
+    delimiter = b"\r\n--" + boundary.strip().strip('"').encode("latin-1", "replace")
+    at = body.find(b'name="model"')
+    if at < 0:
+        return None
+    start = body.find(b"\r\n\r\n", at)
+    if start < 0 or start - at > 1024:
+        return None
+    end = body.find(delimiter, start + 4, start + 4 + 1024)
+    if end < 0:
+        return None
+    value = body[start + 4:end].decode("utf-8", "replace").strip()
+    return value or None
+
+
+def parse_body(family: RouteFamily, body: bytes, content_type: str = "") -> ParsedRequest:
     """Raises ``InvalidJSON`` / ``InvalidField`` with OpenAI-style messages."""
+    if content_type.startswith("multipart/form-data"):
+        return ParsedRequest(multipart_model(content_type, body), False, None, family, body,
+                             False)
     try:
         # orjson: ~10x faster than json here; also rejects invalid UTF-8, lone surrogates
         # and nesting past 1024 levels with a JSONDecodeError (a ValueError)

@@ -146,3 +146,43 @@ async def test_passthrough_is_matched_on_the_normalized_path(make_proxy):
         statuses = await post_many(proxy.url + "/tokenize;x", 3, b'{"model": "m"}')
         assert statuses == [200] * 3
         assert upstream.peak == 1
+
+
+async def test_a_multipart_upload_is_admitted_under_its_model(make_proxy):
+    """OpenAI's audio uploads are ``multipart/form-data`` with a ``model`` field: they are
+    held to that model's cap (no ``*`` needed), and the file part reaches the upstream as is."""
+    async with RawUpstream(holding) as upstream:
+        proxy = await make_proxy(capped_config(upstream.url))
+        async with aiohttp.ClientSession() as session:
+
+            async def upload() -> int:
+                form = aiohttp.FormData()
+                form.add_field("model", "m")
+                form.add_field("file", b"RIFF\x00\x01audio", filename="a.wav",
+                               content_type="audio/wav")
+                async with session.post(proxy.url + "/v1/audio/transcriptions",
+                                        data=form) as response:
+                    await response.read()
+                    return response.status
+
+            assert await asyncio.gather(*[upload() for _ in range(3)]) == [200] * 3
+        assert upstream.peak == 1
+        assert b"RIFF\x00\x01audio" in upstream.seen[0].body
+
+
+def test_passthrough_paths_and_access_log_are_validated():
+    from proxy.config import ConfigError, parse_config
+
+    base = {"upstreams": {"up": {"url": "http://127.0.0.1:1"}},
+            "models": {"m": {"upstreams": ["up"]}}}
+    config = parse_config({**base, "passthrough_paths": ["/tok%65nize", "/props"]}, environ={})
+    assert config.passthrough_paths == frozenset({"/tokenize", "/props"})
+    assert "/tokenize" in parse_config(base, environ={}).passthrough_paths
+    with pytest.raises(ConfigError) as info:
+        parse_config({**base, "passthrough_paths": ["tokenize", "/a#b"],
+                      "access_log": {"enabled": "yes", "format": "xml", "colour": 1}},
+                     environ={})
+    text = str(info.value)
+    for problem in ("passthrough_paths[0]", "passthrough_paths[1]", "access_log.enabled",
+                    "access_log.format", "access_log.colour: unknown key"):
+        assert problem in text, problem
