@@ -15,7 +15,9 @@ request without a model (the ``*`` route).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +67,6 @@ class RouteFamily:
     usage: UsageMarkers = OPENAI_USAGE
 
 
-
-
 _OPENAI_MAX = (TokenField(("max_completion_tokens",)), TokenField(("max_tokens",)))
 _N_PREDICT = (TokenField(("n_predict",), negative_unbounded=True),)
 _NUM_PREDICT = (TokenField(("options", "num_predict"), negative_unbounded=True),)
@@ -96,13 +96,13 @@ GENERIC = RouteFamily(
 #: exact paths first (llama-server's native ``/completions`` is not OpenAI's), then suffixes
 #: in order (``/chat/completions`` before ``/completions``), so a path prefix
 #: (``/openai/v1/...``) changes nothing
-EXACT_PATHS: dict[str, RouteFamily] = {
+EXACT_PATHS: Mapping[str, RouteFamily] = MappingProxyType({
     "/completion": LLAMA_COMPLETION, "/completions": LLAMA_COMPLETION,
     "/infill": LLAMA_COMPLETION, "/embedding": LLAMA_EMBEDDING,
     "/embeddings": LLAMA_EMBEDDING, "/api/chat": OLLAMA_GENERATE,
     "/api/generate": OLLAMA_GENERATE, "/api/embed": OLLAMA_EMBED,
     "/api/embeddings": OLLAMA_EMBED,
-}
+})
 SUFFIXES: tuple[tuple[str, RouteFamily], ...] = (
     ("/chat/completions", OPENAI_CHAT),
     ("/completions", OPENAI_COMPLETIONS),

@@ -5,6 +5,11 @@ response is written to the client chunk by chunk as the upstream sends it. Hop-b
 are dropped both ways (RFC 9110 section 7.6.1), the client's credentials never reach the
 upstream, and the upstream's own key is injected here and nowhere else.
 
+``Forwarder.exchange`` is one admitted request's whole transport part: send, time the head,
+note an upstream failure or throttling answer, relay (``relay_answer``: SSE, NDJSON and bodies
+of unknown length as they arrive, with the usage tap of the route family; others whole), all
+written into a ``RelayOutcome`` that the request path turns into its record.
+
 Peer disconnection: a client that goes away cancels its handler (``proxy/server.py``); the
 ``async with`` around the upstream response then closes that connection, which tells the
 upstream to stop generating.
