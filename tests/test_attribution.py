@@ -31,7 +31,7 @@ async def send(session: aiohttp.ClientSession, url: str, value: str) -> int:
         return response.status
 
 
-async def test_ten_thousand_values_do_not_grow_metrics_or_status(make_proxy):
+async def test_ten_thousand_values_do_not_grow_metrics_or_status(make_proxy, store_kind):
     """Hazard: every distinct attribution header value became its own metric series and
     status entry, for good: 10,000 values grew /metrics from 6 KB to 3.8 MB and the status
     document to 960 KB. Now at most ``max_values`` are shown, the rest as ``<client>/other``."""
@@ -66,7 +66,7 @@ async def test_ten_thousand_values_do_not_grow_metrics_or_status(make_proxy):
         assert sum(name.startswith("attr:") for name in snapshot.resources) <= 21
 
 
-async def test_per_value_limits_hold_for_folded_values(make_proxy):
+async def test_per_value_limits_hold_for_folded_values(make_proxy, store_kind):
     """Folding is for display only: a value shown as ``other`` keeps its own cap of 1."""
     def slow(seen: Seen) -> Reply:
         return Reply.json({"choices": []}, hold_s=0.2)
