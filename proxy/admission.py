@@ -106,7 +106,8 @@ class AdmissionPolicy:
                request_id: str) -> tuple[Demand, int]:
         """The demand, and the tokens it reserves (0 when no TPM bucket applies)."""
         reserved = reservation(
-            len(parsed.body), parsed.max_tokens, route.model.max_tokens_estimate, parsed.generates
+            len(parsed.body), parsed.max_tokens, route.model.max_tokens_estimate, parsed.generates,
+            parsed.choices,
         )
         charges: list[Charge] = []
         if route.rpm_bucket:

@@ -57,6 +57,8 @@ class RouteFamily:
     max_tokens: tuple[TokenField, ...]
     #: False for embeddings and rerankers: nothing to reserve beyond the input
     generates: bool = True
+    #: the field asking for several completions at once (OpenAI's ``n``): the cap is per choice
+    choices_field: str | None = None
     #: Ollama streams unless told ``stream: false``
     stream_default: bool = False
     #: OpenAI streams: the proxy adds ``stream_options.include_usage`` (and hides the chunk)
@@ -75,8 +77,9 @@ _OLLAMA_NEEDLES = (b'"eval_count"', b'"prompt_eval_count"')
 _LLAMA_USAGE = UsageMarkers.of(*_LLAMA_NEEDLES)
 _OLLAMA_USAGE = UsageMarkers.of(*_OLLAMA_NEEDLES)
 
-OPENAI_CHAT = RouteFamily("openai_chat", _OPENAI_MAX, asks_usage=True)
-OPENAI_COMPLETIONS = RouteFamily("openai_completions", _OPENAI_MAX, asks_usage=True)
+OPENAI_CHAT = RouteFamily("openai_chat", _OPENAI_MAX, choices_field="n", asks_usage=True)
+OPENAI_COMPLETIONS = RouteFamily("openai_completions", _OPENAI_MAX, choices_field="n",
+                                 asks_usage=True)
 OPENAI_EMBEDDINGS = RouteFamily("embeddings", (), generates=False)
 RESPONSES = RouteFamily("responses", (TokenField(("max_output_tokens",)),))
 ANTHROPIC_MESSAGES = RouteFamily("anthropic_messages", (TokenField(("max_tokens",)),))

@@ -30,6 +30,7 @@ class ParsedRequest:
     family: RouteFamily
     body: bytes  # what goes upstream
     strip_usage: bool  # the proxy added include_usage; hide the usage chunk from the client
+    choices: int = 1  # completions asked for at once (OpenAI ``n``): each may reach the cap
 
     @property
     def generates(self) -> bool:
@@ -112,6 +113,14 @@ def parse_body(family: RouteFamily, body: bytes, content_type: str = "") -> Pars
         raise InvalidField(f"stream must be a boolean, got {stream!r:.60}", param="stream")
 
     max_tokens = _max_tokens(data, family.max_tokens)
+    choices = 1
+    if family.choices_field is not None:
+        n = data.get(family.choices_field)
+        if n is not None:
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise InvalidField(f"{family.choices_field} must be a positive integer, got "
+                                   f"{n!r:.60}", param=family.choices_field)
+            choices = n
     strip_usage = False
     if stream and family.asks_usage:
         options = data.get("stream_options")
@@ -121,4 +130,4 @@ def parse_body(family: RouteFamily, body: bytes, content_type: str = "") -> Pars
             data["stream_options"] = {**(options or {}), "include_usage": True}
             body = orjson.dumps(data)
             strip_usage = True
-    return ParsedRequest(model, stream, max_tokens, family, body, strip_usage)
+    return ParsedRequest(model, stream, max_tokens, family, body, strip_usage, choices)

@@ -37,10 +37,12 @@ def estimate_prompt_tokens(body_size: int) -> int:
     return body_size // BYTES_PER_TOKEN + 1
 
 
-def reservation(body_size: int, max_tokens: int | None, cap: int, generates: bool) -> int:
-    """Tokens to reserve; embeddings (``generates=False``) only pay for their input."""
+def reservation(body_size: int, max_tokens: int | None, cap: int, generates: bool,
+                choices: int = 1) -> int:
+    """Tokens to reserve; embeddings (``generates=False``) only pay for their input; ``n``
+    choices may each generate up to the cap."""
     completion = min(max_tokens if max_tokens is not None else cap, cap) if generates else 0
-    return estimate_prompt_tokens(body_size) + completion
+    return estimate_prompt_tokens(body_size) + completion * choices
 
 
 def usage_from_body(body: bytes, markers: UsageMarkers = OPENAI_USAGE) -> tuple[int, int] | None:

@@ -131,6 +131,10 @@ def test_the_reservation_reads_each_familys_completion_cap():
     assert cap("/v1/messages", {"model": "m", "max_tokens": 3}) == 3
     assert cap("/v1/chat/completions", {"model": "m", "max_tokens": 9,
                                         "max_completion_tokens": 4}) == 4
+    n3 = parse_body(family_for("/v1/chat/completions"), b'{"model": "m", "n": 3}')
+    assert n3.choices == 3  # each of the 3 choices may reach the cap: 3x reserved
+    from proxy.tokens import reservation
+    assert reservation(40, 10, 100, True, n3.choices) == 11 + 30
     assert parse_body(family_for("/api/chat"), b'{"model": "m"}').stream  # Ollama's default
     assert not parse_body(family_for("/api/chat"), b'{"model": "m", "stream": false}').stream
 
