@@ -203,12 +203,14 @@ class Proxy:
         if self.access_log is not None:
             self.access_log.write(record)
 
-    async def _route(self, request: Request, record: RequestRecord) -> Response | StreamResponse:
-        """Admin route, admitted, or passed through (see ``proxy/families.py``)."""
+    def _route(self, request: Request, record: RequestRecord
+               ) -> Awaitable[Response | StreamResponse]:
+        """Admin route, admitted, or passed through (see ``proxy/families.py``): the handler's
+        awaitable (not awaited here: one coroutine less per request); raises a refusal."""
         admin = self._admin_routes.get(request.path)
         if admin is not None and request.method in ("GET", "HEAD"):
             record.admin = True
-            return await admin(request)
+            return admin(request)
         if self.draining:
             raise ShuttingDown()
         target = checked_target(request.method, request.target)
@@ -218,8 +220,8 @@ class Proxy:
         record.client = self.attribution.label(identity)
         path = target.partition("?")[0]
         if admits(request.method, path, request.body_exists, self.config.passthrough_paths):
-            return await self._admitted(request, identity, target, family_for(path), record)
-        return await self._passthrough(request, target, record)
+            return self._admitted(request, identity, target, family_for(path), record)
+        return self._passthrough(request, target, record)
 
     async def _admitted(self, request: Request, identity: Identity, target: str,
                         family: RouteFamily, record: RequestRecord) -> Response | StreamResponse:

@@ -185,15 +185,15 @@ async def relay_answer(
     With ``usage`` set, usage is read on the way (not from a compressed body)."""
     headers = upstream_response.headers
     content_type = headers.get("Content-Type", "")
-    readable = usage is not None and "Content-Encoding" not in headers
+    if usage is not None and "Content-Encoding" in headers:
+        usage = None  # compressed: nothing to read (admitted calls ask for identity)
     if not content_type.startswith(STREAM_TYPES):
         body = upstream_response.read_now()
         if body is None and "Content-Length" in headers:
             body = await upstream_response.read()
         if body is not None:
-            return plain_response(upstream_response, body, outcome,
-                                  usage if readable else None, extra_headers)
-    tap = tap_for(content_type, usage, strip_usage) if readable and usage is not None else None
+            return plain_response(upstream_response, body, outcome, usage, extra_headers)
+    tap = tap_for(content_type, usage, strip_usage) if usage is not None else None
     return await relay_stream(request, upstream_response, outcome, tap, clock, extra_headers)
 
 

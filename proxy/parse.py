@@ -38,20 +38,14 @@ class ParsedRequest:
         return self.family.generates
 
 
-def _field(data: dict[str, Any], field: TokenField) -> Any:
-    value: Any = data
-    for key in field.path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
-
-
 def _max_tokens(data: dict[str, Any], fields: tuple[TokenField, ...]) -> int | None:
     """The smallest completion cap the body sets, None when it sets none (or "unbounded")."""
     max_tokens = None
     for field in fields:
-        value = _field(data, field)
+        path = field.path
+        value: Any = data.get(path[0])
+        for key in path[1:]:  # nested (Ollama's options.num_predict)
+            value = value.get(key) if isinstance(value, dict) else None
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or (

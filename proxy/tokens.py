@@ -47,7 +47,8 @@ def reservation(body_size: int, max_tokens: int | None, cap: int, generates: boo
 
 def usage_from_body(body: bytes, markers: UsageMarkers = OPENAI_USAGE) -> tuple[int, int] | None:
     """Usage of a plain JSON response, in any known shape; cheap when there is none."""
-    if not any(needle in body for needle in markers.needles):
+    needles = markers.needles
+    if needles[0] not in body and (len(needles) == 1 or not any(n in body for n in needles)):
         return None
     return usage_from_json(body)
 

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per response, and a frozen init costs 3x
 class UsageReport:
     prompt: int | None
     completion: int | None
@@ -48,7 +48,11 @@ def read_usage(payload: Any) -> UsageReport | None:
     if not isinstance(payload, dict):
         return None
     usage = payload.get("usage")
-    if not isinstance(usage, dict):
+    if type(usage) is dict:  # the OpenAI shape first: the common case, no helper calls
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if type(prompt) is int and type(completion) is int and prompt >= 0 and completion >= 0:
+            return UsageReport(prompt, completion, additive=payload.get("choices") == [])
+    elif not isinstance(usage, dict):
         # Responses streams nest it in "response", Anthropic's message_start in "message"
         inner = payload.get("response") or payload.get("message")
         usage = inner.get("usage") if isinstance(inner, dict) else None
