@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 from .config import AccessLogConfig
 from .record import RequestRecord
@@ -28,6 +29,20 @@ from .record import RequestRecord
 LOGGER_NAME = "llm_throttle.access"
 #: a path is cut to this many characters in the log (an attacker chooses it)
 _MAX_PATH = 200
+
+
+def log_to_stream(stream: TextIO | None = None) -> None:
+    """For the CLI: access lines go out bare (no level/name prefix, so ``json`` lines are
+    JSON), one per line on ``stream`` (stderr), and not again through the root logger."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if any(getattr(h, "access_lines", False) for h in logger.handlers):
+        return  # called again (tests run the CLI in process): one handler is enough
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.access_lines = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from .access_log import log_to_stream
 from .config import Config, ConfigError, load_config, quick_config
 
 EXIT_CONFIG = 2
@@ -151,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stream()  # the access log (when enabled in the config) writes bare lines
     return int(args.func(args) or 0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -28,14 +29,30 @@ def config(url: str, **access_log: object) -> dict[str, object]:
     }
 
 
-def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == LOGGER_NAME]
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
-async def test_json_lines_for_answers_and_refusals(make_proxy, caplog):
+@pytest.fixture
+def access_lines() -> Iterator[list[str]]:
+    """Lines written to the access logger (its own handler: the CLI stops propagation)."""
+    logger = logging.getLogger(LOGGER_NAME)
+    handler, level = _Lines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler.lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+async def test_json_lines_for_answers_and_refusals(make_proxy, access_lines):
     """Every answer is one line: 200 with its tokens and times, 429 and 401 too; admin routes
     only with include_admin; no key or query string ever appears."""
-    caplog.set_level(logging.INFO, logger=LOGGER_NAME)
     async with RawUpstream(lambda seen: ANSWER) as upstream:
         proxy = await make_proxy(config(upstream.url, format="json"))
         url = proxy.url + "/v1/chat/completions?secret=s3"
@@ -56,7 +73,7 @@ async def test_json_lines_for_answers_and_refusals(make_proxy, caplog):
             async with session.get(proxy.url + "/metrics",
                                    headers={"Authorization": "Bearer adm"}) as r:
                 assert r.status == 200
-    records = [json.loads(line) for line in lines(caplog)]
+    records = [json.loads(line) for line in access_lines]
     assert [r["status"] for r in records] == [429, 200, 401]
     refused, ok, unknown = records
     assert refused["client"] == "team-a" and refused["model"] == "m"
@@ -65,12 +82,11 @@ async def test_json_lines_for_answers_and_refusals(make_proxy, caplog):
     assert ok["queue_ms"] == 0.0 and ok["upstream_ms"] >= 250 and ok["duration_ms"] >= 250
     assert ok["path"] == "/v1/chat/completions" and ok["time"].endswith("Z")
     assert unknown["client"] == "-"
-    text = "\n".join(lines(caplog))
+    text = "\n".join(access_lines)
     assert "ka" not in text.replace("team-a", "") and "s3" not in text and "adm" not in text
 
 
-async def test_plain_format_and_admin_routes_when_asked(make_proxy, caplog):
-    caplog.set_level(logging.INFO, logger=LOGGER_NAME)
+async def test_plain_format_and_admin_routes_when_asked(make_proxy, access_lines):
     async with RawUpstream(lambda seen: Reply.json({"usage": {"prompt_tokens": 1}})) as upstream:
         proxy = await make_proxy(config(upstream.url, include_admin=True))
         async with aiohttp.ClientSession() as session:
@@ -79,14 +95,13 @@ async def test_plain_format_and_admin_routes_when_asked(make_proxy, caplog):
                 assert r.status == 200
             async with session.get(proxy.url + "/healthz") as r:
                 assert r.status == 401
-    chat, health = lines(caplog)
+    chat, health = access_lines
     assert " client=team-a model=m upstream=up status=200 method=POST " in chat
     assert "prompt_tokens=1 completion_tokens=0" in chat
     assert " status=401 method=GET path=/healthz " in health and "upstream=-" in health
 
 
-async def test_off_by_default(make_proxy, caplog):
-    caplog.set_level(logging.INFO, logger=LOGGER_NAME)
+async def test_off_by_default(make_proxy, access_lines):
     async with RawUpstream(lambda seen: Reply.json({})) as upstream:
         cfg = config(upstream.url)
         del cfg["access_log"]
@@ -95,4 +110,4 @@ async def test_off_by_default(make_proxy, caplog):
                 proxy.url + "/v1/chat/completions", json=CHAT,
                 headers={"Authorization": "Bearer ka"}) as r:
             assert r.status == 200
-    assert lines(caplog) == []
+    assert access_lines == []
