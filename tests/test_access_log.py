@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from proxy.access_log import LOGGER_NAME
-from tests.raw_upstream import RawUpstream, Reply
+from tests.scripted_upstream import RawUpstream, Reply
 
 ANSWER = Reply.json({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}},
                     hold_s=0.3)

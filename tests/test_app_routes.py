@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.raw_upstream import RawUpstream, Reply, Seen
+from tests.scripted_upstream import RawUpstream, Reply, Seen
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 CHAT_ANSWER = {"id": "x", "object": "chat.completion", "choices": [

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.raw_upstream import RawUpstream, Reply, Seen
+from tests.scripted_upstream import RawUpstream, Reply, Seen
 
 
 def sse(*events: Any, named: bool = False) -> list[bytes]:

@@ -12,7 +12,7 @@ from proxy.auth import Identity
 from proxy.limits.base import Priority
 from proxy.metrics import ProxyMetrics
 from proxy.record import RequestRecord
-from tests.raw_upstream import RawUpstream, Reply, Seen
+from tests.scripted_upstream import RawUpstream, Reply, Seen
 
 CHAT = json.dumps({"model": "m", "messages": [], "max_tokens": 1}).encode()
 ANSWER = Reply.json({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
