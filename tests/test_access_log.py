@@ -111,3 +111,25 @@ async def test_off_by_default(make_proxy, access_lines):
                 headers={"Authorization": "Bearer ka"}) as r:
             assert r.status == 200
     assert access_lines == []
+
+
+def test_a_path_cannot_forge_log_lines():
+    """``/x%0A...`` arrives decoded as a newline in the path: it is escaped in the line."""
+    from proxy.access_log import AccessLog
+    from proxy.config import AccessLogConfig
+    from proxy.record import RequestRecord
+
+    lines: list[str] = []
+    logger = logging.getLogger("test.access.forge")
+    handler = _Lines()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        log = AccessLog(AccessLogConfig(enabled=True), logger, wall_clock=lambda: 0.0)
+        log.write(RequestRecord(0.0, "POST", "/v1/x\nfake=1 status=200", status=404))
+        lines = handler.lines
+    finally:
+        logger.removeHandler(handler)
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert "path=/v1/x%0Afake=1%20status=200 " in lines[0]
+    assert lines[0].startswith("1970-01-01T00:00:00.000Z ")
