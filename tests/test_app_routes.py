@@ -186,3 +186,21 @@ def test_passthrough_paths_and_access_log_are_validated():
     for problem in ("passthrough_paths[0]", "passthrough_paths[1]", "access_log.enabled",
                     "access_log.format", "access_log.colour: unknown key"):
         assert problem in text, problem
+
+
+async def test_engine_requests_show_in_flight_and_queued(make_proxy):
+    """Hazard: with 6 ``/completion`` requests running, the proxy showed 0 in flight (and
+    llama-server queued them itself); now the proxy holds and queues them."""
+    async with RawUpstream(lambda seen: Reply.json({"content": "ok"}, hold_s=0.5)) as upstream:
+        proxy = await make_proxy(capped_config(upstream.url, wildcard=True))
+        task = asyncio.create_task(post_many(proxy.url + "/completion", 6, b'{"prompt": "x"}'))
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                async with session.get(proxy.url + "/throttle/status") as response:
+                    doc = await response.json()
+                if doc["queue"]["depth"] == 5:
+                    break
+                await asyncio.sleep(0.02)
+        assert doc["models"]["*"]["in_flight"] == 1 and doc["queue"]["depth"] == 5
+        assert await task == [200] * 6
+        assert upstream.peak == 1
