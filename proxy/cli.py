@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from .access_log import log_to_stream
 from .config import Config, ConfigError, load_config, quick_config
 from .version import package_version, python_version
 
@@ -192,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stream()  # the access log (when enabled in the config) writes bare lines
     return int(args.func(args) or 0)
 
 

@@ -17,12 +17,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .parse import is_admitted_path
+from .paths import normalized_path
 from .yamlfile import YamlProblems, load_yaml
 
 WILDCARD_MODEL = "*"
+#: see ``proxy/families.py``: llama.cpp's tokenizer and template helpers, Ollama's model info
+DEFAULT_PASSTHROUGH_PATHS = frozenset({"/tokenize", "/detokenize", "/apply-template",
+                                       "/api/show"})
 PRIORITIES = ("interactive", "batch")
 STORE_ERROR_POLICIES = ("local_share", "open", "closed")
+ACCESS_LOG_FORMATS = ("plain", "json")
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -88,6 +92,18 @@ class AttributionConfig:
     header: str | None = None  # e.g. "x-hermes-profile"
     max_in_flight: int | None = None  # per attributed identity, within the key's own limits
     priority_header: str | None = None  # may lower priority (interactive -> batch), never raise
+    #: distinct values shown in metrics and status; the rest are folded into "<client>/other"
+    max_values: int = 100
+    value_idle_s: float = 600.0  # a value unseen this long is forgotten (its series dropped)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    """One line per answered request on logger ``llm_throttle.access`` (proxy/access_log.py)."""
+
+    enabled: bool = False
+    format: str = "plain"  # or "json"
+    include_admin: bool = False  # also /metrics, /throttle/status, /healthz
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +129,14 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     max_body_bytes: int = 16 * 1024 * 1024
     passthrough_upstream: str | None = None  # where model-less paths go; default: the first
     #: GET/HEAD paths served without a client key (read-only probes: /version, /api/tags...);
     #: a trailing ``*`` matches any path under that prefix
     public_paths: tuple[str, ...] = ()
+    #: normalized paths whose POSTs pass through without admission (cheap engine routes)
+    passthrough_paths: frozenset[str] = DEFAULT_PASSTHROUGH_PATHS
     shutdown_grace_s: float = 30.0
     body_read_timeout_s: float = 60.0  # a client slower than this to send its body gets 408
     #: a connection without a whole request head this long after opening (or after its last
@@ -227,6 +246,16 @@ class _Section:
             return default
         return value
 
+    def flag(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.problems.append(f"{self.key_path(key)}: expected true or false, got "
+                                 f"{_kind(value)}")
+            return default
+        return value
+
     def str_list(self, key: str) -> tuple[str, ...]:
         value = self._get(key)
         if value is None:
@@ -286,9 +315,10 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, port_number
 
 
-def _public_paths(top: _Section) -> tuple[str, ...]:
+def _public_paths(top: _Section, passthrough_paths: frozenset[str]) -> tuple[str, ...]:
     """``/path`` (GET/HEAD) or ``POST /path`` (a read-only POST probe such as Ollama's
-    ``/api/show``); never an admitted path, an admin route, or everything."""
+    ``/api/show``, which must be in ``passthrough_paths``); never an admitted path, an admin
+    route, or everything."""
     entries = top.str_list("public_paths")
     for i, entry in enumerate(entries):
         where = f"public_paths[{i}]"
@@ -299,9 +329,10 @@ def _public_paths(top: _Section) -> tuple[str, ...]:
                                 f"'POST /api/show', got {entry!r}")
         elif path.rstrip("*") in ("/throttle/status", "/metrics", "/healthz", "/", ""):
             top.problems.append(f"{where}: {entry!r} would open the admin routes or every path")
-        elif method == "POST" and (path.endswith("*") or is_admitted_path(path)):
-            top.problems.append(f"{where}: {entry!r}: a POST that is admitted (or a prefix of "
-                                "them) always needs a key")
+        elif method == "POST" and (path.endswith("*")
+                                   or normalized_path(path) not in passthrough_paths):
+            top.problems.append(f"{where}: {entry!r}: a POST that is admitted (one not in "
+                                "passthrough_paths, or a prefix) always needs a key")
     return entries
 
 
@@ -399,6 +430,19 @@ def _client(name: str, s: _Section) -> ClientConfig:
     )
 
 
+def _passthrough_paths(top: _Section) -> frozenset[str]:
+    """Exact paths (as normalized by ``proxy/paths.py``) that need no admission."""
+    if not top.has("passthrough_paths"):
+        top.seen.add("passthrough_paths")
+        return DEFAULT_PASSTHROUGH_PATHS
+    paths = top.str_list("passthrough_paths")
+    for i, path in enumerate(paths):
+        if not path.startswith("/") or "?" in path or "#" in path:
+            top.problems.append(f"passthrough_paths[{i}]: expected a path like /tokenize, "
+                                f"got {path!r}")
+    return frozenset(normalized_path(path) for path in paths)
+
+
 def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
     """Validate a decoded YAML document; raises ``ConfigError`` listing every problem."""
     problems: list[str] = []
@@ -442,8 +486,18 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         header=(a.str("header") or "").lower() or None,
         max_in_flight=a.number("max_in_flight", integer=True),
         priority_header=(a.str("priority_header") or "").lower() or None,
+        max_values=a.number("max_values", 100, integer=True, minimum=0, exclusive=False),
+        value_idle_s=a.number("value_idle_s", 600.0),
     )
     a.finish()
+
+    al, ald = top.section("access_log"), defaults_of(AccessLogConfig)
+    access_log = AccessLogConfig(
+        enabled=al.flag("enabled", ald["enabled"]),
+        format=al.str("format", ald["format"], choices=ACCESS_LOG_FORMATS),
+        include_admin=al.flag("include_admin", ald["include_admin"]),
+    )
+    al.finish()
 
     r, rd = top.section("redis"), defaults_of(RedisConfig)
     redis_config = RedisConfig(
@@ -459,6 +513,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
     )
     r.finish()
 
+    passthrough_paths = _passthrough_paths(top)
     config = Config(
         listen_host=host,
         listen_port=port,
@@ -472,9 +527,11 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         queue=queue,
         attribution=attribution,
         redis=redis_config,
+        access_log=access_log,
         max_body_bytes=top.number("max_body_bytes", cd["max_body_bytes"], integer=True),
         passthrough_upstream=top.str("passthrough_upstream"),
-        public_paths=_public_paths(top),
+        passthrough_paths=passthrough_paths,
+        public_paths=_public_paths(top, passthrough_paths),
         shutdown_grace_s=top.number("shutdown_grace_s", cd["shutdown_grace_s"], minimum=0,
                                     exclusive=False),
         body_read_timeout_s=top.number("body_read_timeout_s", cd["body_read_timeout_s"]),

@@ -10,7 +10,7 @@ refreshed from a store snapshot when ``/metrics`` is scraped.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.utils import floatToGoString
 
 from .limits.base import Priority, Snapshot
+from .record import RequestRecord
 from .version import package_version, python_version
 
 RESOURCE_LABELS = ["kind", "name"]
@@ -185,6 +186,8 @@ class ProxyMetrics:
 
         self._children: dict[tuple[object, ...], Any] = {}
         self._series: dict[tuple[str, str, Priority], RequestSeries] = {}
+        #: resources of the last refresh: one gone from the store loses its gauges
+        self._resources: set[str] = set()
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: the request path skips prometheus' lock+lookup."""
@@ -207,11 +210,51 @@ class ProxyMetrics:
     def answered(self, model: str, client: str, status: int) -> None:
         self.child(self.requests, model, client, str(status)).inc()
 
+    def observe(self, record: RequestRecord) -> None:
+        """Everything one answered request adds, from its record (called once per request)."""
+        model, client = record.model, record.client
+        self.answered(model, client, record.status)
+        if record.rejected is not None:
+            self.child(self.rejections, model, record.rejected).inc()
+        if record.upstream_failure is not None and record.upstream is not None:
+            self.upstream_error(record.upstream, record.upstream_failure)
+        if record.upstream_s is not None:
+            self.child(self.upstream_latency, record.upstream).observe(record.upstream_s)
+        if record.priority is not None and record.queue_s is not None:
+            seen = self.for_request(model, client, record.priority)
+            seen.queue_wait.observe(record.queue_s)
+            if record.tokens is not None:
+                seen.prompt_tokens.inc(record.tokens[0])
+                seen.completion_tokens.inc(record.tokens[1])
+        if record.first_byte_at is not None:
+            self.child(self.ttft, model).observe(record.first_byte_at - record.arrival)
+
     def upstream_error(self, upstream: str, reason: str) -> None:
         self.child(self.upstream_errors, upstream, reason).inc()
 
+    def forget_clients(self, labels: Iterable[str]) -> None:
+        """Drop every series of these client labels (attribution values gone idle)."""
+        gone = set(labels)
+        if not gone:
+            return
+        for metric in (self.requests, self.tokens):
+            for key in [k for k in metric.children if k[1] in gone]:
+                del metric.children[key]
+        self._children = {k: v for k, v in self._children.items()
+                          if not (k[0] is self.requests and k[2] in gone)}
+        self._series = {k: v for k, v in self._series.items() if k[1] not in gone}
+
     def refresh(self, snapshot: Snapshot) -> None:
-        """Bring the state gauges up to date from a store snapshot."""
+        """Bring the state gauges up to date from a store snapshot; resources no longer in it
+        lose their series (so folded or expired attribution values do not linger)."""
+        names = set(snapshot.resources)
+        for stale in self._resources - names:
+            for gauge in (self.in_flight, self.queued, self.cap):
+                try:
+                    gauge.remove(stale)
+                except KeyError:
+                    pass
+        self._resources = names
         for name, state in snapshot.resources.items():
             labels = resource_labels(name)
             self.in_flight.labels(*labels).set(state.in_flight)

@@ -56,8 +56,12 @@ async def test_same_results_as_direct_for_every_openai_route(mock_llm, make_prox
 
 
 async def test_probe_paths_pass_through_untouched(mock_llm, make_proxy, openai_client):
+    """GET probes pass through; a PATCH with a body is admitted (to ``*``: it names no model)
+    and still reaches the upstream byte for byte."""
     mock = await mock_llm()
-    proxy = await make_proxy(one_model_config(mock.url))
+    config = one_model_config(mock.url)
+    config["models"]["*"] = {"upstreams": ["up"]}
+    proxy = await make_proxy(config)
     async with aiohttp.ClientSession() as session:
         for path in ("/api/tags", "/props", "/version", "/health"):  # /v1/models: merged
             async with session.get(mock.url + path) as direct:
