@@ -16,8 +16,8 @@ reused connection. A body delimited by the connection closing ends cleanly only 
 reset cuts it (the relay then ends the stream with an error event).
 
 Bounds: the head (all interim heads and the final one) is at most ``MAX_HEAD_BYTES`` and
-``MAX_HEADERS`` fields; a body read whole (not pumped to a client) is at most
-``max_body_bytes``. Past either the exchange fails with a 502 and the connection closes, so
+``MAX_HEADERS`` fields; a body read whole (``UpstreamResponse.read``, not pumped to a
+client) is at most ``max_body_bytes``. Past either the exchange fails with a 502 and the connection closes, so
 the proxy never holds more than one read beyond the bound.
 
 The body is queued for ``read`` (reading pauses past ``HIGH_WATER`` queued bytes) or, once a
@@ -128,13 +128,22 @@ class UpstreamResponse:
         return self._conn.read_now()
 
     async def read(self) -> bytes:
-        """The whole body (at most the pool's ``max_body_bytes``, else UpstreamError)."""
-        body = self._conn.read_now()
+        """The whole body: at most the pool's ``max_body_bytes``, else UpstreamError and the
+        connection closed (the queue holds at most ``HIGH_WATER`` and a read meanwhile)."""
+        conn = self._conn
+        limit = conn.owner.max_body_bytes
+        body = conn.read_now()
         if body is not None:
+            if len(body) > limit:
+                raise conn.body_too_large(limit)
             return body
         parts = []
-        next_chunk = self._conn.next_chunk
+        total = 0
+        next_chunk = conn.next_chunk
         while (chunk := await next_chunk()) is not None:
+            total += len(chunk)
+            if total > limit:
+                raise conn.body_too_large(limit)
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -173,7 +182,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._head: asyncio.Future[UpstreamResponse] | None = None
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
-        self._queued_total = 0  # body bytes queued for read(), over the whole body
         self._head_bytes = 0  # bytes received while no final head was complete
         self._header_bytes = 0  # header fields, over the interim heads and the final one
         self._interim = 0
@@ -338,11 +346,6 @@ class UpstreamConnection(asyncio.Protocol):
             if not sink(body, False):
                 self._pause_for_sink()
             return
-        self._queued_total += len(body)
-        if self._queued_total > self.owner.max_body_bytes:
-            self._stop = self._too_large(
-                f"a response body over {self.owner.max_body_bytes} bytes")
-            raise self._stop
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and self.flow is not None:
@@ -511,6 +514,11 @@ class UpstreamConnection(asyncio.Protocol):
     def _too_large(self, what: str) -> UpstreamError:
         return UpstreamError(f"upstream '{self.owner.name}' sent {what}",
                              code="upstream_response_too_large")
+
+    def body_too_large(self, limit: int) -> UpstreamError:
+        """A body read whole went past ``limit``: the connection goes (502 for the client)."""
+        self.abort()
+        return self._too_large(f"a response body over {limit} bytes")
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():

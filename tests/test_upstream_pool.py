@@ -47,7 +47,7 @@ async def test_get_on_a_reused_connection_closed_unanswered_is_retried(raw_upstr
     proxy = await make_proxy(one_model_config(upstream.url, max_in_flight=1))
     async with aiohttp.ClientSession() as session:
         for expected in (b"a", b"b"):
-            async with session.get(proxy.url + "/v1/models") as response:
+            async with session.get(proxy.url + "/version") as response:
                 assert (response.status, await response.read()) == (200, expected)
     assert [seen.conn for seen in upstream.seen] == [0, 0, 1]
 
