@@ -28,7 +28,8 @@ from urllib.parse import urlsplit
 
 from .config import UpstreamConfig
 from .errors import UpstreamError, UpstreamTimeout
-from .upstream_connection import StaleConnection, UpstreamConnection, UpstreamResponse
+from .upstream_connection import StaleConnection, UpstreamConnection
+from .upstream_response import UpstreamResponse
 
 __all__ = ["UpstreamPool", "UpstreamResponse", "client_tls", "encode_headers"]
 

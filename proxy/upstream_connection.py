@@ -17,8 +17,8 @@ reset cuts it (the relay then ends the stream with an error event).
 
 Bounds: the head (all interim heads and the final one) is at most ``MAX_HEAD_BYTES`` and
 ``MAX_HEADERS`` fields; a body read whole (``UpstreamResponse.read``, not pumped to a
-client) is at most ``max_body_bytes``. Past either the exchange fails with a 502 and the connection closes, so
-the proxy never holds more than one read beyond the bound.
+client) is at most ``max_body_bytes``. Past either the exchange fails with a 502 and the
+connection closes, so the proxy never holds more than one read beyond the bound.
 
 The body is queued for ``read`` (reading pauses past ``HIGH_WATER`` queued bytes) or, once a
 relay calls ``pump``, handed to its sink from the parser callback itself, so a streamed chunk
@@ -28,7 +28,6 @@ reaches the client without a task switch.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -39,42 +38,19 @@ from multidict import CIMultiDict
 
 from .errors import UpstreamError, UpstreamTimeout
 from .flow_control import FlowControl, ReadPause
+from .upstream_framing import (
+    MAX_HEAD_BYTES,
+    MAX_HEADERS,
+    MAX_INTERIM,
+    NO_BODY_STATUS,
+    Exchange,
+    framing_doubt,
+)
+from .upstream_response import UpstreamResponse
 
 log = logging.getLogger("llm_throttle.upstream")
 
 HIGH_WATER = 1 << 20
-#: like the front server's limits on a request head
-MAX_HEAD_BYTES = 65536
-MAX_HEADERS = 128
-#: interim (1xx) answers tolerated before the final one
-MAX_INTERIM = 8
-_NO_BODY_STATUS = frozenset({204, 304})
-
-
-def _framing_doubt(version: str, headers: CIMultiDict[str]) -> str | None:
-    """What llhttp accepts but the proxy will not relay, as h11 refuses it too: another
-    HTTP version, or a transfer coding other than one ``chunked`` (a body in a coding the
-    client would never be told of)."""
-    if version != "1.1" and version != "1.0":
-        return f"an HTTP/{version} response"
-    if "Transfer-Encoding" in headers:
-        codings = headers.getall("Transfer-Encoding")
-        if len(codings) > 1 or codings[0].strip().lower() != "chunked":
-            return f"Transfer-Encoding {', '.join(codings)!r} (only chunked is relayed)"
-    return None
-
-
-class Exchange(enum.Enum):
-    """Where a connection is in its current request/response exchange."""
-
-    IDLE = "idle"  # no request out (new or pooled): any byte from the upstream closes it
-    AWAITING = "awaiting"  # request written, final head not yet in
-    INTERIM = "interim"  # inside a 1xx answer (skipped)
-    BODY = "body"  # final head in, body arriving
-    DONE = "done"  # final message complete: nothing more may arrive
-    CLOSED = "closed"
-
-
 class StaleConnection(Exception):
     """A reused connection closed after the request was written, before any answer byte."""
 
@@ -93,71 +69,6 @@ class ConnectionOwner(Protocol):
     def put_back(self, conn: UpstreamConnection) -> None: ...
 
     def forget(self, conn: UpstreamConnection) -> None: ...
-
-
-class UpstreamResponse:
-    """Status, headers, and the body as it arrives. Use as ``async with`` or call ``close``."""
-
-    __slots__ = ("status", "reason", "headers", "raw_headers", "_conn", "_released")
-
-    def __init__(self, conn: UpstreamConnection, status: int, reason: str,
-                 headers: CIMultiDict[str], raw_headers: list[tuple[bytes, bytes]]):
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        self.raw_headers = raw_headers
-        self._conn = conn
-        self._released = False
-
-    def pump(self, sink: Callable[[bytes, bool], bool],
-             wait_ready: Callable[[], Awaitable[None]]) -> Awaitable[None]:
-        """Hand the body to ``sink(data, end)`` as it arrives, straight from the parser's
-        callback (no task switch per chunk); ``end`` is True once, with the last bytes (or
-        none), so the relay ends its own body in that same callback. Returns when the body
-        has ended; raises what failed the upstream. ``sink`` returns False to stop reading
-        until ``wait_ready()`` returns (a client slower than the upstream)."""
-        return self._conn.pump(sink, wait_ready)
-
-    @property
-    def body_ready(self) -> bool:
-        """Body bytes (or its end) have arrived and are waiting to be read or pumped."""
-        return self._conn.body_ready
-
-    def read_now(self) -> bytes | None:
-        """The whole body when it has all arrived already (small answers); else None."""
-        return self._conn.read_now()
-
-    async def read(self) -> bytes:
-        """The whole body: at most the pool's ``max_body_bytes``, else UpstreamError and the
-        connection closed (the queue holds at most ``HIGH_WATER`` and a read meanwhile)."""
-        conn = self._conn
-        limit = conn.owner.max_body_bytes
-        body = conn.read_now()
-        if body is not None:
-            if len(body) > limit:
-                raise conn.body_too_large(limit)
-            return body
-        parts = []
-        total = 0
-        next_chunk = conn.next_chunk
-        while (chunk := await next_chunk()) is not None:
-            total += len(chunk)
-            if total > limit:
-                raise conn.body_too_large(limit)
-            parts.append(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def close(self) -> None:
-        """Hand the connection back if the message was read whole, else close it."""
-        if not self._released:
-            self._released = True
-            self._conn.finish()
-
-    async def __aenter__(self) -> UpstreamResponse:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -313,11 +224,11 @@ class UpstreamConnection(asyncio.Protocol):
         raw = self._raw_headers
         headers: CIMultiDict[str] = CIMultiDict(
             [(n.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for n, v in raw])
-        doubt = _framing_doubt(self.parser.get_http_version(), headers)
+        doubt = framing_doubt(self.parser.get_http_version(), headers)
         if doubt is not None:
             self._stop = self._bad(f"upstream '{self.owner.name}' sent {doubt}")
             raise self._stop
-        no_body = status in _NO_BODY_STATUS or self._expect_no_body
+        no_body = status in NO_BODY_STATUS or self._expect_no_body
         self._eof_body = (
             not no_body and "Content-Length" not in headers
             and "chunked" not in headers.get("Transfer-Encoding", "").lower()
@@ -396,6 +307,10 @@ class UpstreamConnection(asyncio.Protocol):
     @property
     def body_ready(self) -> bool:
         return bool(self._chunks) or self._complete
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.owner.max_body_bytes
 
     def read_now(self) -> bytes | None:
         """The whole body if it has all arrived already (the usual case for small answers)."""
