@@ -13,7 +13,7 @@ import json
 import aiohttp
 
 from tests.conftest import one_model_config
-from tests.raw_upstream import Seen, answer, per_request, post, sends
+from tests.raw_upstream import Seen, answer, per_request, post, sends, split_head
 
 CHAT = "/v1/chat/completions"
 
@@ -77,3 +77,40 @@ async def test_idle_timeout_default_is_below_common_keepalive_timeouts():
 
     config = parse_config(one_model_config("http://127.0.0.1:1"), environ={})
     assert 0 < config.upstreams["up"].idle_timeout_s < 5
+
+
+async def test_connection_paused_for_a_slow_client_at_the_end_is_reusable(raw_upstream):
+    """Hazard: a stream whose last bytes found the client's buffer full paused reading, and
+    the connection went back to the pool still paused: the next request on it heard nothing
+    until the read timeout."""
+    from proxy.config import UpstreamConfig
+    from proxy.upstream import UpstreamPool
+
+    chunked = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    head, body = split_head(chunked)  # the body (and its end) while the relay is pumping
+    upstream = await raw_upstream(per_request(sends(head, body, pause_s=0.1),
+                                              sends(answer(200, b"next"))))
+    pool = UpstreamPool(UpstreamConfig(name="up", url=upstream.url, read_timeout_s=2.0),
+                        asyncio.get_running_loop())
+    try:
+        response = await pool.request("GET", "/", b"", None)
+        got: list[bytes] = []
+
+        def full_client(data: bytes, end: bool) -> bool:
+            got.append(data)
+            return False  # the client's buffer is full after every write
+
+        async def drained() -> None:
+            return None
+
+        await response.pump(full_client, drained)
+        response.close()
+        assert b"".join(got) == b"hello"
+        assert pool.idle_count == 1
+        response = await asyncio.wait_for(pool.request("GET", "/", b"", None), 5)
+        assert await asyncio.wait_for(response.read(), 5) == b"next"
+        response.close()
+        assert [seen.conn for seen in upstream.seen] == [0, 0]
+    finally:
+        pool.close()
