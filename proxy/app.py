@@ -29,6 +29,7 @@ from .access_log import AccessLog
 from .admission import AdmissionPolicy, settlement
 from .attribution import AttributionLabels
 from .auth import Authenticator, Identity, bearer_token
+from .catalog import ModelCatalog
 from .config import Config
 from .errors import (
     AuthenticationFailed,
@@ -55,6 +56,7 @@ from .paths import checked_target
 from .record import CLIENT_GONE, RequestRecord
 from .server import HttpServer, ServerLimits
 from .status import RequestRates, SaturationTracker, render_table, status_document
+from .upstream_metrics import fetch_upstream_metrics, is_upstream_metrics_path, upstream_of
 
 log = logging.getLogger("llm_throttle")
 
@@ -81,6 +83,7 @@ class Proxy:
         self.attribution = AttributionLabels(config.attribution.max_values,
                                              config.attribution.value_idle_s)
         self.forwarder = Forwarder(config.upstreams)
+        self.catalog = ModelCatalog(config, self.forwarder)
         self.metrics = ProxyMetrics()
         self.access_log = AccessLog(config.access_log) if config.access_log.enabled else None
         self.rates = RequestRates()
@@ -163,6 +166,11 @@ class Proxy:
         return Response(200, self.metrics.render(),
                         [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
 
+    async def handle_upstream_metrics(self, request: Request) -> Response:
+        self.check_admin(request)
+        upstream = upstream_of(self.config, request.path)
+        return await fetch_upstream_metrics(self.forwarder, upstream, request)
+
     async def handle_healthz(self, request: Request) -> Response:
         self.check_admin(request, probe=True)
         if self.draining:
@@ -199,7 +207,8 @@ class Proxy:
         return response
 
     def _answered(self, record: RequestRecord) -> None:
-        self.metrics.observe(record)
+        if not record.admin:  # scrapes are not requests
+            self.metrics.observe(record)
         if self.access_log is not None:
             self.access_log.write(record)
 
@@ -208,6 +217,8 @@ class Proxy:
         """Admin route, admitted, or passed through (see ``proxy/families.py``): the handler's
         awaitable (not awaited here: one coroutine less per request); raises a refusal."""
         admin = self._admin_routes.get(request.path)
+        if admin is None and is_upstream_metrics_path(request.path):
+            admin = self.handle_upstream_metrics
         if admin is not None and request.method in ("GET", "HEAD"):
             record.admin = True
             return admin(request)
@@ -215,10 +226,11 @@ class Proxy:
             raise ShuttingDown()
         target = checked_target(request.method, request.target)
         if self.config.admin_listen and self._arrived_on_admin_port(request):
-            raise NotFound("the admin listener serves only /metrics, /throttle/status, /healthz")
-        identity = self.auth.authenticate(request.headers)
+            raise NotFound("the admin listener serves only /metrics, /throttle/status, /healthz, "
+                           "/upstreams/<name>/metrics")
+        path = target.partition("?")[0]  # normalized: what admission and the upstream see
+        identity = self.auth.authenticate(request.headers, request.method, path)
         record.client = self.attribution.label(identity)
-        path = target.partition("?")[0]
         if admits(request.method, path, request.body_exists, self.config.passthrough_paths):
             return self._admitted(request, identity, target, family_for(path), record)
         return self._passthrough(request, target, record)
@@ -275,6 +287,8 @@ class Proxy:
 
     async def _passthrough(self, request: Request, target: str,
                            record: RequestRecord) -> Response | StreamResponse:
+        if self.catalog.serves(request.method, request.path):  # every upstream's models
+            return await self.catalog.answer(request.path)
         upstream = self.config.default_passthrough
         record.upstream = upstream.name
         body = await request.read_body() if request.body_exists else None

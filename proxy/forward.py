@@ -42,7 +42,9 @@ CLIENT_CREDENTIALS = frozenset({b"authorization", b"api-key", b"x-api-key"})
 _REQUEST_DROP = HOP_BY_HOP | CLIENT_CREDENTIALS | {b"content-encoding"}
 #: admitted calls are read for usage on the way back: the proxy sets Accept-Encoding itself
 _REQUEST_DROP_IDENTITY = _REQUEST_DROP | {b"accept-encoding"}
-_RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+#: the server writes its own Date on every answer: the upstream's would make two (RFC 9110
+#: section 6.6.1 allows one)
+_RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"date"}
 #: how long admission made the request wait (ms): lets clients and load tests separate queue
 #: time from service time; the proxy's own, replacing any an upstream sent
 QUEUE_MS_HEADER = b"x-llm-throttle-queue-ms"

@@ -14,13 +14,30 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Gauge, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.utils import floatToGoString
 
 from .limits.base import Priority, Snapshot
 from .record import RequestRecord
+from .version import package_version, python_version
+
+RESOURCE_LABELS = ["kind", "name"]
+BUCKET_LABELS = ["limit", "kind", "name"]
+
+
+def resource_labels(resource: str) -> tuple[str, str]:
+    """``gpu:h100-0`` -> (``gpu``, ``h100-0``); a name without a kind gets kind ``other``."""
+    kind, sep, name = resource.partition(":")
+    return (kind, name) if sep else ("other", resource)
+
+
+def bucket_labels(bucket: str) -> tuple[str, str, str]:
+    """``tpm:model:qwen`` -> (``tpm``, ``model``, ``qwen``)."""
+    limit, _, rest = bucket.partition(":")
+    return (limit, *resource_labels(rest))
+
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -120,19 +137,30 @@ class ProxyMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # kind (model, upstream, gpu, client, attr) and name are separate labels, so a query
+        # selects kind="gpu" without a regex on a packed "gpu:h100-0"
         self.in_flight = Gauge("llm_throttle_in_flight", "Requests holding a permit",
-                               ["resource"], registry=r)
+                               RESOURCE_LABELS, registry=r)
         self.cap = Gauge("llm_throttle_cap", "In-flight cap (absent: unlimited)",
-                         ["resource"], registry=r)
+                         RESOURCE_LABELS, registry=r)
         self.queued = Gauge("llm_throttle_queue_depth", "Requests waiting, by resource",
-                            ["resource"], registry=r)
-        self.queue_total = Gauge("llm_throttle_queue_depth_total", "Requests waiting", registry=r)
+                            RESOURCE_LABELS, registry=r)
+        # a gauge: no _total suffix (that is for counters; promtool refuses it)
+        self.queue_total = Gauge("llm_throttle_queue_requests", "Requests waiting, all together",
+                                 registry=r)
         self.oldest_wait = Gauge("llm_throttle_queue_oldest_wait_seconds",
                                  "Age of the oldest waiter", registry=r)
         self.bucket_level = Gauge("llm_throttle_bucket_level", "Tokens left in a rate bucket",
-                                  ["bucket"], registry=r)
+                                  BUCKET_LABELS, registry=r)
+        self.bucket_capacity = Gauge("llm_throttle_bucket_capacity",
+                                     "Size of a rate bucket (its burst)", BUCKET_LABELS,
+                                     registry=r)
         self.store_degraded = Gauge("llm_throttle_store_degraded",
                                     "1 while the shared store is unreachable", registry=r)
+        Gauge("llm_throttle_build_info", "Always 1; the labels say what runs",
+              ["version", "python"], registry=r).labels(package_version(), python_version()).set(1)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes..
+        PlatformCollector(registry=r)  # python_info
         self.queue_wait = LightHistogram("llm_throttle_queue_wait_seconds",
                                          "Time spent queued before admission",
                                          ["model", "priority"], _LATENCY_BUCKETS)
@@ -223,17 +251,20 @@ class ProxyMetrics:
         for stale in self._resources - names:
             for gauge in (self.in_flight, self.queued, self.cap):
                 try:
-                    gauge.remove(stale)
+                    gauge.remove(*resource_labels(stale))
                 except KeyError:
                     pass
         self._resources = names
         for name, state in snapshot.resources.items():
-            self.in_flight.labels(name).set(state.in_flight)
-            self.queued.labels(name).set(state.queued)
+            labels = resource_labels(name)
+            self.in_flight.labels(*labels).set(state.in_flight)
+            self.queued.labels(*labels).set(state.queued)
             if state.cap is not None:
-                self.cap.labels(name).set(state.cap)
+                self.cap.labels(*labels).set(state.cap)
         for name, bucket in snapshot.buckets.items():
-            self.bucket_level.labels(name).set(bucket.level)
+            labels = bucket_labels(name)
+            self.bucket_level.labels(*labels).set(bucket.level)
+            self.bucket_capacity.labels(*labels).set(bucket.capacity)
         self.queue_total.set(snapshot.queue_depth)
         self.oldest_wait.set(snapshot.oldest_wait_s)
         self.store_degraded.set(1 if snapshot.degraded else 0)

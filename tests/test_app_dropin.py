@@ -52,7 +52,7 @@ async def test_same_results_as_direct_for_every_openai_route(mock_llm, make_prox
 
     m1 = await direct.models.list()
     m2 = await via.models.list()
-    assert [m.id for m in m1.data] == [m.id for m in m2.data]
+    assert {m.id for m in m1.data} <= {m.id for m in m2.data}  # merged: see test_catalog.py
 
 
 async def test_probe_paths_pass_through_untouched(mock_llm, make_proxy, openai_client):
@@ -63,7 +63,7 @@ async def test_probe_paths_pass_through_untouched(mock_llm, make_proxy, openai_c
     config["models"]["*"] = {"upstreams": ["up"]}
     proxy = await make_proxy(config)
     async with aiohttp.ClientSession() as session:
-        for path in ("/v1/models", "/api/tags", "/props", "/version", "/health"):
+        for path in ("/api/tags", "/props", "/version", "/health"):  # /v1/models: merged
             async with session.get(mock.url + path) as direct:
                 want = (direct.status, await direct.read())
             async with session.get(proxy.url + path) as via:
