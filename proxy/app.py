@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .admission import AdmissionPolicy, settlement
+from .admission import AdmissionPolicy, requested_max_wait, settlement
 from .auth import Authenticator, Identity, bearer_token
 from .config import Config
 from .errors import (
@@ -194,7 +194,8 @@ class Proxy:
         model = route.model.name
         request.model_label = model
         demand, reserved = self.policy.demand(route, identity, parsed,
-                                             self._id_prefix + str(next(self._ids)))
+                                             self._id_prefix + str(next(self._ids)),
+                                             requested_max_wait(request.headers))
         try:
             grant = await self.store.acquire(demand)
         except Throttled as exc:
@@ -243,6 +244,7 @@ class Proxy:
                 upstream_response.close()
         finally:
             used = self._tokens_used(outcome, reserved)
+            grant.used = used  # corrects the flow's fair-share counter
             self.store.release_nowait(
                 grant, settlement(grant, reserved, used) if grant.charges else ())
             if outcome.usage is not None:

@@ -21,6 +21,7 @@ import yaml
 WILDCARD_MODEL = "*"
 PRIORITIES = ("interactive", "batch")
 STORE_ERROR_POLICIES = ("local_share", "open", "closed")
+FAIRNESS_MODES = ("tokens", "requests", "fifo")
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -71,12 +72,16 @@ class ClientConfig:
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
     burst_s: float = 5.0
+    weight: float = 1.0  # share of the queue against other clients of its class
 
 
 @dataclass(frozen=True, slots=True)
 class QueueConfig:
     max_depth: int = 1000
     max_wait_s: float = 120.0
+    fairness: str = "tokens"  # tokens | requests | fifo (strict priority, then arrival)
+    class_weights: Mapping[str, float] = field(
+        default_factory=lambda: {"interactive": 9.0, "batch": 1.0})
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,7 +346,17 @@ def _client(name: str, s: _Section) -> ClientConfig:
         requests_per_minute=s.number("requests_per_minute"),
         tokens_per_minute=s.number("tokens_per_minute"),
         burst_s=s.number("burst_s", 5.0),
+        weight=s.number("weight", 1.0),
     )
+
+
+def _class_weights(q: _Section) -> dict[str, float]:
+    weights = {"interactive": 9.0, "batch": 1.0}
+    w = q.section("class_weights")
+    for name in PRIORITIES:
+        weights[name] = float(w.number(name, weights[name]))
+    w.finish()
+    return weights
 
 
 def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
@@ -377,6 +392,8 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
     queue = QueueConfig(
         max_depth=q.number("max_depth", 1000, integer=True, minimum=0, exclusive=False),
         max_wait_s=q.number("max_wait_s", 120.0),
+        fairness=q.str("fairness", "tokens", choices=FAIRNESS_MODES),
+        class_weights=_class_weights(q),
     )
     q.finish()
 

@@ -70,7 +70,7 @@ def cost_of(demand: Demand, mode: Fairness) -> float:
 
 
 class _Unit:
-    __slots__ = ("key", "priority", "flow", "waiters", "live")
+    __slots__ = ("flow", "key", "live", "priority", "waiters")
 
     def __init__(self, key: tuple[int, str, tuple[str, ...]], priority: Priority, flow: str):
         self.key = key

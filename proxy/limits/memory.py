@@ -38,7 +38,7 @@ HOLD_EWMA_ALPHA = 0.2
 
 
 class _Waiter:
-    __slots__ = ("demand", "future", "enqueued_at", "touches", "seq", "gone")
+    __slots__ = ("demand", "enqueued_at", "future", "gone", "seq", "touches")
 
     def __init__(self, demand: Demand, future: asyncio.Future[Grant], now: float, seq: int):
         self.demand = demand
