@@ -5,10 +5,11 @@ Theory of operation
 All decisions run in Lua scripts (``lua/*.lua``; ``lua/lib.lua`` holds the key layout), so a
 decision and the state it changes are one atomic step, with Redis ``TIME`` as the only clock.
 
-- Admit (``admit.lua``): one round trip either grants (fast path) or queues the request in one
-  sorted set ordered by priority class, then arrival, and says which grants-stream position to
-  follow. A release (``release.lua``, one round trip, off the request path) hands permits
-  straight to the next eligible waiter and announces it on the grants stream. One blocking
+- Admit (``admit.lua``): one round trip either grants (fast path) or queues the request in its
+  unit (one flow's waiters needing the same things, see ``fairness``), and says which
+  grants-stream position to follow. A release (``release.lua``, one round trip, off the request
+  path) offers unit heads in fair order, hands permits straight to the next eligible waiter and
+  announces it on the grants stream. One blocking
   XREAD loop per host resolves its waiters' futures: nothing per waiter while queued.
 - Leases: a grant is a lease owned by its host. Each host renews all of its leases with one
   heartbeat per interval (one deadline per host); a host past its deadline is reaped by the
