@@ -158,6 +158,15 @@ class BucketState:
 
 
 @dataclass(frozen=True, slots=True)
+class FlowState:
+    """One flow's place in the fair share (``fairness``)."""
+
+    queued: int
+    counter: float  # tokens (or requests) served / weight, as the scheduler compares them
+    served: float  # tokens (or requests) served since the store started
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """A consistent read of the whole store, for status pages and the dispatcher."""
 
@@ -168,6 +177,8 @@ class Snapshot:
     store: str
     degraded: bool = False
     hosts: int = 1
+    #: "<class>:<flow>" -> state; the busiest MAX_REPORTED_FLOWS only (bounded)
+    flows: Mapping[str, FlowState] = field(default_factory=dict)
 
 
 class LimitStore(abc.ABC):

@@ -42,8 +42,10 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from .base import DEFAULT_CLASS_WEIGHTS, Demand, Fairness, Priority
+from .base import DEFAULT_CLASS_WEIGHTS, Demand, Fairness, FlowState, Priority
 
+#: flows a snapshot reports (the most queued, then the most served)
+MAX_REPORTED_FLOWS = 100
 #: flows remembered while idle (those ahead of virtual time); the oldest are forgotten beyond
 MAX_IDLE_FLOWS = 4096
 
@@ -63,6 +65,19 @@ def needs_of(demand: Demand) -> tuple[str, ...]:
         seen.update(dict.fromkeys(option.resources))
     seen.update(dict.fromkeys(c.bucket for c in demand.charges))
     return tuple(seen)
+
+
+def flow_states(counters: Mapping[tuple[int, str], float], waiting: Mapping[tuple[int, str], int],
+                served: Mapping[tuple[int, str], float]) -> dict[str, FlowState]:
+    """The busiest flows as "<class>:<flow>" -> state, at most MAX_REPORTED_FLOWS."""
+    keys = {k for k in (*counters, *waiting, *served) if k[1]}
+    busiest = sorted(keys, key=lambda k: (-waiting.get(k, 0), -served.get(k, 0.0)))
+    return {
+        f"{Priority(p).name.lower()}:{flow}": FlowState(
+            waiting.get((p, flow), 0), round(counters.get((p, flow), 0.0), 3),
+            round(served.get((p, flow), 0.0), 1))
+        for p, flow in busiest[:MAX_REPORTED_FLOWS]
+    }
 
 
 def cost_of(demand: Demand, mode: Fairness) -> float:
@@ -162,6 +177,9 @@ class FairQueue:
 
     def __len__(self) -> int:
         return sum(self._class_waiting)
+
+    def flow_states(self) -> dict[str, FlowState]:
+        return flow_states(self.counters, self._waiting, self.served)
 
     def waiters(self) -> Iterable[Queued]:
         for unit in self._units.values():

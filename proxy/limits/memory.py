@@ -356,6 +356,7 @@ class MemoryStore(LimitStore):
             queue_depth=self._depth,
             oldest_wait_s=now - oldest_any if oldest_any < math.inf else 0.0,
             store=self.name,
+            flows=self._fair.flow_states(),
         )
 
     async def cancel_waiters(self, reason: Exception) -> int:

@@ -223,3 +223,19 @@ async def test_request_that_cannot_start_in_time_is_refused_at_once(make_store):
     assert info.value.retry_after_s > 1.0  # about 11 waiters x 0.2 s
     await store.release(held)
     await rec.finish()
+
+
+async def test_snapshot_reports_each_flow_queued_counter_and_served(make_store):
+    """Status per flow: waiting, counter, tokens served (bounded in number)."""
+    store = await make_store(LimitSpec(caps={"model:a": 1}))
+    holder = await store.acquire(demand("alice", cost=100))
+    rec = Recorder(store)
+    await rec.queue([demand("bob", cost=50) for _ in range(3)])
+    flows = (await store.snapshot()).flows
+    assert flows["batch:alice"].served == 100 and flows["batch:alice"].queued == 0
+    assert flows["batch:bob"].queued == 3
+    await store.release(holder)
+    await rec.finish()
+    flows = (await store.snapshot()).flows
+    assert flows["batch:bob"].served == 150 and flows["batch:bob"].queued == 0
+    assert flows["batch:bob"].counter >= 150
