@@ -84,12 +84,9 @@ async def test_tokens_are_shared_by_flow_weight_not_by_request_count(make_store)
     holder = await store.acquire(demand("holder"))
     rec = Recorder(store)
     mixed = []
-    for i in range(320):  # interleaved arrivals, as from three busy clients
-        if i % 16 == 0:
-            mixed.append(demand("long", cost=256))
-        if i % 2 == 0:
-            mixed.append(demand("short", cost=32))
-        mixed.append(demand("heavy", cost=32, weight=2))
+    for _ in range(170):  # one request each in turn, as from three busy clients
+        mixed += [demand("long", cost=256), demand("short", cost=32),
+                  demand("heavy", cost=32, weight=2)]
     await rec.queue(mixed)
     await store.release(holder)
     await rec.finish()
