@@ -389,7 +389,7 @@ def _fairness(scenario: Scenario, runs: Sequence[RunRecord], f: Findings) -> Non
             f.check(f"batch via {target}: client {name} (weight {weights[name]:g}) tokens",
                     abs(share / expected - 1),
                     f"{_num(rates[name], '.0f')} tok/s = {_pct(share)} (share {_pct(expected)})",
-                    tolerance if target == "proxy" else None, at_most=True,
+                    tolerance if target != "fifo" else None, at_most=True,
                     target_text=f"within +-{_pct(tolerance)} of its share" if tolerance else "")
     share_min = scenario.targets.get("batch_token_share_min")
     for target in _targets_of(runs, "flood"):
@@ -400,7 +400,7 @@ def _fairness(scenario: Scenario, runs: Sequence[RunRecord], f: Findings) -> Non
         f.numbers[f"flood.{target}.batch_share"] = share
         f.check(f"flood via {target}: batch share of tokens", share,
                 f"{_pct(share)} ({_num(batch, '.0f')} of {_num(batch + chat, '.0f')} tok/s)",
-                share_min if target == "proxy" else None, at_most=False,
+                share_min if target != "fifo" else None, at_most=False,
                 target_text=f">= {_pct(share_min)}" if share_min else "")
     ratio_limit = scenario.targets.get("interactive_p99_vs_alone")
     base = median(_stat("latency", "p99", "interactive")(r) for r in _select(runs, "alone"))
