@@ -111,7 +111,13 @@ class AdmissionPolicy:
         self._wildcard = self.routes.get(WILDCARD_MODEL)
         self._weights = {name: client.weight for name, client in config.clients.items()}
 
-    def route(self, model: str) -> Route:
+    def route(self, model: str | None) -> Route:
+        """The model's route, else ``*``; a request without a model needs a ``*`` route."""
+        if model is None:
+            if self._wildcard is None:
+                raise InvalidField("you must provide a model parameter", code="missing_model",
+                                   param="model")
+            return self._wildcard
         route = self.routes.get(model, self._wildcard)
         if route is None:
             raise ModelNotFound(
@@ -127,7 +133,8 @@ class AdmissionPolicy:
         ``max_wait_s``: the request's own wait bound, kept only when shorter than the queue's.
         """
         reserved = reservation(
-            len(parsed.body), parsed.max_tokens, route.model.max_tokens_estimate, parsed.generates
+            len(parsed.body), parsed.max_tokens, route.model.max_tokens_estimate, parsed.generates,
+            parsed.choices,
         )
         charges: list[Charge] = []
         if route.rpm_bucket:
