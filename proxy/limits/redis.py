@@ -382,8 +382,11 @@ class RedisStore(LimitStore):
     # -- waking waiters ------------------------------------------------------------------------
 
     def _reading(self) -> bool:
-        """The grants reader runs while this host has waiters in Redis."""
-        return bool(self._waiters) and not self._degraded
+        """The grants reader runs while this host has waiters queued in Redis (an admit still
+        on the wire is not one: a blocking read started for it would outlive it by seconds)."""
+        if self._degraded:
+            return False
+        return any(w.score is not None for w in self._waiters.values())
 
     def _hand_over(self, rid: str, option: int, queued_ms: float) -> None:
         waiter = self._waiters.get(rid)
