@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from .base import DEFAULT_CLASS_WEIGHTS, Demand, Fairness, FlowState, Priority
 
@@ -56,6 +56,9 @@ class Queued(Protocol):
     demand: Demand
     seq: int
     gone: bool
+
+
+W = TypeVar("W", bound=Queued)
 
 
 def needs_of(demand: Demand) -> tuple[str, ...]:
@@ -84,18 +87,18 @@ def cost_of(demand: Demand, mode: Fairness) -> float:
     return demand.cost if mode is Fairness.TOKENS else 1.0
 
 
-class _Unit:
+class _Unit(Generic[W]):
     __slots__ = ("flow", "key", "live", "priority", "waiters")
 
     def __init__(self, key: tuple[int, str, tuple[str, ...]], priority: Priority, flow: str):
         self.key = key
         self.priority = priority
         self.flow = flow
-        self.waiters: deque[Queued] = deque()
+        self.waiters: deque[W] = deque()
         self.live = 0  # waiters not gone
 
 
-class FairQueue:
+class FairQueue(Generic[W]):
     """Units of waiters and the counters that order them (the memory store's queue)."""
 
     def __init__(self, mode: Fairness = Fairness.TOKENS,
@@ -104,7 +107,7 @@ class FairQueue:
         weights = dict(DEFAULT_CLASS_WEIGHTS)
         weights.update(class_weights or {})
         self.class_weights = {p: float(weights.get(p, 1.0)) for p in Priority}
-        self._units: dict[tuple[int, str, tuple[str, ...]], _Unit] = {}
+        self._units: dict[tuple[int, str, tuple[str, ...]], _Unit[W]] = {}
         #: (class, flow) -> counter; (class, flow) -> waiters queued
         self.counters: dict[tuple[int, str], float] = {}
         self._waiting: dict[tuple[int, str], int] = {}
@@ -121,13 +124,13 @@ class FairQueue:
 
     # -- in and out ----------------------------------------------------------------------------
 
-    def push(self, waiter: Queued) -> None:
+    def push(self, waiter: W) -> None:
         demand = waiter.demand
         flow = self._flow_of(demand)
         key = (int(demand.priority), flow, needs_of(demand))
         unit = self._units.get(key)
         if unit is None:
-            unit = self._units[key] = _Unit(key, demand.priority, flow)
+            unit = self._units[key] = _Unit[W](key, demand.priority, flow)
         unit.waiters.append(waiter)
         unit.live += 1
         self._join(demand.priority, flow)
@@ -161,7 +164,7 @@ class FairQueue:
             for old in [k for k in self.counters if k not in self._waiting]:
                 del self.counters[old]
 
-    def remove(self, waiter: Queued) -> None:
+    def remove(self, waiter: W) -> None:
         """A waiter gave up (timed out, cancelled): count it out; its entry is skipped later."""
         if waiter.gone:
             return
@@ -181,7 +184,7 @@ class FairQueue:
     def flow_states(self) -> dict[str, FlowState]:
         return flow_states(self.counters, self._waiting, self.served)
 
-    def waiters(self) -> Iterable[Queued]:
+    def waiters(self) -> Iterable[W]:
         for unit in self._units.values():
             for waiter in unit.waiters:
                 if not waiter.gone:
@@ -220,7 +223,7 @@ class FairQueue:
 
     # -- serving -----------------------------------------------------------------------------------
 
-    def serve(self, attempt: Callable[[Queued], list[str] | None]) -> None:
+    def serve(self, attempt: Callable[[W], list[str] | None]) -> None:
         """One round: offer unit heads in fair order to ``attempt``.
 
         ``attempt(waiter)`` returns None when it granted the waiter (it leaves the queue), or
@@ -228,7 +231,7 @@ class FairQueue:
         """
         if not self._units:
             return
-        by_class: list[list[_Unit]] = [[] for _ in Priority]
+        by_class: list[list[_Unit[W]]] = [[] for _ in Priority]
         for unit in self._units.values():
             by_class[unit.priority].append(unit)
         fifo = self.mode is Fairness.FIFO
@@ -259,7 +262,7 @@ class FairQueue:
                 units.remove(unit)
             self._leave(unit.priority, unit.flow)
 
-    def _unit_order(self, unit: _Unit) -> tuple[float, int]:
+    def _unit_order(self, unit: _Unit[W]) -> tuple[float, int]:
         head = unit.waiters[0]
         if self.mode is Fairness.FIFO:
             return (0.0, -1 if head.gone else head.seq)

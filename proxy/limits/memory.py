@@ -68,7 +68,7 @@ class MemoryStore(LimitStore):
         self._in_flight: dict[str, int] = {}
         now = clock()
         self._buckets = {name: TokenBucket(b, now) for name, b in spec.buckets.items()}
-        self._fair = FairQueue(spec.fairness, spec.class_weights)
+        self._fair: FairQueue[_Waiter] = FairQueue(spec.fairness, spec.class_weights)
         self._seq = 0
         self._depth = 0
         self._queued: dict[str, int] = {}
@@ -307,7 +307,7 @@ class MemoryStore(LimitStore):
                     first_class[name] = priority
             return missing
 
-        self._fair.serve(attempt)  # type: ignore[arg-type]
+        self._fair.serve(attempt)
         fifo = self.spec.fairness is Fairness.FIFO
         for p, blocked_set in enumerate(self._blocked):
             blocked_set.clear()
@@ -343,9 +343,9 @@ class MemoryStore(LimitStore):
         oldest_any = math.inf
         for waiter in self._fair.waiters():
             oldest_any = min(oldest_any, waiter.enqueued_at)
-            for resource in waiter.touches:  # type: ignore[attr-defined]
-                if waiter.enqueued_at < oldest.get(resource, math.inf):  # type: ignore[attr-defined]
-                    oldest[resource] = waiter.enqueued_at  # type: ignore[attr-defined]
+            for resource in waiter.touches:
+                if waiter.enqueued_at < oldest.get(resource, math.inf):
+                    oldest[resource] = waiter.enqueued_at
         names = dict.fromkeys(self.spec.caps)
         names.update(dict.fromkeys(self._in_flight))
         resources = {
