@@ -236,3 +236,22 @@ async def test_snapshot_reports_each_flow_queued_counter_and_served(make_store):
     flows = (await store.snapshot()).flows
     assert flows["batch:bob"].served == 150 and flows["batch:bob"].queued == 0
     assert flows["batch:bob"].counter >= 150
+
+
+async def test_many_distinct_flows_leave_bounded_state(make_store, store_kind, request):
+    """Hazard: one counter and one served figure per flow ever seen (attribution values are
+    chosen by callers) would grow the store without bound; state stays bounded."""
+    store = await make_store(LimitSpec(caps={"model:a": 8}))
+    for i in range(6300):  # 2 fields a flow in Redis: past its 12,288-field bound
+        await store.release(await store.acquire(demand(f"caller-{i}")))
+    assert len((await store.snapshot()).flows) <= 100
+    if store_kind == "redis":
+        from redis.asyncio import Redis
+
+        from proxy.limits.redis_scripts import pool_keys
+
+        client = Redis.from_url(request.getfixturevalue("redis_store_url"))
+        try:
+            assert await client.hlen(pool_keys("llmthrottle")[16]) <= 12288 + 8
+        finally:
+            await client.aclose()

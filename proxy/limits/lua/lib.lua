@@ -56,6 +56,8 @@ local STREAM_MAXLEN = 10000
 local EXPIRED_WAITER_GRACE_MS = 5000
 
 local NOW_US = 0
+-- the fair hash is pruned past this many fields (see charge_fair)
+local FAIR_FIELDS_MAX = 12288
 
 -- Redis TIME is the only clock: hosts' clocks never enter a decision.
 local function clock()
@@ -346,6 +348,21 @@ local function charge_fair(d, queued)
   fields[#fields + 1] = ckey
   fields[#fields + 1] = string.format('%.17g', class_counter + cost / (d.cw or 1))
   redis.call('HSET', K.fair, unpack(fields))
+  -- bounded: past FAIR_FIELDS_MAX (many distinct flows), forget tokens served and the
+  -- counters of flows with nobody waiting (once per that many new flows: O(1) amortized)
+  if redis.call('HLEN', K.fair) > FAIR_FIELDS_MAX then
+    local names = redis.call('HKEYS', K.fair)
+    local waiting = {}
+    for _, name in ipairs(names) do
+      if string.sub(name, 1, 1) == 'n' then waiting[string.sub(name, 2)] = true end
+    end
+    for _, name in ipairs(names) do
+      local kind = string.sub(name, 1, 1)
+      if kind == 's' or (kind == 'f' and not waiting[string.sub(name, 2)]) then
+        redis.call('HDEL', K.fair, name)
+      end
+    end
+  end
 end
 
 -- The release knows the real usage: move the counters by (used - reserved).
