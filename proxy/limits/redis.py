@@ -157,6 +157,7 @@ class RedisStore(LimitStore):
         try:
             fields: dict[Any, Any] = config_fields(self.spec)
             await self._client.hset(self._keys[13], mapping=fields)
+            await self._reader.ping()  # connected now, not when the first waiter queues
             await self._resync()
         except STORE_ERRORS as exc:  # start anyway; the heartbeat keeps trying
             self._enter_degraded(exc)
