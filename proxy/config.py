@@ -26,6 +26,7 @@ DEFAULT_PASSTHROUGH_PATHS = frozenset({"/tokenize", "/detokenize", "/apply-templ
                                        "/api/show"})
 PRIORITIES = ("interactive", "batch")
 STORE_ERROR_POLICIES = ("local_share", "open", "closed")
+FAIRNESS_MODES = ("tokens", "requests", "fifo")
 ACCESS_LOG_FORMATS = ("plain", "json")
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -84,12 +85,16 @@ class ClientConfig:
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
     burst_s: float = 5.0
+    weight: float = 1.0  # share of the queue against other clients of its class
 
 
 @dataclass(frozen=True, slots=True)
 class QueueConfig:
     max_depth: int = 1000
     max_wait_s: float = 120.0
+    fairness: str = "tokens"  # tokens | requests | fifo (strict priority, then arrival)
+    class_weights: Mapping[str, float] = field(
+        default_factory=lambda: {"interactive": 9.0, "batch": 1.0})
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,7 +456,17 @@ def _client(name: str, s: _Section) -> ClientConfig:
         requests_per_minute=s.number("requests_per_minute"),
         tokens_per_minute=s.number("tokens_per_minute"),
         burst_s=s.number("burst_s", d["burst_s"]),
+        weight=s.number("weight", d["weight"]),
     )
+
+
+def _class_weights(q: _Section) -> dict[str, float]:
+    weights = dict(defaults_of(QueueConfig)["class_weights"])
+    w = q.section("class_weights")
+    for name in PRIORITIES:
+        weights[name] = float(w.number(name, weights[name]))
+    w.finish()
+    return weights
 
 
 def _passthrough_paths(top: _Section) -> frozenset[str]:
@@ -502,6 +517,8 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         max_depth=q.number("max_depth", qd["max_depth"], integer=True, minimum=0,
                            exclusive=False),
         max_wait_s=q.number("max_wait_s", qd["max_wait_s"]),
+        fairness=q.str("fairness", qd["fairness"], choices=FAIRNESS_MODES),
+        class_weights=_class_weights(q),
     )
     q.finish()
 
