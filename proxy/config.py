@@ -92,6 +92,8 @@ class AttributionConfig:
 class RedisConfig:
     heartbeat_s: float = 1.0
     lease_ttl_s: float = 5.0
+    #: deadline of every Redis call, hot path included (a silent Redis degrades the store)
+    command_timeout_s: float = 1.0
     on_store_error_concurrency: str = "local_share"
     on_store_error_rates: str = "open"
     key_prefix: str = "llmthrottle"
@@ -365,8 +367,11 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
             problems.append(f"admin_listen: {exc}")
 
     store = top.str("store", "memory")
-    if store != "memory" and not store.startswith(("redis://", "rediss://", "unix://")):
-        problems.append(f"store: expected 'memory' or a redis:// URL, got {store!r}")
+    if store != "memory":
+        from .limits.redis_connect import check_store_url  # imports redis-py only when used
+
+        if (problem := check_store_url(store)) is not None:
+            problems.append(f"store: {problem}")
 
     gpus = _named(top, "gpus", _gpu)
     upstreams = _named(top, "upstreams", _upstream)
@@ -392,6 +397,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
     redis_config = RedisConfig(
         heartbeat_s=r.number("heartbeat_s", 1.0),
         lease_ttl_s=r.number("lease_ttl_s", 5.0),
+        command_timeout_s=r.number("command_timeout_s", 1.0),
         on_store_error_concurrency=r.str(
             "on_store_error_concurrency", "local_share", choices=STORE_ERROR_POLICIES
         ),

@@ -144,6 +144,8 @@ class Snapshot:
     store: str
     degraded: bool = False
     hosts: int = 1
+    #: why the store is degraded (``unreachable``, ``auth``, ``oom``, ...); None when it is not
+    degraded_reason: str | None = None
 
 
 class LimitStore(abc.ABC):
@@ -197,3 +199,8 @@ class LimitStore(abc.ABC):
     async def cancel_waiters(self, reason: Exception) -> int:
         """Fail every request of this host still queued (shutdown); returns how many."""
         return 0
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """Why this store runs degraded now (None: it does not)."""
+        return None
