@@ -226,6 +226,9 @@ class RedisStore(LimitStore):
                 if grant is not None:
                     return grant
                 continue  # Redis is back: go through the shared limits
+            if self._clock() >= deadline:  # Redis came and went meanwhile: the bound holds
+                raise QueueTimeout(f"waited {max_wait:g}s for the limit store",
+                                   retry_after_s=self.config.heartbeat_s)
             try:
                 return await self._acquire_shared(demand, deadline, max_wait)
             except _StoreDown:
@@ -283,6 +286,9 @@ class RedisStore(LimitStore):
                         raise _StoreDown()
                     await asyncio.sleep(0.01 * 2 ** epoch_changes)
                 await self._paused(kind, reply, deadline, max_wait)
+                if self._clock() >= deadline:
+                    raise QueueTimeout(f"waited {max_wait:g}s for the limit store to recover",
+                                       retry_after_s=self.config.heartbeat_s)
             return await self._wait(waiter, max_wait)
         finally:
             self._waiters.pop(rid, None)
@@ -293,8 +299,9 @@ class RedisStore(LimitStore):
                       max_wait: float) -> None:
         """The store lost its data ('E') or pauses admissions ('P'): re-register, then wait."""
         if kind == "E":
-            try:
-                async with asyncio.timeout(self._deadline_s):
+            try:  # within the request's bound: its max wait plus one call's deadline
+                async with asyncio.timeout(max(0.0, min(
+                        self._deadline_s, deadline + self._deadline_s - self._clock()))):
                     await self._resync()
             except STORE_ERRORS as exc:
                 self._enter_degraded(exc)
@@ -322,15 +329,25 @@ class RedisStore(LimitStore):
             if _granted_result(waiter.future) is not None:
                 return waiter.future.result()
             self._waiters.pop(rid, None)
+            call = asyncio.ensure_future(self._pipe.call(self._scripts.cancel, self._keys, [
+                self.host_id, rid, str(int(max_wait * 1000)), self._tomb_ms]))
+            budget = waiter.deadline + self._deadline_s - self._clock()
             try:
-                reply = await self._pipe.call(self._scripts.cancel, self._keys, [
-                    self.host_id, rid, str(int(max_wait * 1000)), self._tomb_ms])
+                await asyncio.wait((call,), timeout=max(0.0, budget))
+                if not call.done():  # past the request's bound: clean up behind its back
+                    call.add_done_callback(_retrieved)
+                    self._forget_later(rid)  # runs after the cancel (same connection)
+                    raise QueueTimeout(
+                        f"waited {max_wait:g}s in the queue without a free slot",
+                        retry_after_s=max_wait)
+                reply = call.result()
             except STORE_ERRORS as exc:
                 self._orphans[rid] = ("", True)
                 self._enter_degraded(exc)
                 raise QueueTimeout(f"waited {max_wait:g}s in the queue without a free slot",
                                    retry_after_s=max_wait) from None
             except asyncio.CancelledError:
+                call.add_done_callback(_retrieved)
                 self._forget_later(rid)
                 raise
             if reply[0] == "G":  # granted at the very instant the wait ran out
@@ -612,6 +629,11 @@ class RedisStore(LimitStore):
         if self._local is not None:
             count += await self._local.cancel_waiters(reason)
         return count
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # nobody awaits it any more: no "never retrieved" warning
 
 
 def _one_line(exc: BaseException) -> str:
