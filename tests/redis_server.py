@@ -50,6 +50,7 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.resume()
             return
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
