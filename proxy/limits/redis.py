@@ -58,7 +58,7 @@ from .redis_grants import READ_BLOCK_MS, GrantsReader
 from .redis_health import StoreHealth
 from .redis_local import LocalShare, acquire_until, local_store, refusal
 from .redis_pipeline import ScriptPipeline
-from .redis_scripts import DemandEncoder, Scripts, config_fields, pool_keys
+from .redis_scripts import DemandEncoder, Scripts, config_fields, load_script, pool_keys
 from .redis_status import read_status_document, snapshot_from_reply
 from .wakeup import EarliestWakeup
 
@@ -165,20 +165,38 @@ class RedisStore(LimitStore):
         self._pipe = ScriptPipeline(endpoint_of(self._client), timeout_s=self._deadline_s)
         try:
             async with asyncio.timeout(4 * self._deadline_s):
+                await self._check_permissions()
                 fields: dict[Any, Any] = config_fields(self.spec)
                 await self._client.hset(self._keys[13], mapping=fields)
                 await self._resync()
+        except StoreMisconfigured:
+            await self._close_clients()
+            raise
         except STORE_ERRORS as exc:  # start anyway; the heartbeat keeps trying
             if classify(exc) in FATAL_AT_START:
-                await self._pipe.close()
-                for client in (self._client, self._reader):
-                    await client.aclose()
+                await self._close_clients()
                 raise StoreMisconfigured(
                     f"redis store {self._where()}: {_one_line(exc)}") from None
             self._enter_degraded(exc)
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._heartbeat_loop()),
                        loop.create_task(self._grants.run())]
+
+    async def _check_permissions(self) -> None:
+        """A missing ACL permission is a one-line error at start, not a fault found later."""
+        assert self._client is not None
+        missing = await load_script(self._client, "probe")(
+            keys=self._keys, args=[f"{{{self.config.key_prefix}}}:probe"])
+        try:
+            await self._client.xread({self._grants_key: "$"}, count=1)
+        except STORE_ERRORS as exc:
+            if classify(exc) is not StoreFault.NOPERM:
+                raise
+            missing = [*missing, "xread"]
+        if missing:
+            raise StoreMisconfigured(
+                f"redis store {self._where()}: the user lacks the ACL permission for "
+                f"{', '.join(missing)} (docs/redis.md lists the ACL the proxy needs)")
 
     async def close(self) -> None:
         if self._closed:
@@ -204,6 +222,9 @@ class RedisStore(LimitStore):
                 log.warning("could not release this host's leases on close: %s", exc)
         self._held.clear()
         self._shut = True
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
         if self._pipe is not None:
             await self._pipe.close()
         for client in (self._client, self._reader):

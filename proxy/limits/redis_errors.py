@@ -66,8 +66,12 @@ def classify(exc: BaseException) -> StoreFault:
     for kinds, fault in _ORDER:
         if isinstance(exc, kinds):
             return fault
-    if isinstance(exc, ResponseError) and str(exc).startswith("NOAUTH"):
-        return StoreFault.AUTH
+    if isinstance(exc, ResponseError):
+        text = str(exc)
+        if text.startswith("NOAUTH"):
+            return StoreFault.AUTH
+        if "can't run this command" in text:  # a script's command refused by the ACL (7.0)
+            return StoreFault.NOPERM
     return StoreFault.ERROR
 
 
