@@ -43,6 +43,8 @@ class RedisServer:
         #: the default user's password (``command()`` authenticates with it)
         self.password = password
         self.paused = False
+        #: the command line when run as a sentinel (``start_sentinel``)
+        self.binary_args: list[str] = []
 
     @property
     def url(self) -> str:
@@ -68,6 +70,17 @@ class RedisServer:
                 return
             time.sleep(0.01)
         raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    def start_sentinel(self, timeout: float = 10.0) -> None:
+        """Run as a sentinel: ``binary_args`` hold the config file and ``--sentinel``."""
+        self.process = subprocess.Popen(
+            [self.binary, *self.binary_args], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while not self.ping():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("redis sentinel did not start")
+            time.sleep(0.02)
 
     def ping(self) -> bool:
         try:
