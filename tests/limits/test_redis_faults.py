@@ -21,7 +21,7 @@ from tests.limits.faults import (
     status_of,
     until,
 )
-from tests.redis_relay import RedisRelay
+from loadtest.redis_relay import RedisRelay
 from tests.redis_server import RedisServer, free_port
 
 Action = Callable[[RedisServer, RedisRelay], None]

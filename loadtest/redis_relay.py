@@ -90,6 +90,8 @@ class RedisRelay:
                 self._links.discard(link)
                 for writer in link:
                     writer.transport.abort()
+        except asyncio.CancelledError:
+            pass  # close() ends the relay; asyncio would log a cancelled handler otherwise
         finally:
             self._tasks.discard(task)
 
