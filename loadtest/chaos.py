@@ -37,11 +37,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fault-every", type=float, default=30.0)
     parser.add_argument("--clients", type=int, default=24)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--policy", default="local_share", choices=("local_share", "closed"),
+                        help="redis.on_store_error_concurrency of the three hosts")
     parser.add_argument("--out", type=Path, default=Path("results/chaos"))
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    result = asyncio.run(run_chaos(args.minutes, args.fault_every, args.clients, args.seed))
+    result = asyncio.run(run_chaos(args.minutes, args.fault_every, args.clients, args.seed,
+                                   args.policy))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "chaos.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
@@ -90,8 +93,8 @@ class _Faults:
             r.latency_s = 0.0
 
 
-async def run_chaos(minutes: float, fault_every_s: float, clients: int, seed: int
-                    ) -> dict[str, Any]:
+async def run_chaos(minutes: float, fault_every_s: float, clients: int, seed: int,
+                    policy: str = "local_share") -> dict[str, Any]:
     from proxy.app import start_proxy
     from proxy.config import parse_config
     from proxy.limits.redis import mark_fresh
@@ -110,7 +113,8 @@ async def run_chaos(minutes: float, fault_every_s: float, clients: int, seed: in
         config = {"upstreams": {"up": {"url": mock.url}},
                   "models": {"m": {"upstreams": ["up"], "max_in_flight": CAP}},
                   "store": relay.url(), "queue": {"max_wait_s": 5.0},
-                  "redis": {"heartbeat_s": 0.5, "lease_ttl_s": 3.0, "command_timeout_s": 1.0}}
+                  "redis": {"heartbeat_s": 0.5, "lease_ttl_s": 3.0, "command_timeout_s": 1.0,
+                            "on_store_error_concurrency": policy}}
         proxies.append(await start_proxy(parse_config(config, environ={}), port=0))
     faults = _Faults(server, relays, rng)
     statuses: Counter[str] = Counter()
@@ -172,7 +176,7 @@ async def run_chaos(minutes: float, fault_every_s: float, clients: int, seed: in
                if k.startswith("no answer") or (k[:1] == "5" and "store_unavailable" not in k))
     result = {
         "minutes": round((time.monotonic() - t0) / 60, 2), "hosts": HOSTS, "cap": CAP,
-        "clients": clients, "fault_every_s": fault_every_s, "seed": seed,
+        "clients": clients, "fault_every_s": fault_every_s, "seed": seed, "policy": policy,
         "served": statuses.get("200", 0), "lost": lost, "statuses": dict(statuses),
         "upstream_peak": mock.state.peak, "peak_over_cap": max(0, mock.state.peak - CAP),
         "bound_local_share": CAP + (HOSTS - 1) * (CAP // HOSTS),
