@@ -439,8 +439,9 @@ class RedisStore(LimitStore):
     # -- waking waiters ------------------------------------------------------------------------
 
     def _reading(self) -> bool:
-        """The grants reader runs while this host has waiters in Redis."""
-        return bool(self._waiters) and not self._degraded
+        """The grants reader runs while this host has waiters queued in Redis (not merely
+        admitting: an admit granted at once needs no read)."""
+        return not self._degraded and any(w.score is not None for w in self._waiters.values())
 
     def _hand_over(self, rid: str, option: int, queued_ms: float) -> None:
         waiter = self._waiters.get(rid)
@@ -606,6 +607,12 @@ class RedisStore(LimitStore):
             return None
         self._held[demand.request_id] = (grant, demand.options.index(grant.option) + 1, True)
         self._local_grants += 1
+        # An admit of this request abandoned on the way down must not be undone at the heal:
+        # that release would tombstone the id and the registration would then skip this
+        # grant (Redis would not count it). Whatever that admit did in Redis is now this
+        # grant's one lease, registered once and released when it ends.
+        if self._orphans.get(demand.request_id) == ("", True):
+            del self._orphans[demand.request_id]
         return grant
 
     # -- observation and shutdown -------------------------------------------------------------
