@@ -210,7 +210,7 @@ class Proxy:
         return response
 
     def _answered(self, record: RequestRecord) -> None:
-        if not record.admin:  # scrapes and health checks are not proxied requests
+        if not record.admin:  # scrapes are not requests
             self.metrics.observe(record)
         if self.access_log is not None:
             self.access_log.write(record)
@@ -231,9 +231,9 @@ class Proxy:
         if self.config.admin_listen and self._arrived_on_admin_port(request):
             raise NotFound("the admin listener serves only /metrics, /throttle/status, /healthz, "
                            "/upstreams/<name>/metrics")
-        identity = self.auth.authenticate(request.headers, request.method, request.path)
+        path = target.partition("?")[0]  # normalized: what admission and the upstream see
+        identity = self.auth.authenticate(request.headers, request.method, path)
         record.client = self.attribution.label(identity)
-        path = target.partition("?")[0]
         if admits(request.method, path, request.body_exists, self.config.passthrough_paths):
             return self._admitted(request, identity, target, family_for(path), record)
         return self._passthrough(request, target, record)
