@@ -175,7 +175,10 @@ class Proxy:
         self.check_admin(request, probe=True)
         if self.draining:
             return Response.json_bytes(b'{"status": "draining"}', status=503)
-        return Response.json_bytes(json.dumps({"status": "ok", "store": self.store.name}).encode())
+        reason = self.store.degraded_reason  # still serving, under the degraded policy
+        body = {"status": "degraded", "store": self.store.name, "reason": reason} if reason \
+            else {"status": "ok", "store": self.store.name}
+        return Response.json_bytes(json.dumps(body).encode())
 
     # -- the request path ------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import serve_forever
     from .config import parse_listen
+    from .limits.redis_errors import StoreMisconfigured
 
     try:
         config = _config_from_args(args)
@@ -68,6 +69,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    except StoreMisconfigured as exc:  # wrong credentials, a missing ACL permission
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
     finally:
         loop.close()
     return 0

@@ -122,6 +122,8 @@ class AccessLogConfig:
 class RedisConfig:
     heartbeat_s: float = 1.0
     lease_ttl_s: float = 5.0
+    #: deadline of every Redis call, hot path included (a silent Redis degrades the store)
+    command_timeout_s: float = 1.0
     on_store_error_concurrency: str = "local_share"
     on_store_error_rates: str = "open"
     key_prefix: str = "llmthrottle"
@@ -504,8 +506,11 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
             problems.append(f"admin_listen: {exc}")
 
     store = top.str("store", cd["store"])
-    if store != "memory" and not store.startswith(("redis://", "rediss://", "unix://")):
-        problems.append(f"store: expected 'memory' or a redis:// URL, got {store!r}")
+    if store != "memory":
+        from .limits.redis_connect import check_store_url  # imports redis-py only when used
+
+        if (problem := check_store_url(store)) is not None:
+            problems.append(f"store: {problem}")
 
     gpus = _named(top, "gpus", _gpu)
     upstreams = _named(top, "upstreams", _upstream)
@@ -545,6 +550,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
     redis_config = RedisConfig(
         heartbeat_s=r.number("heartbeat_s", rd["heartbeat_s"]),
         lease_ttl_s=r.number("lease_ttl_s", rd["lease_ttl_s"]),
+        command_timeout_s=r.number("command_timeout_s", rd["command_timeout_s"]),
         on_store_error_concurrency=r.str(
             "on_store_error_concurrency", rd["on_store_error_concurrency"],
             choices=STORE_ERROR_POLICIES

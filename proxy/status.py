@@ -87,6 +87,7 @@ def status_document(
     doc: dict[str, Any] = {
         "store": snapshot.store,
         "degraded": snapshot.degraded,
+        "degraded_reason": snapshot.degraded_reason,
         "hosts": snapshot.hosts,
         "queue": {
             "depth": snapshot.queue_depth,

@@ -179,6 +179,8 @@ class Snapshot:
     hosts: int = 1
     #: "<class>:<flow>" -> state; the busiest MAX_REPORTED_FLOWS only (bounded)
     flows: Mapping[str, FlowState] = field(default_factory=dict)
+    #: why the store is degraded (``unreachable``, ``auth``, ``oom``, ...); None when it is not
+    degraded_reason: str | None = None
 
 
 class LimitStore(abc.ABC):
@@ -232,3 +234,8 @@ class LimitStore(abc.ABC):
     async def cancel_waiters(self, reason: Exception) -> int:
         """Fail every request of this host still queued (shutdown); returns how many."""
         return 0
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """Why this store runs degraded now (None: it does not)."""
+        return None

@@ -48,17 +48,18 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from ..config import RedisConfig
 from ..errors import QueueFull, QueueTimeout, RateLimited, ShuttingDown, StoreUnavailable
 from .base import Charge, Demand, Grant, LimitSpec, LimitStore, Snapshot
+from .redis_connect import client_for, endpoint_of
+from .redis_errors import STORE_ERRORS, CallAbandoned, StoreFault, StoreMisconfigured, classify
 from .redis_grants import READ_BLOCK_MS, GrantsReader
+from .redis_health import StoreHealth
 from .redis_local import LocalShare, acquire_until, local_store, refusal
 from .redis_pipeline import ScriptPipeline
-from .redis_scripts import DemandEncoder, Scripts, config_fields, pool_keys
+from .redis_scripts import DemandEncoder, Scripts, config_fields, load_script, pool_keys
 from .redis_status import read_status_document, snapshot_from_reply
 from .wakeup import EarliestWakeup
 
@@ -66,10 +67,14 @@ __all__ = ["RedisStore", "StoreUnavailable", "mark_fresh", "read_status_document
 
 log = logging.getLogger("llm_throttle.redis")
 
-#: failures that mean "Redis cannot be reached now" (anything else is a bug and propagates)
-STORE_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 #: retries of one command after a dropped connection (scripts are idempotent)
-COMMAND_RETRIES = 3
+COMMAND_RETRIES = 1
+#: an admit told "the epoch changed" re-registers and retries at most this many times
+EPOCH_RETRIES = 3
+#: a healing host registers its local grants at most this many times in one heartbeat
+HEAL_ROUNDS = 3
+#: faults at start-up that no waiting fixes: the proxy refuses to start (exit code 2)
+FATAL_AT_START = (StoreFault.AUTH, StoreFault.NOPERM)
 
 
 class _StoreDown(Exception):
@@ -127,6 +132,11 @@ class RedisStore(LimitStore):
         #: Redis answers. refund: the host never used the grant, so its charges go back too.
         self._orphans: dict[str, tuple[str, bool]] = {}
         self._degraded = False
+        self._health = StoreHealth(clock)
+        #: deadline of every Redis call (``redis.command_timeout_s``)
+        self._deadline_s = self.config.command_timeout_s
+        #: grants made from the local share so far: healing registers until none is missed
+        self._local_grants = 0
         self._local: LocalShare | None = None
         self._recovered = asyncio.Event()
         self._live_hosts = 1
@@ -141,29 +151,54 @@ class RedisStore(LimitStore):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _connect(self, socket_timeout: float) -> Redis:
-        return Redis.from_url(
+        return client_for(
             self.url, decode_responses=True, socket_timeout=socket_timeout,
-            socket_connect_timeout=1.0, health_check_interval=0,
+            socket_connect_timeout=min(1.0, self._deadline_s), health_check_interval=0,
             retry=Retry(ExponentialBackoff(cap=0.25, base=0.05), COMMAND_RETRIES),
         )
 
     async def start(self) -> None:
-        self._client = self._connect(socket_timeout=max(1.0, self.config.heartbeat_s))
-        self._reader = self._connect(socket_timeout=READ_BLOCK_MS / 1000 + 2.0)
+        self._client = self._connect(socket_timeout=self._deadline_s)
+        self._reader = self._connect(socket_timeout=READ_BLOCK_MS / 1000 + self._deadline_s)
         self._grants = GrantsReader(self._reader, self._grants_key, self.host_id,
                                     self._hand_over, self._reading, STORE_ERRORS)
         self._scripts = Scripts.load(self._client)
-        self._pipe = ScriptPipeline(self.url, timeout_s=max(2.0, self.config.heartbeat_s))
+        self._pipe = ScriptPipeline(endpoint_of(self._client), timeout_s=self._deadline_s)
         try:
-            fields: dict[Any, Any] = config_fields(self.spec)
-            await self._client.hset(self._keys[13], mapping=fields)
-            await self._reader.ping()  # connected now, not when the first waiter queues
-            await self._resync()
+            async with asyncio.timeout(4 * self._deadline_s):
+                await self._check_permissions()
+                fields: dict[Any, Any] = config_fields(self.spec)
+                await self._client.hset(self._keys[13], mapping=fields)
+                await self._reader.ping()  # connected now, not when the first waiter queues
+                await self._resync()
+        except StoreMisconfigured:
+            await self._close_clients()
+            raise
         except STORE_ERRORS as exc:  # start anyway; the heartbeat keeps trying
+            if classify(exc) in FATAL_AT_START:
+                await self._close_clients()
+                raise StoreMisconfigured(
+                    f"redis store {self._where()}: {_one_line(exc)}") from None
             self._enter_degraded(exc)
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._heartbeat_loop()),
                        loop.create_task(self._grants.run())]
+
+    async def _check_permissions(self) -> None:
+        """A missing ACL permission is a one-line error at start, not a fault found later."""
+        assert self._client is not None
+        missing = await load_script(self._client, "probe")(
+            keys=self._keys, args=[f"{{{self.config.key_prefix}}}:probe"])
+        try:
+            await self._client.xread({self._grants_key: "$"}, count=1)
+        except STORE_ERRORS as exc:
+            if classify(exc) is not StoreFault.NOPERM:
+                raise
+            missing = [*missing, "xread"]
+        if missing:
+            raise StoreMisconfigured(
+                f"redis store {self._where()}: the user lacks the ACL permission for "
+                f"{', '.join(missing)} (docs/redis.md lists the ACL the proxy needs)")
 
     async def close(self) -> None:
         if self._closed:
@@ -182,11 +217,16 @@ class RedisStore(LimitStore):
         await self.drain()
         if self._scripts is not None and not self._degraded:
             try:  # one call gives back every lease and waiter this host still has
-                await self._scripts.leave(keys=self._keys, args=[self.host_id, self._tomb_ms])
+                async with asyncio.timeout(2 * self._deadline_s):
+                    await self._scripts.leave(keys=self._keys,
+                                              args=[self.host_id, self._tomb_ms])
             except STORE_ERRORS as exc:
                 log.warning("could not release this host's leases on close: %s", exc)
         self._held.clear()
         self._shut = True
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
         if self._pipe is not None:
             await self._pipe.close()
         for client in (self._client, self._reader):
@@ -209,6 +249,9 @@ class RedisStore(LimitStore):
                 if grant is not None:
                     return grant
                 continue  # Redis is back: go through the shared limits
+            if self._clock() >= deadline:  # Redis came and went meanwhile: the bound holds
+                raise QueueTimeout(f"waited {max_wait:g}s for the limit store",
+                                   retry_after_s=self.config.heartbeat_s)
             try:
                 return await self._acquire_shared(demand, deadline, max_wait)
             except _StoreDown:
@@ -225,6 +268,7 @@ class RedisStore(LimitStore):
         encoded = self._encoder.demand(demand)
         max_wait_ms = str(int(max_wait * 1000))
         own_wait = "" if demand.max_wait_s is None else "1"
+        epoch_changes = 0
         try:
             while True:
                 try:
@@ -262,7 +306,18 @@ class RedisStore(LimitStore):
                         f"needs about {wait_s:.1f}s", retry_after_s=wait_s)
                 if kind == "X":
                     raise QueueTimeout("this request was withdrawn", retry_after_s=1.0)
+                if kind == "E":
+                    epoch_changes += 1
+                    if epoch_changes > EPOCH_RETRIES:  # never spin on Redis: degrade
+                        self._orphans[rid] = ("", True)
+                        self._enter_degraded(RedisError(
+                            f"the store's epoch changed {epoch_changes} times in one admit"))
+                        raise _StoreDown()
+                    await asyncio.sleep(0.01 * 2 ** epoch_changes)
                 await self._paused(kind, reply, deadline, max_wait)
+                if self._clock() >= deadline:
+                    raise QueueTimeout(f"waited {max_wait:g}s for the limit store to recover",
+                                       retry_after_s=self.config.heartbeat_s)
             return await self._wait(waiter, max_wait)
         finally:
             self._waiters.pop(rid, None)
@@ -273,8 +328,10 @@ class RedisStore(LimitStore):
                       max_wait: float) -> None:
         """The store lost its data ('E') or pauses admissions ('P'): re-register, then wait."""
         if kind == "E":
-            try:
-                await self._resync()
+            try:  # within the request's bound: its max wait plus one call's deadline
+                async with asyncio.timeout(max(0.0, min(
+                        self._deadline_s, deadline + self._deadline_s - self._clock()))):
+                    await self._resync()
             except STORE_ERRORS as exc:
                 self._enter_degraded(exc)
                 raise _StoreDown() from exc
@@ -301,15 +358,25 @@ class RedisStore(LimitStore):
             if _granted_result(waiter.future) is not None:
                 return waiter.future.result()
             self._waiters.pop(rid, None)
+            call = asyncio.ensure_future(self._pipe.call(self._scripts.cancel, self._keys, [
+                self.host_id, rid, str(int(max_wait * 1000)), self._tomb_ms]))
+            budget = waiter.deadline + self._deadline_s - self._clock()
             try:
-                reply = await self._pipe.call(self._scripts.cancel, self._keys, [
-                    self.host_id, rid, str(int(max_wait * 1000)), self._tomb_ms])
+                await asyncio.wait((call,), timeout=max(0.0, budget))
+                if not call.done():  # past the request's bound: clean up behind its back
+                    call.add_done_callback(_retrieved)
+                    self._forget_later(rid)  # runs after the cancel (same connection)
+                    raise QueueTimeout(
+                        f"waited {max_wait:g}s in the queue without a free slot",
+                        retry_after_s=max_wait)
+                reply = call.result()
             except STORE_ERRORS as exc:
                 self._orphans[rid] = ("", True)
                 self._enter_degraded(exc)
                 raise QueueTimeout(f"waited {max_wait:g}s in the queue without a free slot",
                                    retry_after_s=max_wait) from None
             except asyncio.CancelledError:
+                call.add_done_callback(_retrieved)
                 self._forget_later(rid)
                 raise
             if reply[0] == "G":  # granted at the very instant the wait ran out
@@ -383,11 +450,9 @@ class RedisStore(LimitStore):
     # -- waking waiters ------------------------------------------------------------------------
 
     def _reading(self) -> bool:
-        """The grants reader runs while this host has waiters queued in Redis (an admit still
-        on the wire is not one: a blocking read started for it would outlive it by seconds)."""
-        if self._degraded:
-            return False
-        return any(w.score is not None for w in self._waiters.values())
+        """The grants reader runs while this host has waiters queued in Redis (not merely
+        admitting: an admit granted at once needs no read)."""
+        return not self._degraded and any(w.score is not None for w in self._waiters.values())
 
     def _hand_over(self, rid: str, option: int, queued_ms: float) -> None:
         waiter = self._waiters.get(rid)
@@ -417,7 +482,8 @@ class RedisStore(LimitStore):
         while not self._closed:
             await asyncio.sleep(self.config.heartbeat_s)
             try:
-                await self._beat()
+                async with asyncio.timeout(2 * self._deadline_s):
+                    await self._beat()
             except STORE_ERRORS as exc:
                 self._enter_degraded(exc)
             except Exception:  # never let the heartbeat die: leases would expire
@@ -430,7 +496,13 @@ class RedisStore(LimitStore):
                                    len(self._held), self._pause_ms])
         self._live_hosts = max(1, int(live))
         if self._degraded or status != "OK" or epoch != self._epoch or self._orphans:
-            await self._resync()
+            for _ in range(HEAL_ROUNDS):
+                granted = self._local_grants
+                await self._resync()
+                if self._local_grants == granted:
+                    break  # Redis counts every permit this host holds
+            else:
+                return  # still granting locally faster than it registers: next beat
         if self._degraded:
             self._leave_degraded()
         if float(pause_ms) > 0:
@@ -442,10 +514,7 @@ class RedisStore(LimitStore):
         """Send what failed to reach Redis, then register every lease and waiter of this host."""
         assert self._scripts is not None and self._grants is not None
         async with self._resync_lock:
-            for rid, (settle, refund) in list(self._orphans.items()):
-                await self._scripts.release(keys=self._keys, args=[
-                    self.host_id, rid, settle, self._tomb_ms, "1" if refund else ""])
-                self._orphans.pop(rid, None)
+            await self._send_orphans()
             now = self._clock()
             leases = [[rid, option, list(grant.resources), grant.queued_s * 1000]
                       for rid, (grant, option, _) in self._held.items()]
@@ -481,14 +550,42 @@ class RedisStore(LimitStore):
             elif float(wake_ms) >= 0:
                 self._arm_scan(float(wake_ms) / 1000)
 
-    def _enter_degraded(self, exc: BaseException) -> None:
-        if self._degraded or self._closed:
+    async def _send_orphans(self) -> None:
+        """Releases Redis has not acknowledged yet, in one round trip; each stays owed until
+        Redis answers it (an error reply too leaves it owed)."""
+        assert self._client is not None and self._scripts is not None
+        owed = list(self._orphans.items())
+        if not owed:
             return
-        log.warning("redis store unreachable (%s: %s): enforcing local limits "
-                    "(concurrency %s, rates %s) across %d hosts", type(exc).__name__, exc,
-                    self.config.on_store_error_concurrency, self.config.on_store_error_rates,
-                    self._live_hosts)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for rid, (settle, refund) in owed:
+                await self._scripts.release(keys=self._keys, args=[
+                    self.host_id, rid, settle, self._tomb_ms, "1" if refund else ""],
+                    client=pipe)
+            results = await pipe.execute(raise_on_error=False)
+        failed: BaseException | None = None
+        for (rid, entry), result in zip(owed, results, strict=True):
+            if isinstance(result, BaseException):
+                failed = failed or result
+            elif self._orphans.get(rid) == entry:
+                del self._orphans[rid]
+        if failed is not None:
+            raise failed
+
+    def _where(self) -> str:
+        return self.url.rpartition("@")[2]  # no credentials in a message
+
+    def _enter_degraded(self, exc: BaseException) -> None:
+        if self._closed:
+            return
+        self._health.failed(exc, (
+            f"enforcing local limits (concurrency {self.config.on_store_error_concurrency}, "
+            f"rates {self.config.on_store_error_rates}) across {self._live_hosts} hosts"))
+        if self._degraded:
+            return
         self._degraded = True
+        if self._pipe is not None:  # calls on the wire now cannot count: drop them all
+            self._pipe.reset(CallAbandoned("the store degraded"))
         self._recovered = asyncio.Event()
         self._local = local_store(
             self.spec, self._live_hosts, self.config.on_store_error_concurrency,
@@ -498,7 +595,7 @@ class RedisStore(LimitStore):
                 waiter.future.set_exception(_StoreDown())
 
     def _leave_degraded(self) -> None:
-        log.warning("redis store reachable again: shared limits resume")
+        self._health.recovered()
         self._degraded = False
         self._local = None
         self._recovered.set()
@@ -520,6 +617,13 @@ class RedisStore(LimitStore):
             local.release_nowait(grant)
             return None
         self._held[demand.request_id] = (grant, demand.options.index(grant.option) + 1, True)
+        self._local_grants += 1
+        # An admit of this request abandoned on the way down must not be undone at the heal:
+        # that release would tombstone the id and the registration would then skip this
+        # grant (Redis would not count it). Whatever that admit did in Redis is now this
+        # grant's one lease, registered once and released when it ends.
+        if self._orphans.get(demand.request_id) == ("", True):
+            del self._orphans[demand.request_id]
         return grant
 
     # -- observation and shutdown -------------------------------------------------------------
@@ -527,7 +631,8 @@ class RedisStore(LimitStore):
     async def snapshot(self) -> Snapshot:
         if not self._degraded and self._scripts is not None:
             try:
-                reply = await self._scripts.snapshot(keys=self._keys)
+                async with asyncio.timeout(self._deadline_s):
+                    reply = await self._scripts.snapshot(keys=self._keys)
             except STORE_ERRORS as exc:
                 self._enter_degraded(exc)
             else:
@@ -537,11 +642,22 @@ class RedisStore(LimitStore):
         if self._local is None:
             self._local = local_store(self.spec, self._live_hosts, "open", "open", [])
         local = await self._local.snapshot()
-        return replace(local, store=self.name, degraded=True, hosts=self._live_hosts)
+        return replace(local, store=self.name, degraded=True, hosts=self._live_hosts,
+                       degraded_reason=self._health.reason or StoreFault.UNREACHABLE.value)
 
     @property
     def degraded(self) -> bool:
         return self._degraded
+
+    @property
+    def degraded_reason(self) -> str | None:
+        if not self._degraded:
+            return None
+        return self._health.reason or StoreFault.UNREACHABLE.value
+
+    def degraded_seconds(self) -> dict[str, float]:
+        """Seconds this host ran degraded, per reason (for soak reports)."""
+        return self._health.seconds()
 
     async def cancel_waiters(self, reason: Exception) -> int:
         count = 0
@@ -552,6 +668,15 @@ class RedisStore(LimitStore):
         if self._local is not None:
             count += await self._local.cancel_waiters(reason)
         return count
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # nobody awaits it any more: no "never retrieved" warning
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
 def _granted_result(future: asyncio.Future[Grant]) -> Grant | None:

@@ -10,6 +10,15 @@ A connection that drops (or stays silent past the timeout) is reopened and every
 waiting is sent again, in order: every script is idempotent per request id, so a call that
 had run before the drop changes nothing the second time. After ``RETRIES`` failed reopenings
 the waiting calls fail with ``redis.exceptions.ConnectionError`` (the store then degrades).
+
+Every call has a deadline (``timeout_s``, the store's ``command_timeout_s``): past it the
+caller gets ``redis.exceptions.TimeoutError`` whatever the socket does (a black hole answers
+nothing, a reopened connection may hang in its handshake). A call that timed out is not sent
+again on a new connection. Error replies become redis-py's own exception classes
+(``redis_errors.error_reply``), so ``-OOM`` or ``-READONLY`` mean the same on both stacks.
+
+Where to connect and how (TLS, socket path, AUTH, SELECT, client name, a Sentinel's current
+master) comes from redis-py's parsing of the URL (``redis_connect.Endpoint``).
 """
 
 from __future__ import annotations
@@ -17,20 +26,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import ssl
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .redis_connect import Endpoint
+from .redis_errors import error_reply
 
 #: a dropped connection is reopened this many times, after a growing pause, before failing
 RETRIES = 3
 RETRY_BASE_S = 0.05
 RETRY_CAP_S = 0.25
+#: a script Redis forgot (restart, SCRIPT FLUSH) is loaded again at most this many times a call
+SCRIPT_LOADS = 3
 
 
 class RespParser:
@@ -87,10 +100,7 @@ class RespParser:
         if kind == b"+":
             return rest.decode()
         if kind == b"-":
-            message = rest.decode()
-            if message.startswith("NOSCRIPT"):
-                return NoScriptError(message)
-            return ResponseError(message)
+            return error_reply(rest.decode(errors="replace"))
         raise RedisConnectionError(f"unexpected reply from Redis: {line[:80]!r}")
 
 
@@ -154,13 +164,14 @@ class _Connection(asyncio.Protocol):
 class ScriptPipeline:
     """Runs script calls on one multiplexed connection, in the order they are made."""
 
-    def __init__(self, url: str, timeout_s: float = 2.0, connect_timeout_s: float = 1.0):
-        self.url = url
+    def __init__(self, endpoint: Endpoint, timeout_s: float = 1.0,
+                 connect_timeout_s: float = 1.0):
+        self.endpoint = endpoint
         self.timeout_s = timeout_s
-        self.connect_timeout_s = connect_timeout_s
+        self.connect_timeout_s = min(connect_timeout_s, timeout_s)
         self.loop = asyncio.get_running_loop()
-        #: calls written and not yet answered: (payload, future), oldest first
-        self._waiting: deque[tuple[bytes, asyncio.Future[Any]]] = deque()
+        #: calls written and not yet answered: (payload, future, deadline), oldest first
+        self._waiting: deque[tuple[bytes, asyncio.Future[Any], float]] = deque()
         self._conn: _Connection | None = None
         self._opening: asyncio.Task[None] | None = None
         self._prefixes: dict[tuple[str, int], bytes] = {}
@@ -176,7 +187,7 @@ class ScriptPipeline:
         sent on reconnection) and still runs; its reply is read and dropped in order, and the
         caller's cleanup, made later, runs after it.
         """
-        while True:
+        for _ in range(SCRIPT_LOADS):
             result = await self._send(self._pack(script, keys, args))
             if not isinstance(result, Exception):
                 return result
@@ -186,6 +197,7 @@ class ScriptPipeline:
             script.sha = await self.execute(b"SCRIPT", b"LOAD", bytes(source) if isinstance(
                 source, memoryview) else source)
             self._prefixes.clear()
+        raise RedisConnectionError("Redis keeps forgetting the scripts (NOSCRIPT)")
 
     async def execute(self, *parts: str | bytes) -> Any:
         """Any other command, in order with the script calls."""
@@ -193,6 +205,14 @@ class ScriptPipeline:
         if isinstance(result, Exception):
             raise result
         return result
+
+    def reset(self, exc: RedisError) -> None:
+        """Give up on the connection and every call waiting on it (the store degraded): what
+        Redis answers for them later must not count, and nothing is sent again."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.abort()
+        self._fail(exc)
 
     async def close(self) -> None:
         self._closed = True
@@ -225,9 +245,12 @@ class ScriptPipeline:
         if self._closed:
             future.set_exception(RedisConnectionError("connection closed"))
             return future
+        now = self.loop.time()
         if not self._waiting:
-            self.last_activity = self.loop.time()  # silence counts from the first call out
-        self._waiting.append((payload, future))
+            self.last_activity = now  # silence counts from the first call out
+        self._waiting.append((payload, future, now + self.timeout_s))
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
         conn = self._conn
         if conn is not None and self._opening is None:
             assert conn.transport is not None
@@ -246,8 +269,8 @@ class ScriptPipeline:
             if not waiting:
                 conn.abort()  # a reply nobody asked for: the stream is out of step
                 return
-            _, future = waiting.popleft()
-            if not future.done():  # a cancelled caller's reply is dropped, in order
+            _, future, _ = waiting.popleft()
+            if not future.done():  # a cancelled or timed-out caller's reply is dropped
                 future.set_result(reply)
 
     def dropped(self, conn: _Connection) -> None:
@@ -260,14 +283,24 @@ class ScriptPipeline:
             self._opening = self.loop.create_task(self._open())
 
     def _sweep(self) -> None:
-        """Redis silent past the timeout with calls waiting: drop the connection (resend)."""
+        """Calls past their deadline fail; Redis silent past the timeout: drop the connection
+        (what is still waiting is sent again on a new one)."""
         self._sweeper = None
-        conn = self._conn
-        if conn is None or self._closed:
+        if self._closed:
             return
-        if self._waiting and self.loop.time() - self.last_activity > self.timeout_s:
+        now = self.loop.time()
+        for _, future, deadline in self._waiting:
+            if deadline > now:
+                break  # deadlines grow along the queue
+            if not future.done():
+                future.set_exception(RedisTimeoutError(
+                    f"Redis did not answer within {self.timeout_s:g}s"))
+        conn = self._conn
+        if (conn is not None and self._waiting
+                and now - self.last_activity > self.timeout_s):
             self.dropped(conn)
-        self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
+        if self._waiting:
+            self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
 
     @property
     def _sweep_every(self) -> float:
@@ -275,56 +308,58 @@ class ScriptPipeline:
 
     def _fail(self, exc: Exception) -> None:
         while self._waiting:
-            _, future = self._waiting.popleft()
+            _, future, _ = self._waiting.popleft()
             if not future.done():
                 future.set_exception(exc)
 
     # -- connecting ---------------------------------------------------------------------------
 
     async def _open(self) -> None:
-        """Connect (retrying), then send every waiting call again, in order."""
+        """Connect (retrying), then send every call still waiting again, in order."""
         try:
             for attempt in range(RETRIES + 1):
+                self._drop_answered()
+                if not self._waiting:
+                    return  # every caller gave up: connect when the next call comes
                 try:
                     conn = await asyncio.wait_for(self._connect(), self.connect_timeout_s)
                     if conn.lost.done():  # killed as it opened
                         raise RedisConnectionError("connection lost as it opened")
                     break
-                except (OSError, TimeoutError, RedisConnectionError, ResponseError) as exc:
+                except (OSError, TimeoutError, RedisError) as exc:
                     if attempt == RETRIES or self._closed:
-                        self._fail(RedisConnectionError(f"cannot reach Redis: {exc}"))
+                        self._fail(exc if isinstance(exc, RedisError) else
+                                   RedisConnectionError(f"cannot reach Redis: {exc!r}"))
                         return
                     await asyncio.sleep(min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (attempt + 1)))
             if self._closed:
                 conn.abort()
                 return
+            self._drop_answered()
             self._conn = conn
             self.last_activity = self.loop.time()
             assert conn.transport is not None
-            conn.transport.write(b"".join(payload for payload, _ in self._waiting))
-            if self._sweeper is None:
-                self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
+            conn.transport.write(b"".join(payload for payload, _, _ in self._waiting))
         finally:
             self._opening = None
 
+    def _drop_answered(self) -> None:
+        """Calls whose callers gave up (timed out, failed) are not sent on a new connection."""
+        if any(future.done() for _, future, _ in self._waiting):
+            self._waiting = deque(item for item in self._waiting if not item[1].done())
+
     async def _connect(self) -> _Connection:
-        parts = urlsplit(self.url)
-        if parts.scheme == "unix":
+        endpoint = self.endpoint
+        if endpoint.path is not None:
             _, conn = await self.loop.create_unix_connection(
-                lambda: _Connection(self), parts.path)
+                lambda: _Connection(self), endpoint.path)
         else:
-            context = ssl.create_default_context() if parts.scheme == "rediss" else None
-            host = parts.hostname or "localhost"
+            host, port = await endpoint.address()
+            tls = endpoint.tls
             _, conn = await self.loop.create_connection(
-                lambda: _Connection(self), host, parts.port or 6379, ssl=context,
-                server_hostname=host if context else None)
-        setup = []
-        if parts.password is not None:
-            user = unquote(parts.username) if parts.username else None
-            setup.append(_command("AUTH", *([user] if user else []), unquote(parts.password)))
-        db = parts.path.strip("/") if parts.scheme != "unix" else ""
-        if db and db != "0":
-            setup.append(_command("SELECT", db))
+                lambda: _Connection(self), host, port, ssl=tls,
+                server_hostname=host if tls is not None else None)
+        setup = [_command(*parts) for parts in endpoint.setup()]
         if setup:
             await self._handshake(conn, setup)
         return conn
