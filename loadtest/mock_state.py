@@ -41,6 +41,8 @@ class MockLLMConfig:
     models: list[str] = field(default_factory=lambda: ["mock-model"])
     #: how many recent requests (method, path, headers) are kept for assertions
     recent_requests: int = 64
+    #: introspection format: vllm, llamacpp or ollama (loadtest/mock_engines.py)
+    engine: str = "vllm"
 
     def update(self, values: dict[str, Any]) -> None:
         """Set known fields from a JSON object (POST /mock/config); unknown keys are errors."""

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 
 from .admission import AdmissionPolicy, settlement
 from .auth import Authenticator, Identity, bearer_token
+from .capacity.manager import CapacityManager
+from .capacity.metrics import CapacityGauges, annotate
+from .capacity.signals import Outcome, make_sample
 from .config import Config
 from .errors import (
     AuthenticationFailed,
@@ -31,6 +34,7 @@ from .errors import (
     ProxyError,
     ShuttingDown,
     Throttled,
+    UpstreamTimeout,
 )
 from .forward import (
     QUEUE_MS_HEADER,
@@ -70,10 +74,13 @@ class Proxy:
     def __init__(self, config: Config, store: LimitStore | None = None):
         self.config = config
         self.policy = AdmissionPolicy(config)
+        self.capacity = CapacityManager(config)
+        self.policy.spec = self.capacity.apply(self.policy.spec)
         self.store = store if store is not None else make_store(config, self.policy)
         self.auth = Authenticator(config)
         self.forwarder = Forwarder(config.upstreams)
         self.metrics = ProxyMetrics()
+        self.capacity_gauges = CapacityGauges(self.metrics.registry)
         self.rates = RequestRates()
         self.saturation = SaturationTracker()
         self.clock: Callable[[], float] = time.monotonic
@@ -95,6 +102,7 @@ class Proxy:
     async def start(self) -> None:
         await self.store.start()
         await self.forwarder.start()
+        self.capacity.start(self.store)
 
     async def stop(self) -> None:
         """Graceful: refuse new work, answer the queued 503, let streams finish, release all."""
@@ -105,6 +113,7 @@ class Proxy:
                 await asyncio.wait_for(self._idle.wait(), self.config.shutdown_grace_s)
             except TimeoutError:
                 log.warning("shutdown grace period over with %d requests active", self.active)
+        await self.capacity.stop()
         await self.store.close()
         await self.forwarder.close()
 
@@ -112,8 +121,10 @@ class Proxy:
 
     async def status_json(self) -> dict:
         snapshot = await self.store.snapshot()
-        return status_document(snapshot, self.saturation, self.rates,
-                               self.config.queue.max_depth, self.config.queue.max_wait_s)
+        doc = status_document(snapshot, self.saturation, self.rates,
+                              self.config.queue.max_depth, self.config.queue.max_wait_s)
+        annotate(doc, self.capacity.status())
+        return doc
 
     def _arrived_on_admin_port(self, request: Request) -> bool:
         admin = self.config.admin_listen
@@ -140,6 +151,7 @@ class Proxy:
         if request is not None:
             self.check_admin(request)
         self.metrics.refresh(await self.store.snapshot())
+        self.capacity_gauges.refresh(self.capacity.status())
         return Response(200, self.metrics.render(),
                         [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
 
@@ -206,8 +218,10 @@ class Proxy:
         seen.queue_wait.observe(grant.queued_s)
         upstream = self.config.upstreams[grant.option.name]
         outcome = RelayOutcome()
+        failed: Outcome | None = None
+        started = self.clock()
+        self.capacity.started(upstream.name)
         try:
-            started = self.clock()
             try:
                 upstream_response = await self.forwarder.open(
                     upstream, request.method, target,
@@ -216,6 +230,8 @@ class Proxy:
                     parsed.body)
             except ProxyError as exc:
                 self.metrics.upstream_error(upstream.name, exc.code or "error")
+                failed = (Outcome.TIMEOUT if isinstance(exc, UpstreamTimeout)
+                          else Outcome.CONNECTION_ERROR)
                 raise
             try:
                 self.metrics.child(self.metrics.upstream_latency, upstream.name).observe(
@@ -248,6 +264,28 @@ class Proxy:
             if outcome.usage is not None:
                 seen.prompt_tokens.inc(outcome.usage[0])
                 seen.completion_tokens.inc(outcome.usage[1])
+            self._sample(upstream.name, outcome, failed, started, len(parsed.body))
+
+    def _sample(self, upstream: str, outcome: RelayOutcome, failed: Outcome | None,
+                started: float, body_bytes: int) -> None:
+        """What this request says about the upstream's capacity (adaptive caps)."""
+        if failed is None:
+            if outcome.client_gone:
+                failed = Outcome.IGNORED
+            elif outcome.status in (429, 503):
+                failed = Outcome.OVERLOADED
+            elif outcome.status >= 400 or outcome.status == 0:
+                failed = Outcome.IGNORED
+            elif not outcome.complete:
+                failed = Outcome.CONNECTION_ERROR  # the upstream broke off mid-stream
+            else:
+                failed = Outcome.OK
+        if outcome.usage is not None:
+            prompt, completion = outcome.usage
+        else:
+            prompt, completion = body_bytes // 4, outcome.chunks
+        self.capacity.finished(upstream, make_sample(
+            failed, started, self.clock(), outcome.first_byte_at, prompt, completion))
 
     @staticmethod
     def _tokens_used(outcome: RelayOutcome, reserved: int) -> int:

@@ -82,7 +82,10 @@ def prometheus_sums(text: str, names: tuple[str, ...]) -> dict[str, float]:
         name = line[:name_end]
         if name not in wanted:
             continue
-        value_text = line.rsplit("}", 1)[-1].split()
+        rest = line[name_end:]
+        if rest.startswith("{"):
+            rest = rest.rsplit("}", 1)[-1]
+        value_text = rest.split()
         if not value_text:
             continue
         try:
