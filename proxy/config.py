@@ -98,7 +98,7 @@ class AttributionConfig:
 class AdaptiveConfig:
     """Tuning shared by every adaptive cap (docs/capacity.md)."""
 
-    tolerance: float = 0.1  # latency within baseline * (1 + tolerance) counts as no load
+    tolerance: float = 0.15  # latency within baseline * (1 + tolerance) counts as no load
     window_s: float = 1.0  # shortest decision window
     window_samples: int = 8  # fewest finished requests per decision (at least the cap)
     probe_interval_s: float = 60.0  # how often the no-load baseline is measured again
@@ -434,7 +434,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
 
     ad = top.section("adaptive")
     adaptive = AdaptiveConfig(
-        tolerance=ad.number("tolerance", 0.1),
+        tolerance=ad.number("tolerance", 0.15),
         window_s=ad.number("window_s", 1.0),
         window_samples=ad.number("window_samples", 8, integer=True),
         probe_interval_s=ad.number("probe_interval_s", 60.0),

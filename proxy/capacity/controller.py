@@ -11,8 +11,9 @@ load. Each closed window compares its median TPOT and normalised TTFT with their
 
 - errors (upstream 429/503, timeouts, connection errors): multiplicative decrease
   (``cap * ERROR_DECREASE``), at most once per window;
-- ratio (the worse of TPOT / baseline and TTFT / baseline) above ``1 + tolerance``: shrink
-  along the gradient, ``cap * (1 + tolerance) / ratio``, never by more than half;
+- ratio (the worse of TPOT / baseline and TTFT / baseline) above ``1 + tolerance`` in two
+  windows running (one may be noise), or above ``1 + 2 * tolerance`` once: shrink along the
+  gradient, ``cap * (1 + tolerance) / ratio``, never by more than half;
 - ratio within tolerance, the cap was actually reached in the window (growth is meaningless
   while the load does not fill the cap), and the engine does not report a waiting queue or a
   nearly full KV cache: grow by one;
@@ -23,7 +24,9 @@ Stability at the knee: a shrink right after a growth marks the cap that failed a
 (up to ``MAX_BACKOFF_WINDOWS``), reset by a try that holds. Under steady load the cap sits
 at the knee minus one and visits the knee once per backoff: one step of movement at most.
 
-Baseline: the lowest window median seen, re-probed every ``probe_interval_s``: for one
+Baseline: the first window's medians, then a slow moving average of the windows that stay
+within half the tolerance (a lucky fast window moves it a little, an overloaded one not at all),
+re-probed every ``probe_interval_s``: for one
 window the cap drops by a quarter, that window's medians replace the baseline, and the previous
 cap comes back. A cap stuck at the floor with a high ratio also takes its medians as the new
 baseline (the engine got slower at any load: a model change, a slower GPU).
@@ -51,6 +54,8 @@ MAX_BACKOFF_WINDOWS = 8
 KV_FULL = 0.9
 #: a baseline probe lowers the cap by a quarter (at least one) for one window
 PROBE_DROP = 4
+#: weight of a window near the baseline in the baseline's moving average
+BASELINE_ALPHA = 0.1
 #: share of the TTFT ratio's excess that counts (TPOT counts whole)
 TTFT_WEIGHT = 0.5
 
@@ -80,7 +85,7 @@ class ControllerSettings:
     floor: int = 1
     ceiling: int = 64
     initial: int | None = None  # None: the floor
-    tolerance: float = 0.1
+    tolerance: float = 0.15
     window_s: float = 1.0
     window_samples: int = 8
     probe_interval_s: float = 60.0
@@ -124,6 +129,7 @@ class AdaptiveCap:
         self._backoff = 1
         self._since_knee_try = 0
         self._grew_last = False
+        self._bad_streak = 0
         self._next_probe = now + settings.probe_interval_s
         self._probe_return = self.cap
         #: listeners called with every change (the capacity manager applies it to the store)
@@ -211,13 +217,19 @@ class AdaptiveCap:
             self._set(max(self.settings.floor, min(self._probe_return, self.ceiling)),
                       Reason.PROBE_DONE)
             return
-        if self.phase is Phase.STARTING or self._below_baseline(stats):
-            self._lower_baseline(stats)
+        if self.phase is Phase.STARTING:
+            self._take_baseline(stats)
             self.phase = Phase.STEADY
         ratio = self._ratio(stats)
         self.last_ratio = ratio
         tolerance = self.settings.tolerance
-        if ratio > 1.0 + tolerance:
+        if ratio <= 1.0 + tolerance / 2:
+            self._follow_baseline(stats)
+        self._bad_streak = self._bad_streak + 1 if ratio > 1.0 + tolerance else 0
+        # one window over tolerance may be noise (a scheduler hiccup): act on two in a row,
+        # or at once on a clear overload
+        if self._bad_streak >= 2 or ratio > 1.0 + 2 * tolerance:
+            self._bad_streak = 0
             if self.cap <= self.settings.floor:
                 self._take_baseline(stats)  # slower at any load: the baseline moved
                 return
@@ -228,6 +240,8 @@ class AdaptiveCap:
             new = max(self.settings.floor, min(self.cap - 1, math.floor(target)))
             self._set(new, Reason.GRADIENT)
             return
+        if ratio > 1.0 + tolerance:
+            return  # wait for the next window to confirm
         if self._grew_last and self._knee is not None and self.cap >= self._knee:
             self._knee, self._backoff = None, 1  # the try held: the knee was not there
         self._grew_last = False
@@ -259,19 +273,17 @@ class AdaptiveCap:
             ratios.append(1.0 + (stats.ttft_s / self.baseline_ttft - 1.0) * TTFT_WEIGHT)
         return max(ratios)
 
-    def _below_baseline(self, stats: WindowStats) -> bool:
-        return (stats.tpot_s is not None and (self.baseline_tpot is None
-                                              or stats.tpot_s < self.baseline_tpot)) or \
-            (stats.ttft_s is not None and (self.baseline_ttft is None
-                                           or stats.ttft_s < self.baseline_ttft))
-
-    def _lower_baseline(self, stats: WindowStats) -> None:
-        if stats.tpot_s is not None and (self.baseline_tpot is None
-                                         or stats.tpot_s < self.baseline_tpot):
-            self.baseline_tpot = stats.tpot_s
-        if stats.ttft_s is not None and (self.baseline_ttft is None
-                                         or stats.ttft_s < self.baseline_ttft):
-            self.baseline_ttft = stats.ttft_s
+    def _follow_baseline(self, stats: WindowStats) -> None:
+        """Windows near the baseline move it a little (both ways): one lucky fast window
+        must not make every normal one look overloaded."""
+        if stats.tpot_s is not None:
+            self.baseline_tpot = (stats.tpot_s if self.baseline_tpot is None else
+                                  self.baseline_tpot + BASELINE_ALPHA *
+                                  (stats.tpot_s - self.baseline_tpot))
+        if stats.ttft_s is not None:
+            self.baseline_ttft = (stats.ttft_s if self.baseline_ttft is None else
+                                  self.baseline_ttft + BASELINE_ALPHA *
+                                  (stats.ttft_s - self.baseline_ttft))
 
     def _take_baseline(self, stats: WindowStats) -> None:
         if stats.tpot_s is not None:
