@@ -354,13 +354,24 @@ async def start_proxy(config: Config, host: str | None = None, port: int | None 
 
 
 async def serve_forever(config: Config, host: str | None = None, port: int | None = None,
-                        on_ready: Callable[[str], None] | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully (see ``Proxy.stop``)."""
+                        on_ready: Callable[[str], None] | None = None,
+                        config_path: str | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully (see ``Proxy.stop``); SIGHUP
+    reloads ``config_path`` (see ``proxy/reload.py``)."""
+    from .reload import reload_file
+
     running = await start_proxy(config, host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+    if config_path is not None:
+        def reload() -> None:
+            task = loop.create_task(reload_file(running.proxy, config_path))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+        loop.add_signal_handler(signal.SIGHUP, reload)
     if on_ready is not None:
         on_ready(running.url)
     try:

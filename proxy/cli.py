@@ -57,7 +57,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     loop = _new_loop()
     try:
-        loop.run_until_complete(serve_forever(config, host, port, on_ready=ready))
+        loop.run_until_complete(serve_forever(config, host, port, on_ready=ready,
+                                              config_path=args.config))
     except OSError as exc:
         print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
