@@ -23,6 +23,7 @@ def _subcommands() -> tuple[tuple[str, str, str], ...]:
         ("passthrough", "loadtest.passthrough",
          "a minimal aiohttp reverse proxy (a reference for overhead benchmarks)"),
         ("soak", "loadtest.soak", "bounded soak: mixed load and faults, RSS and leaked permits"),
+        ("sweep", "loadtest.sweep", "step concurrency against an engine, find its knee"),
         ("adaptive", "loadtest.adaptive", "adaptive caps vs static caps on the mock (benchmark)"),
     )
 

@@ -136,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the JSON document")
     status.set_defaults(func=cmd_status)
 
+    try:  # the capacity sweep lives in the load-test kit, installed with the proxy
+        from loadtest import sweep as capacity_sweep
+    except ImportError:
+        pass
+    else:
+        sweep = sub.add_parser("sweep", help="step concurrency against an engine, find its knee")
+        capacity_sweep.configure_parser(sweep)
+        sweep.set_defaults(func=capacity_sweep.cli_main)
+
     try:
         from .dispatcher.cli import add_dispatch_arguments, run_dispatch
     except ImportError:
