@@ -75,6 +75,11 @@ class Level:
     output_tokens: int = 0
     ttft: list[float] = field(default_factory=list)
     tpot: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def fail(self, why: str) -> None:
+        self.failed += 1
+        self.errors[why] = self.errors.get(why, 0) + 1
 
     @property
     def tokens_per_s(self) -> float:
@@ -92,6 +97,7 @@ class Level:
             "requests_per_s": round(self.requests_per_s, 3),
             "ttft_p50_s": percentile(ttft, 50), "ttft_p99_s": percentile(ttft, 99),
             "tpot_p50_s": percentile(tpot, 50), "tpot_p99_s": percentile(tpot, 99),
+            "errors": dict(self.errors),
         }
 
 
@@ -147,7 +153,7 @@ async def _one(session: aiohttp.ClientSession, spec: SweepSpec, url: str,
         async with session.post(url, json=body) as resp:
             if resp.status != 200:
                 await resp.read()
-                level.failed += 1
+                level.fail(f"http_{resp.status}")
                 return
             async for line in resp.content:
                 if not line.startswith(b"data:"):
@@ -164,8 +170,8 @@ async def _one(session: aiohttp.ClientSession, spec: SweepSpec, url: str,
                         first = now
                     last = now
                     chunks += 1
-    except (aiohttp.ClientError, TimeoutError, ValueError):
-        level.failed += 1
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        level.fail(type(exc).__name__)
         return
     tokens = usage_tokens if usage_tokens is not None else chunks
     level.requests += 1
@@ -222,7 +228,8 @@ async def sweep(spec: SweepSpec) -> dict[str, Any]:
     started = time.perf_counter()
     timeout = aiohttp.ClientTimeout(total=max(60.0, spec.step_s * 4))
     headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
-    connector = aiohttp.TCPConnector(limit=0)
+    # a fresh connection per request: some engines (llama-server) close kept-alive ones
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
     stopped = "all levels run"
     async with aiohttp.ClientSession(timeout=timeout, headers=headers,
                                      connector=connector) as session:
