@@ -142,6 +142,10 @@ class AdaptiveCap:
         self.in_flight += 1
         self._window_peak = max(self._window_peak, self.in_flight)
 
+    def observe_in_flight(self, count: int) -> None:
+        """In flight across every host (the shared lease holder reads the pool's count)."""
+        self._window_peak = max(self._window_peak, count)
+
     def finished(self, sample: Sample) -> None:
         self.in_flight = max(0, self.in_flight - 1)
         self.record(sample)

@@ -21,12 +21,16 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from ..config import AdaptiveConfig, Config
 from ..limits.base import LimitSpec, LimitStore
 from .controller import AdaptiveCap, Change, ControllerSettings, Reason
 from .engines import Engine, EnginePoller, EngineProbe, EngineSignals
 from .signals import Sample
+
+if TYPE_CHECKING:
+    from .shared import SharedCapacity
 
 log = logging.getLogger("llm_throttle.capacity")
 
@@ -54,6 +58,7 @@ class CapacityManager:
         self.forward: Callable[[str, Sample], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.poller: EnginePoller | None = None
+        self._shared: SharedCapacity | None = None
         self.configure(config)
 
     # -- configuration -----------------------------------------------------------------------
@@ -119,10 +124,19 @@ class CapacityManager:
         self.store = store
         if self.poller is not None:
             self.poller.start()
+        if self.controllers and store.name == "redis":
+            from ..limits.redis import RedisStore
+            from .shared import SharedCapacity
+
+            if isinstance(store, RedisStore):
+                self._shared = SharedCapacity(self, store, self.config.adaptive.window_s)
+                self._shared.start()
 
     async def stop(self) -> None:
         if self.poller is not None:
             await self.poller.stop()
+        if self._shared is not None:
+            await self._shared.stop()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 

@@ -602,6 +602,11 @@ class RedisStore(LimitStore):
             await self._write_caps(stale)
 
     @property
+    def client(self) -> Redis | None:
+        """The command connection (the shared capacity lease uses it)."""
+        return self._client
+
+    @property
     def degraded(self) -> bool:
         return self._degraded
 
