@@ -49,14 +49,16 @@ async def status(url: str) -> dict[str, Any]:
 async def test_cap_settles_near_the_batch_size(store_kind, mock_llm, make_proxy, openai_client):
     """Hazard: with a ceiling of 32 and 24 clients, a cap that never comes down to what the
     engine batches (4), so every request runs thrashing; or a request lost on the way."""
-    mock = await mock_llm(batch_size=4, ttft_s=0.02, tpot_s=0.005, output_tokens=10,
+    mock = await mock_llm(batch_size=4, ttft_s=0.04, tpot_s=0.01, output_tokens=10,
                           thrash=0.8)
     proxy = await make_proxy(adaptive_config(mock.url))
     failures = await closed_loop(openai_client(proxy.url, timeout=30), 24, 8.0)
     assert failures == []
     doc = await status(proxy.url)
     adaptive = doc["upstreams"]["up"]["adaptive"]
-    assert 2 <= adaptive["cap"] <= 6, adaptive
+    # near the knee, far below the ceiling; the lower side is left loose because a loaded
+    # 2-core machine makes latency noisy (the controller's own tests pin it exactly)
+    assert 1 <= adaptive["cap"] <= 6, adaptive
     assert adaptive["baseline"]["tpot_s"] is not None
     assert doc["upstreams"]["up"]["cap"] == adaptive["cap"]  # the store enforces it
     async with aiohttp.ClientSession() as session, session.get(proxy.url + "/metrics") as r:

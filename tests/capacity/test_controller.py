@@ -211,3 +211,16 @@ def test_baseline_moves_when_the_engine_gets_slower_at_every_load():
 def test_settings_are_checked(bad: dict[str, int]):
     with pytest.raises(ValueError):
         AdaptiveCap(ControllerSettings(**bad), Clock())
+
+
+def test_one_noisy_window_does_not_shrink_the_cap():
+    """Hazard: one scheduler hiccup (a window 20% slow at no extra load) cutting the cap."""
+    clock = Clock()
+    ctrl = make(clock, initial=8, probe_interval_s=1e9)
+    run(ctrl, clock, Engine(batch=100), 10)
+    cap, closed = ctrl.cap, ctrl.last
+    slow = Engine(batch=100, tpot_s=0.012, ttft_s=0.06)  # 20% slower, no more load
+    while ctrl.last is closed:  # exactly one window on the slow engine
+        step(ctrl, clock, slow)
+    assert ctrl.last_ratio is not None and ctrl.last_ratio > 1.15
+    assert ctrl.cap >= cap

@@ -28,7 +28,7 @@ async def test_one_cap_for_every_host_and_the_lease_moves(
     caps = [(await status(p.url))["upstreams"]["up"] for p in (first, second)]
     assert caps[0]["cap"] == caps[1]["cap"] == caps[0]["adaptive"]["cap"] \
         == caps[1]["adaptive"]["cap"]
-    assert 2 <= caps[0]["cap"] <= 6, caps
+    assert 1 <= caps[0]["cap"] <= 6, caps
     assert mock.state.peak <= 12  # both hosts together stayed near one shared cap
     leader, follower = (first, second) if leaders[0] else (second, first)
     await leader.close()
