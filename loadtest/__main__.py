@@ -25,6 +25,8 @@ def _subcommands() -> tuple[tuple[str, str, str], ...]:
         ("soak", "loadtest.soak", "bounded soak: mixed load and faults, RSS and leaked permits"),
         ("sweep", "loadtest.sweep", "step concurrency against an engine, find its knee"),
         ("adaptive", "loadtest.adaptive", "adaptive caps vs static caps on the mock (benchmark)"),
+        ("cpu-compare", "loadtest.cpu_compare",
+         "CPU per request of two proxy source trees, in the same run"),
     )
 
 

@@ -7,6 +7,8 @@ and slows down past its batch size (see :mod:`loadtest.mock_state`).
 
 Per-request fault injection, through headers the proxy forwards untouched:
 
+* ``x-mock-tool-call: <tool>`` -- a chat offering that tool, with no tool result yet, gets a
+  call to it (``--tool-call`` does it for every request; see :mod:`loadtest.mock_tools`).
 * ``x-mock-pause-after-first: <s>`` -- stream: first chunk, pause, then the rest.
 * ``x-mock-fault: <f>[,<f>...]`` with ``refuse-429[:<retry s>]``, ``unavailable-503``,
   ``hang`` (never answers until the client leaves), ``die-mid-stream`` (a few chunks, then the
@@ -40,6 +42,7 @@ from multidict import CIMultiDictProxy
 
 from loadtest import mock_engines
 from loadtest.mock_state import MockLLMConfig, MockState, RecordedRequest
+from loadtest.mock_tools import tool_call_response, wanted_tool
 
 from .runtime import loop_factory
 
@@ -304,10 +307,17 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
         f'"created":{int(time.time())},"model":{json.dumps(model)}'
     )
 
+    tool = wanted_tool(body, request.headers, config.tool_call) if chat else None
     active = _Active(state, model)
     try:
         if faults is not None and faults.hang:
             await _hang(request)
+        if tool is not None:  # tool-calling mode (loadtest/mock_tools.py)
+            await _step(request, state, config.ttft_s)
+            usage.update(completion_tokens=1, total_tokens=prompt_tokens + 1)
+            _account(state, active, prompt_tokens, 1, "tool_calls")
+            return await tool_call_response(request, body, tool, response_id, usage,
+                                            include_usage)
         if stream:
             return await _stream(
                 request, state, active, faults, chat, head, n_tokens, finish_reason,
@@ -810,6 +820,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated ids for /v1/models")
     parser.add_argument("--engine", default=defaults.engine, choices=mock_engines.ENGINES,
                         help="introspection format (/metrics, /slots, /api/ps)")
+    parser.add_argument("--tool-call", default=defaults.tool_call, metavar="TOOL",
+                        help="answer a chat offering TOOL (and no tool result yet) with a call "
+                             "to it, e.g. kanban_complete: plays a Hermes task to done")
 
 
 def config_from_args(args: argparse.Namespace) -> MockLLMConfig:
@@ -822,6 +835,7 @@ def config_from_args(args: argparse.Namespace) -> MockLLMConfig:
         embedding_dim=args.embedding_dim,
         models=[m.strip() for m in args.models.split(",") if m.strip()],
         engine=args.engine,
+        tool_call=args.tool_call or None,
     )
 
 

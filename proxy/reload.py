@@ -15,8 +15,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .access_log import AccessLog
 from .admission import AdmissionPolicy
 from .auth import Authenticator
+from .catalog import ModelCatalog
 from .config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
@@ -55,6 +57,8 @@ async def apply_config(proxy: Proxy, new: Config) -> list[str]:
     proxy.config = new
     proxy.policy = policy
     proxy.auth = Authenticator(new)
+    proxy.catalog = ModelCatalog(new, proxy.forwarder)
+    proxy.access_log = AccessLog(new.access_log) if new.access_log.enabled else None
     return []
 
 
