@@ -1,4 +1,8 @@
-"""Gauges of the adaptive caps (``llm_throttle_adaptive_*``), refreshed at scrape time."""
+"""Gauges of the adaptive caps (``llm_throttle_adaptive_*``), refreshed at scrape time.
+
+Labelled ``kind`` (``upstream`` or ``gpu``) and ``name``, like the proxy's other resource
+gauges; a value not known yet (no window closed, no engine signal) is NaN.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ class CapacityGauges:
 
     def __init__(self, registry: CollectorRegistry):
         def gauge(name: str, doc: str, *labels: str) -> Gauge:
-            return Gauge(f"llm_throttle_adaptive_{name}", doc, ["resource", *labels],
+            return Gauge(f"llm_throttle_adaptive_{name}", doc, ["kind", "name", *labels],
                          registry=registry)
 
         self.cap = gauge("cap", "Effective in-flight cap the adaptive controller set.")
@@ -29,26 +33,26 @@ class CapacityGauges:
         self.change_age = gauge("last_change_age_seconds", "Seconds since the cap last moved.")
 
     def refresh(self, status: Mapping[str, Mapping[str, Any]]) -> None:
+        nan = float("nan")
+
+        def value(v: float | None) -> float:
+            return nan if v is None else v
+
         for resource, s in status.items():
-            self.cap.labels(resource).set(s["cap"])
-            self.ceiling.labels(resource).set(s["ceiling"])
-            self.floor.labels(resource).set(s["floor"])
+            key = tuple(resource.split(":", 1))
+            self.cap.labels(*key).set(s["cap"])
+            self.ceiling.labels(*key).set(s["ceiling"])
+            self.floor.labels(*key).set(s["floor"])
             for signal in ("tpot_s", "ttft_s"):
                 label = signal.removesuffix("_s")
-                if s["baseline"][signal] is not None:
-                    self.baseline.labels(resource, label).set(s["baseline"][signal])
-                if s["current"][signal] is not None:
-                    self.current.labels(resource, label).set(s["current"][signal])
-            if s["current"]["ratio"] is not None:
-                self.ratio.labels(resource).set(s["current"]["ratio"])
-            engine = s.get("engine")
-            if engine:
-                self.engine_age.labels(resource).set(engine["age_s"])
-                if engine["waiting"] is not None:
-                    self.engine_waiting.labels(resource).set(engine["waiting"])
-                if engine["kv_usage"] is not None:
-                    self.engine_kv.labels(resource).set(engine["kv_usage"])
-            self.change_age.labels(resource).set(s["last_change"]["age_s"])
+                self.baseline.labels(*key, label).set(value(s["baseline"][signal]))
+                self.current.labels(*key, label).set(value(s["current"][signal]))
+            self.ratio.labels(*key).set(value(s["current"]["ratio"]))
+            engine = s.get("engine") or {}
+            self.engine_age.labels(*key).set(value(engine.get("age_s")))
+            self.engine_waiting.labels(*key).set(value(engine.get("waiting")))
+            self.engine_kv.labels(*key).set(value(engine.get("kv_usage")))
+            self.change_age.labels(*key).set(s["last_change"]["age_s"])
 
 
 def annotate(doc: dict[str, Any], status: Mapping[str, Mapping[str, Any]]) -> None:

@@ -63,7 +63,7 @@ async def test_cap_settles_near_the_batch_size(store_kind, mock_llm, make_proxy,
     assert doc["upstreams"]["up"]["cap"] == adaptive["cap"]  # the store enforces it
     async with aiohttp.ClientSession() as session, session.get(proxy.url + "/metrics") as r:
         text = await r.text()
-    assert 'llm_throttle_adaptive_cap{resource="upstream:up"}' in text
+    assert 'llm_throttle_adaptive_cap{kind="upstream",name="up"}' in text
 
 
 async def test_llamacpp_slot_count_caps_at_once(mock_llm, make_proxy, openai_client):
