@@ -24,6 +24,8 @@ def _subcommands() -> tuple[tuple[str, str, str], ...]:
          "a minimal aiohttp reverse proxy (a reference for overhead benchmarks)"),
         ("soak", "loadtest.soak", "bounded soak: mixed load and faults, RSS and leaked permits"),
         ("chaos", "loadtest.chaos", "Redis chaos soak: 3 hosts, one Redis, a random fault each period"),
+        ("sweep", "loadtest.sweep", "step concurrency against an engine, find its knee"),
+        ("adaptive", "loadtest.adaptive", "adaptive caps vs static caps on the mock (benchmark)"),
         ("cpu-compare", "loadtest.cpu_compare",
          "CPU per request of two proxy source trees, in the same run"),
     )

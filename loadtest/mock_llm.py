@@ -40,6 +40,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from loadtest import mock_engines
 from loadtest.mock_state import MockLLMConfig, MockState, RecordedRequest
 from loadtest.mock_tools import tool_call_response, wanted_tool
 
@@ -597,6 +598,7 @@ def _metrics_text(state: MockState) -> str:
         "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
         "# TYPE vllm:num_requests_waiting gauge",
         f"vllm:num_requests_waiting{{{label}}} {float(state.waiting)}",
+        *mock_engines.vllm_kv_lines(state, label),
         "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.",
         "# TYPE vllm:prompt_tokens_total counter",
         f"vllm:prompt_tokens_total{{{label}}} {float(state.prompt_tokens)}",
@@ -629,9 +631,26 @@ def _metrics_text(state: MockState) -> str:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    return web.Response(
-        text=_metrics_text(request.app[MOCK_STATE]), content_type="text/plain", charset="utf-8"
-    )
+    state = request.app[MOCK_STATE]
+    if state.config.engine == "ollama":
+        return mock_engines.not_found()
+    text = (mock_engines.llamacpp_metrics_text(state) if state.config.engine == "llamacpp"
+            else _metrics_text(state))
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+async def _slots(request: web.Request) -> web.Response:
+    state = request.app[MOCK_STATE]
+    if state.config.engine != "llamacpp":
+        return mock_engines.not_found()
+    return web.json_response(mock_engines.llamacpp_slots(state))
+
+
+async def _ollama_ps(request: web.Request) -> web.Response:
+    state = request.app[MOCK_STATE]
+    if state.config.engine != "ollama":
+        return mock_engines.not_found()
+    return web.json_response(mock_engines.ollama_ps(state))
 
 
 # -- introspection -----------------------------------------------------------------------------
@@ -706,6 +725,8 @@ def create_app(
     add("GET", "/version", _version)
     add("GET", "/health", _health)
     add("GET", "/metrics", _metrics)
+    add("GET", "/slots", _slots)
+    add("GET", "/api/ps", _ollama_ps)
     add("GET", "/mock/stats", _stats)
     add("POST", "/mock/reset", _reset)
     add("POST", "/mock/config", _set_config)
@@ -797,6 +818,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim)
     parser.add_argument("--models", default=",".join(defaults.models),
                         help="comma-separated ids for /v1/models")
+    parser.add_argument("--engine", default=defaults.engine, choices=mock_engines.ENGINES,
+                        help="introspection format (/metrics, /slots, /api/ps)")
     parser.add_argument("--tool-call", default=defaults.tool_call, metavar="TOOL",
                         help="answer a chat offering TOOL (and no tool result yet) with a call "
                              "to it, e.g. kanban_complete: plays a Hermes task to done")
@@ -811,6 +834,7 @@ def config_from_args(args: argparse.Namespace) -> MockLLMConfig:
         thrash=args.thrash,
         embedding_dim=args.embedding_dim,
         models=[m.strip() for m in args.models.split(",") if m.strip()],
+        engine=args.engine,
         tool_call=args.tool_call or None,
     )
 

@@ -44,6 +44,8 @@ class MockLLMConfig:
     tool_call: str | None = None
     #: how many recent requests (method, path, headers) are kept for assertions
     recent_requests: int = 64
+    #: introspection format: vllm, llamacpp or ollama (loadtest/mock_engines.py)
+    engine: str = "vllm"
 
     def update(self, values: dict[str, Any]) -> None:
         """Set known fields from a JSON object (POST /mock/config); unknown keys are errors."""

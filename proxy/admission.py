@@ -74,12 +74,15 @@ def build_limit_spec(config: Config) -> LimitSpec:
     prefix_caps = {}
     if config.attribution.max_in_flight is not None:
         prefix_caps["attr:"] = config.attribution.max_in_flight
+    live = [f"gpu:{g.name}" for g in config.gpus.values() if g.adaptive]
+    live += [f"upstream:{u.name}" for u in config.upstreams.values() if u.adaptive]
     return LimitSpec(
         caps=caps,
         buckets=buckets,
         max_queue_depth=config.queue.max_depth,
         max_wait_s=config.queue.max_wait_s,
         prefix_caps=prefix_caps,
+        live=frozenset(live),
         fairness=Fairness(config.queue.fairness),
         class_weights={Priority.parse(name): weight
                        for name, weight in config.queue.class_weights.items()},

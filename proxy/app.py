@@ -29,6 +29,9 @@ from .access_log import AccessLog
 from .admission import AdmissionPolicy, requested_max_wait, settlement
 from .attribution import AttributionLabels
 from .auth import Authenticator, Identity, bearer_token
+from .capacity.manager import CapacityManager
+from .capacity.metrics import CapacityGauges, annotate
+from .capacity.signals import Outcome, make_sample
 from .catalog import ModelCatalog
 from .config import Config
 from .errors import (
@@ -37,6 +40,7 @@ from .errors import (
     ProxyError,
     ShuttingDown,
     Throttled,
+    UpstreamTimeout,
 )
 from .families import RouteFamily, admits, family_for
 from .forward import (
@@ -78,6 +82,8 @@ class Proxy:
     def __init__(self, config: Config, store: LimitStore | None = None):
         self.config = config
         self.policy = AdmissionPolicy(config)
+        self.capacity = CapacityManager(config)
+        self.policy.spec = self.capacity.apply(self.policy.spec)
         self.store = store if store is not None else make_store(config, self.policy)
         self.auth = Authenticator(config)
         self.attribution = AttributionLabels(config.attribution.max_values,
@@ -85,6 +91,7 @@ class Proxy:
         self.forwarder = Forwarder(config.upstreams)
         self.catalog = ModelCatalog(config, self.forwarder)
         self.metrics = ProxyMetrics()
+        self.capacity_gauges = CapacityGauges(self.metrics.registry)
         self.access_log = AccessLog(config.access_log) if config.access_log.enabled else None
         self.rates = RequestRates()
         self.saturation = SaturationTracker()
@@ -107,6 +114,7 @@ class Proxy:
     async def start(self) -> None:
         await self.store.start()
         await self.forwarder.start()
+        self.capacity.start(self.store)
 
     async def stop(self) -> None:
         """Graceful: refuse new work, answer the queued 503, let streams finish, release all."""
@@ -117,6 +125,7 @@ class Proxy:
                 await asyncio.wait_for(self._idle.wait(), self.config.shutdown_grace_s)
             except TimeoutError:
                 log.warning("shutdown grace period over with %d requests active", self.active)
+        await self.capacity.stop()
         await self.store.close()
         await self.forwarder.close()
 
@@ -130,8 +139,10 @@ class Proxy:
 
     async def status_json(self) -> dict:
         snapshot = await self.snapshot()
-        return status_document(snapshot, self.saturation, self.rates,
-                               self.config.queue.max_depth, self.config.queue.max_wait_s)
+        doc = status_document(snapshot, self.saturation, self.rates,
+                              self.config.queue.max_depth, self.config.queue.max_wait_s)
+        annotate(doc, self.capacity.status())
+        return doc
 
     def _arrived_on_admin_port(self, request: Request) -> bool:
         admin = self.config.admin_listen
@@ -163,6 +174,7 @@ class Proxy:
         if request is not None:
             self.check_admin(request)
         self.metrics.refresh(await self.snapshot())
+        self.capacity_gauges.refresh(self.capacity.status())
         return Response(200, self.metrics.render(),
                         [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
 
@@ -257,6 +269,8 @@ class Proxy:
                         parsed.body, b"%s: %.1f\r\n" % (QUEUE_MS_HEADER, grant.queued_s * 1000),
                         family.usage, parsed.strip_usage)
         outcome = RelayOutcome()
+        started = self.clock()
+        self.capacity.started(upstream.name)
         try:
             return await self.forwarder.exchange(request, upstream, sent, outcome, self.clock)
         finally:
@@ -266,6 +280,7 @@ class Proxy:
                 grant, settlement(grant, reserved, used) if grant.charges else ())
             record.upstream_s, record.upstream_failure = outcome.upstream_s, outcome.failure
             record.first_byte_at, record.tokens = outcome.first_byte_at, outcome.usage
+            self._sample(upstream.name, outcome, started, len(parsed.body))
 
     async def _acquire(self, demand: Demand, record: RequestRecord) -> Grant:
         """The grant (may queue); a refusal is recorded and raised."""
@@ -278,6 +293,30 @@ class Proxy:
         self.rates.count(self.rates.admitted, record.model)
         record.queue_s = grant.queued_s
         return grant
+
+    def _sample(self, upstream: str, outcome: RelayOutcome, started: float,
+                body_bytes: int) -> None:
+        """What this request says about the upstream's capacity (adaptive caps)."""
+        if outcome.failure == UpstreamTimeout.code:
+            failed = Outcome.TIMEOUT
+        elif outcome.failure is not None and outcome.status == 0:
+            failed = Outcome.CONNECTION_ERROR  # no answer at all
+        elif outcome.client_gone:
+            failed = Outcome.IGNORED
+        elif outcome.status in (429, 503):
+            failed = Outcome.OVERLOADED
+        elif outcome.status >= 400 or outcome.status == 0:
+            failed = Outcome.IGNORED
+        elif not outcome.complete:
+            failed = Outcome.CONNECTION_ERROR  # the upstream broke off mid-stream
+        else:
+            failed = Outcome.OK
+        if outcome.usage is not None:
+            prompt, completion = outcome.usage
+        else:
+            prompt, completion = body_bytes // 4, outcome.chunks
+        self.capacity.finished(upstream, make_sample(
+            failed, started, self.clock(), outcome.first_byte_at, prompt, completion))
 
     @staticmethod
     def _tokens_used(outcome: RelayOutcome, reserved: int) -> int:
@@ -345,13 +384,24 @@ async def start_proxy(config: Config, host: str | None = None, port: int | None 
 
 
 async def serve_forever(config: Config, host: str | None = None, port: int | None = None,
-                        on_ready: Callable[[str], None] | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully (see ``Proxy.stop``)."""
+                        on_ready: Callable[[str], None] | None = None,
+                        config_path: str | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully (see ``Proxy.stop``); SIGHUP
+    reloads ``config_path`` (see ``proxy/reload.py``)."""
+    from .reload import reload_file
+
     running = await start_proxy(config, host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+    if config_path is not None:
+        def reload() -> None:
+            task = loop.create_task(reload_file(running.proxy, config_path))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+        loop.add_signal_handler(signal.SIGHUP, reload)
     if on_ready is not None:
         on_ready(running.url)
     try:

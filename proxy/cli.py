@@ -65,7 +65,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     loop = _new_loop()
     try:
-        loop.run_until_complete(serve_forever(config, host, port, on_ready=ready))
+        loop.run_until_complete(serve_forever(config, host, port, on_ready=ready,
+                                              config_path=args.config))
     except OSError as exc:
         print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -176,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--interval", type=float, default=2.0, help="--watch refresh, seconds")
     status.add_argument("--count", type=int, help="--watch: stop after this many refreshes")
     status.set_defaults(func=cmd_status)
+
+    try:  # the capacity sweep lives in the load-test kit, installed with the proxy
+        from loadtest import sweep as capacity_sweep
+    except ImportError:
+        pass
+    else:
+        sweep = sub.add_parser("sweep", help="step concurrency against an engine, find its knee")
+        capacity_sweep.configure_parser(sweep)
+        sweep.set_defaults(func=capacity_sweep.cli_main)
 
     try:
         from .dispatcher.cli import add_dispatch_arguments, run_dispatch

@@ -26,6 +26,7 @@ DEFAULT_PASSTHROUGH_PATHS = frozenset({"/tokenize", "/detokenize", "/apply-templ
                                        "/api/show"})
 PRIORITIES = ("interactive", "batch")
 STORE_ERROR_POLICIES = ("local_share", "open", "closed")
+ENGINES = ("auto", "vllm", "llamacpp", "ollama", "none")
 FAIRNESS_MODES = ("tokens", "requests", "fifo")
 ACCESS_LOG_FORMATS = ("plain", "json")
 
@@ -44,6 +45,8 @@ class ConfigError(ValueError):
 class GpuConfig:
     name: str
     max_in_flight: int | None = None
+    adaptive: bool = False  # max_in_flight becomes the ceiling (docs/capacity.md)
+    min_in_flight: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,9 @@ class UpstreamConfig:
     max_in_flight: int | None = None
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 300.0  # longest silence allowed between two upstream bytes
+    adaptive: bool = False  # max_in_flight becomes the ceiling (docs/capacity.md)
+    min_in_flight: int = 1
+    engine: str = "auto"  # where engine signals come from (proxy/capacity/engines.py)
     #: pooled connections unused this long are closed: below common upstream keep-alive
     #: timeouts (uvicorn and llama-server 5 s), so the upstream never closes one under a request
     idle_timeout_s: float = 4.0
@@ -119,6 +125,18 @@ class AccessLogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdaptiveConfig:
+    """Tuning shared by every adaptive cap (docs/capacity.md)."""
+
+    tolerance: float = 0.15  # latency within baseline * (1 + tolerance) counts as no load
+    window_s: float = 1.0  # shortest decision window
+    window_samples: int = 8  # fewest finished requests per decision (at least the cap)
+    probe_interval_s: float = 60.0  # how often the no-load baseline is measured again
+    engine_poll_s: float = 2.0  # how often engine signals are read
+    engine_stale_s: float = 10.0  # older engine signals are ignored
+
+
+@dataclass(frozen=True, slots=True)
 class RedisConfig:
     heartbeat_s: float = 1.0
     lease_ttl_s: float = 5.0
@@ -143,6 +161,7 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     max_body_bytes: int = 16 * 1024 * 1024
     passthrough_upstream: str | None = None  # where model-less paths go; default: the first
@@ -372,7 +391,17 @@ def _named(
 
 
 def _gpu(name: str, s: _Section) -> GpuConfig:
-    return GpuConfig(name, s.number("max_in_flight", integer=True))
+    gpu = GpuConfig(name, s.number("max_in_flight", integer=True), s.flag("adaptive", False),
+                    s.number("min_in_flight", 1, integer=True))
+    _check_adaptive(s, gpu.adaptive, gpu.max_in_flight, gpu.min_in_flight)
+    return gpu
+
+
+def _check_adaptive(s: _Section, adaptive: bool, ceiling: int | None, floor: int) -> None:
+    if adaptive and ceiling is None:
+        s.problems.append(f"{s.key_path('adaptive')}: needs max_in_flight (the ceiling)")
+    elif ceiling is not None and floor > ceiling:
+        s.problems.append(f"{s.key_path('min_in_flight')}: must not exceed max_in_flight")
 
 
 def _upstream(name: str, s: _Section) -> UpstreamConfig:
@@ -393,7 +422,7 @@ def _upstream(name: str, s: _Section) -> UpstreamConfig:
         # it becomes a header line: a newline in it would add headers of its own
         s.problems.append(f"{s.key_path('api_key')}: must not contain control characters "
                           "(a stray newline from an environment variable?)")
-    return UpstreamConfig(
+    upstream = UpstreamConfig(
         name=name,
         url=url,
         api_key=api_key,
@@ -401,11 +430,16 @@ def _upstream(name: str, s: _Section) -> UpstreamConfig:
         max_in_flight=s.number("max_in_flight", integer=True),
         connect_timeout_s=s.number("connect_timeout_s", d["connect_timeout_s"]),
         read_timeout_s=s.number("read_timeout_s", d["read_timeout_s"]),
+        adaptive=s.flag("adaptive", False),
+        min_in_flight=s.number("min_in_flight", 1, integer=True),
+        engine=s.str("engine", "auto", choices=ENGINES),
         idle_timeout_s=s.number("idle_timeout_s", d["idle_timeout_s"]),
         max_response_body_bytes=s.number("max_response_body_bytes",
                                          d["max_response_body_bytes"], integer=True),
         **_upstream_tls(url, s),
     )
+    _check_adaptive(s, upstream.adaptive, upstream.max_in_flight, upstream.min_in_flight)
+    return upstream
 
 
 def _upstream_tls(url: str, s: _Section) -> dict[str, Any]:
@@ -538,6 +572,17 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
     )
     a.finish()
 
+    ad = top.section("adaptive")
+    adaptive = AdaptiveConfig(
+        tolerance=ad.number("tolerance", 0.15),
+        window_s=ad.number("window_s", 1.0),
+        window_samples=ad.number("window_samples", 8, integer=True),
+        probe_interval_s=ad.number("probe_interval_s", 60.0),
+        engine_poll_s=ad.number("engine_poll_s", 2.0),
+        engine_stale_s=ad.number("engine_stale_s", 10.0),
+    )
+    ad.finish()
+
     al, ald = top.section("access_log"), defaults_of(AccessLogConfig)
     access_log = AccessLogConfig(
         enabled=al.flag("enabled", ald["enabled"]),
@@ -574,6 +619,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         queue=queue,
         attribution=attribution,
         redis=redis_config,
+        adaptive=adaptive,
         access_log=access_log,
         max_body_bytes=top.number("max_body_bytes", cd["max_body_bytes"], integer=True),
         passthrough_upstream=top.str("passthrough_upstream"),

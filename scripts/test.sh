@@ -10,6 +10,10 @@ bash scripts/install.sh
 echo "== fast suite"
 "$PYTHON" -m pytest -q -p no:cacheprovider "$@"
 
+# The real-engine slow test needs llama-server: built once into a cache outside the checkout
+# (about 12 minutes on 2 cores the first time, reused after); a failed build only skips it.
+bash scripts/build-llama-server.sh >/dev/null || echo "llama-server build failed: its slow test will skip" >&2
+
 echo "== slow suite (load, multi-host, hermes end to end; bounded to ${SLOW_TIMEOUT:-900}s)"
 set +e
 timeout --signal=INT --kill-after=30 "${SLOW_TIMEOUT:-900}" \

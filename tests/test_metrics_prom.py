@@ -27,6 +27,8 @@ async def _scrape_after_traffic(mock_llm, make_proxy, openai_client) -> str:
     config = one_model_config(mock.url, max_in_flight=2, requests_per_minute=60, burst_s=2)
     config["gpus"] = {"g0": {"max_in_flight": 4}}
     config["upstreams"]["up"]["gpus"] = ["g0"]
+    # adaptive: its llm_throttle_adaptive_* gauges are on the dashboard too
+    config["upstreams"]["up"].update(max_in_flight=8, adaptive=True, engine="none")
     config["clients"] = {"c": {"key": "client-key", "tokens_per_minute": 100000}}
     config["queue"] = {"max_depth": 0}  # over the bucket: 429 at once, no waiting
     proxy = await make_proxy(config)

@@ -81,6 +81,9 @@ class LimitSpec:
     max_wait_s: float = 120.0
     #: caps for resources named at run time (``attr:<client>/<header value>``), by prefix
     prefix_caps: Mapping[str, int] = field(default_factory=dict)
+    #: resources whose cap changes at run time (adaptive): in the Redis store every host
+    #: obeys the one live cap stored there, whatever cap its own spec holds
+    live: frozenset[str] = frozenset()
     fairness: Fairness = Fairness.TOKENS
     class_weights: Mapping[Priority, float] = field(
         default_factory=lambda: dict(DEFAULT_CLASS_WEIGHTS))
@@ -239,3 +242,16 @@ class LimitStore(abc.ABC):
     def degraded_reason(self) -> str | None:
         """Why this store runs degraded now (None: it does not)."""
         return None
+
+    async def set_cap(self, resource: str, cap: int | None) -> None:
+        """Change one resource's cap now, atomically with admissions.
+
+        Permits held above a lowered cap stay held until released (never revoked); a raised
+        cap serves the waiters it lets in at once.
+        """
+        raise NotImplementedError
+
+    async def update_spec(self, spec: LimitSpec) -> None:
+        """Take new caps, buckets and queue bounds (configuration reload) with the same
+        guarantees as ``set_cap``; bucket levels carry over (clipped to a smaller capacity)."""
+        raise NotImplementedError

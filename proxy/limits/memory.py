@@ -12,6 +12,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from ..errors import QueueFull, QueueTimeout, RateLimited, ShuttingDown
 from .base import (
@@ -369,6 +370,28 @@ class MemoryStore(LimitStore):
             store=self.name,
             flows=self._fair.flow_states(),
         )
+
+    # -- caps that change while running ------------------------------------------------------
+
+    async def set_cap(self, resource: str, cap: int | None) -> None:
+        self.spec = replace(self.spec, caps={**self.spec.caps, resource: cap})
+        self._scan()  # a raised cap serves waiters now; a lowered one blocks the next ones
+
+    async def update_spec(self, spec: LimitSpec) -> None:
+        now = self._clock()
+        buckets = {}
+        for name, bucket_spec in spec.buckets.items():
+            bucket = self._buckets.get(name)
+            if bucket is None:
+                bucket = TokenBucket(bucket_spec, now)
+            else:
+                bucket.refill(now)
+                bucket.spec = bucket_spec
+                bucket.level = min(bucket.level, bucket_spec.capacity)
+            buckets[name] = bucket
+        self._buckets = buckets
+        self.spec = spec
+        self._scan()
 
     async def cancel_waiters(self, reason: Exception) -> int:
         count = 0

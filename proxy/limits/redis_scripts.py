@@ -7,7 +7,10 @@ script again by itself after a Redis restart answers NOSCRIPT).
 
 Caps and bucket specs travel in each demand (from ``LimitSpec``, which every host builds from
 the same configuration), so a queued waiter carries everything a hand-off on another host must
-check, and resources named at run time (``prefix_caps``) need no registry.
+check, and resources named at run time (``prefix_caps``) need no registry. A cap changed at
+run time (``set_cap``: an adaptive cap, a reload) is a *live cap* in the config hash
+(``l:<resource>``) that the scripts prefer over the one the demand carries, so every host and
+every queued waiter obeys the one number.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ KEY_NAMES = (
 #: the fairness mode as the scripts spell it
 FAIRNESS_CODES = {Fairness.TOKENS: "t", Fairness.REQUESTS: "r", Fairness.FIFO: "f"}
 SCRIPT_NAMES = ("admit", "release", "cancel", "scan", "heartbeat", "register", "leave",
-                "snapshot")
+                "snapshot", "setcap")
 #: bounds the cache of encoded resource parts (resource names can be made at run time)
 ENCODED_CACHE_SIZE = 4096
 
@@ -57,6 +60,7 @@ class Scripts:
     register: AsyncScript
     leave: AsyncScript
     snapshot: AsyncScript
+    setcap: AsyncScript
 
     @classmethod
     def load(cls, client: Redis) -> Scripts:
@@ -137,6 +141,20 @@ def config_fields(spec: LimitSpec) -> dict[str, str]:
     for name, bucket in spec.buckets.items():
         fields[f"b:{name}"] = f"{bucket.capacity!r} {bucket.rate_per_s!r}"
     return fields
+
+
+#: a live cap of this value means "no cap" (a reload removed it)
+UNCAPPED = -1
+
+
+def live_cap_fields(fields: dict[str, str]) -> dict[str, int | None]:
+    """The live caps among the config hash's fields."""
+    out: dict[str, int | None] = {}
+    for name, value in fields.items():
+        if name.startswith("l:"):
+            cap = int(value)
+            out[name[2:]] = None if cap == UNCAPPED else cap
+    return out
 
 
 def pairs(flat: Sequence[Any]) -> dict[str, Any]:

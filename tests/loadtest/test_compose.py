@@ -105,10 +105,13 @@ def test_prometheus_scrapes_both_proxies() -> None:
 
 
 def test_dashboard_queries_metrics_the_proxy_exports() -> None:
+    from proxy.capacity.metrics import CapacityGauges
     from proxy.metrics import ProxyMetrics
 
+    metrics = ProxyMetrics()
+    CapacityGauges(metrics.registry)  # the proxy registers them beside its own
     exported = set()
-    for family in ProxyMetrics().registry.collect():
+    for family in metrics.registry.collect():
         exported.add(family.name)
         exported.update(s.name for s in family.samples)
     # Histograms and counters only appear with their suffixes once observed: add them.

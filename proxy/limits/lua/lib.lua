@@ -2,7 +2,8 @@
 --
 -- Key layout. Every key of a pool carries the same hash tag ({llmthrottle}), so each script
 -- declares all of them, runs atomically, and works on one Redis Cluster shard:
---   KEYS[1]  meta      hash    epoch, pause_until (ms), wake_at (ms), rescan, arrival (us)
+--   KEYS[1]  meta      hash    epoch, pause_until (ms), wake_at (ms), rescan, arrival (us),
+--                              live (set once any live cap exists)
 --   KEYS[2]  inflight  hash    resource -> permits held
 --   KEYS[3]  leases    hash    request id -> JSON [host, granted_ms, resources, option, queued_ms,
 --                              charges taken]
@@ -19,7 +20,8 @@
 --   KEYS[11] buckets   hash    bucket -> "level updated_ms"
 --   KEYS[12] grants    stream  hand-offs to queued waiters: h host, r request id, o option, q ms
 --   KEYS[13] hold      hash    resource -> average permit hold time (ms), for retry-after
---   KEYS[14] config    hash    caps and bucket specs, for readers that run no proxy
+--   KEYS[14] config    hash    caps and bucket specs, for readers that run no proxy; and
+--                              l:<resource> -> a live cap (see cap_of)
 --   KEYS[15] units     hash    unit -> waiters in it. A unit is "priority US flow US needs"
 --                              (US = \31; needs: every resource and bucket, comma-joined):
 --                              its waiters need the same things, so only its head matters
@@ -164,14 +166,33 @@ local function touched(d)
   return out
 end
 
+-- The cap of ``r`` for demand ``d``: the live cap every host obeys (config hash field
+-- ``l:<r>``, written by setcap.lua for adaptive caps and reloads; -1: no cap) when one is set,
+-- else the cap the demand carries. meta ``live`` says whether any is set: one read per script
+-- while none is.
+local live_any = nil
+local live_cache = {}
+
+local function cap_of(d, r)
+  if live_any == nil then live_any = redis.call('HGET', K.meta, 'live') ~= false end
+  if not live_any then return d.k[r] end
+  local v = live_cache[r]
+  if v == nil then
+    v = num(redis.call('HGET', K.config, 'l:' .. r), false)
+    live_cache[r] = v
+  end
+  if v == false then return d.k[r] end
+  if v < 0 then return nil end
+  return v
+end
+
 -- Which option (index) could be admitted now, or nil with what is missing and the longest
 -- bucket wait (ms). ``is_blocked(name)`` says what earlier waiters already lack.
 local function try(d, is_blocked, now)
-  local caps = d.k
   local missing = {}
   local function lacks(r)
     if is_blocked(r) then return true end
-    local cap = caps[r]
+    local cap = cap_of(d, r)
     return cap ~= nil and inflight(r) >= cap
   end
   for _, r in ipairs(d.r) do
@@ -192,7 +213,7 @@ local function try(d, is_blocked, now)
       local first = opt[1]
       if first then
         count = inflight(first)
-        local cap = caps[first]
+        local cap = cap_of(d, first)
         if cap and cap > 0 then ratio = count / cap end
       end
       if ratio < best_ratio or (ratio == best_ratio and count < best_count) then
@@ -573,7 +594,7 @@ end
 local function estimate(d, now, max_wait, observed_only)
   local est = charges_wait(d, now)
   for _, r in ipairs(touched(d)) do
-    local cap = d.k[r]
+    local cap = cap_of(d, r)
     if cap and cap > 0 then
       local hold = num(redis.call('HGET', K.hold, r), nil)
       if hold == nil and not observed_only then hold = HOLD_DEFAULT_MS end

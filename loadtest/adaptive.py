@@ -1,0 +1,224 @@
+"""``python -m loadtest adaptive``: adaptive caps against static ones on the GPU-like mock.
+
+Two experiments, every server its own process on loopback ports, 64 closed-loop streaming
+clients through the proxy (``--clients``):
+
+- ``batch``: the mock batches B=4, then B=8 from the middle of the run (``slowdown`` 5% per
+  request over B: ``thrash = 0.05 * B``). Targets: static cap 4, static cap 8, adaptive with
+  ceiling 64. Per phase (after ``--settle`` seconds): goodput, TTFT p99; for adaptive, how long
+  after the change its cap first came within one step of 8.
+- ``tenant``: the mock batches B=8; from the middle of the run another tenant sends 4
+  closed-loop clients straight to the mock (half the engine). Targets: static cap 8, adaptive.
+  TTFT p99 before and after.
+
+Every run samples ``/throttle/status`` for the cap over time; a PNG per run plots the cap
+beside goodput and TTFT, and a JSON summary holds every figure. Bounded: each run lasts
+``2 * --phase`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from loadtest.generator import LoadSpec, RequestRecord, percentile, run_load
+from loadtest.processes import ServiceGroup
+from loadtest.runtime import loop_factory
+
+MOCK = {"ttft_s": 0.02, "tpot_s": 0.005, "output_tokens": 16}
+SLOWDOWN_PER_REQUEST = 0.05
+
+
+def mock_for(batch: int) -> dict[str, Any]:
+    return {"batch_size": batch, "thrash": SLOWDOWN_PER_REQUEST * batch}
+
+
+def proxy_config(cap: int, adaptive: bool) -> dict[str, Any]:
+    upstream: dict[str, Any] = {"url": "${MOCK_URL}", "max_in_flight": cap}
+    if adaptive:
+        upstream.update(adaptive=True, engine="none")
+    return {
+        "upstreams": {"mock": upstream},
+        "models": {"*": {"upstreams": ["mock"]}},
+        "queue": {"max_depth": 1000, "max_wait_s": 120},
+    }
+
+
+async def _cap_sampler(url: str, t0: float, stop: asyncio.Event,
+                       out: list[tuple[float, int | None]]) -> None:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as session:
+        while not stop.is_set():
+            cap = None
+            try:
+                async with session.get(url + "/throttle/status") as r:
+                    doc = await r.json()
+                cap = doc["upstreams"]["mock"]["cap"]
+            except (aiohttp.ClientError, TimeoutError, KeyError, ValueError):
+                pass
+            out.append((time.perf_counter() - t0, cap))
+            try:
+                await asyncio.wait_for(stop.wait(), 0.5)
+            except TimeoutError:
+                pass
+
+
+async def _tenant(mock_url: str, clients: int, until: float) -> int:
+    """Another tenant's own closed loop straight to the mock; returns requests done."""
+    spec = LoadSpec(base_url=mock_url + "/v1", clients=clients, duration=until, stream=True,
+                    max_tokens=16, timeout=120, label="tenant")
+    return len((await run_load(spec)).records)
+
+
+def phase_figures(records: list[RequestRecord], start: float, end: float) -> dict[str, Any]:
+    inside = [r for r in records if start <= r.start < end]
+    ok = [r for r in inside if r.ok]
+    ttfts = sorted(r.ttft for r in ok if r.ttft is not None)
+    return {
+        "requests": len(inside),
+        "failed": len(inside) - len(ok),
+        "goodput_tokens_per_s": sum(r.completion_tokens for r in ok) / max(1e-9, end - start),
+        "ttft_p50_s": percentile(ttfts, 50),
+        "ttft_p99_s": percentile(ttfts, 99),
+    }
+
+
+async def one_run(experiment: str, target: str, cap: int, adaptive: bool,
+                  args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    phase = args.phase
+    async with ServiceGroup(workdir / f"{experiment}-{target}") as group:
+        first_batch = 4 if experiment == "batch" else 8
+        mock = await group.start_mock({**MOCK, **mock_for(first_batch)})
+        proxy = await group.start_proxy("proxy", proxy_config(cap, adaptive),
+                                        {"MOCK_URL": mock.url})
+        spec = LoadSpec(base_url=proxy.url + "/v1", clients=args.clients, duration=2 * phase,
+                        stream=True, max_tokens=16, timeout=120, label=f"{experiment}-{target}")
+        caps: list[tuple[float, int | None]] = []
+        stop = asyncio.Event()
+        t0 = time.perf_counter()
+        sampler = asyncio.create_task(_cap_sampler(proxy.url, t0, stop, caps))
+
+        async def change() -> int:
+            await asyncio.sleep(phase)
+            if experiment == "batch":
+                async with aiohttp.ClientSession() as session:
+                    await session.post(mock.url + "/mock/config", json=mock_for(8))
+                return 0
+            return await _tenant(mock.url, 4, phase)
+
+        load_task = asyncio.create_task(run_load(spec))
+        changer = asyncio.create_task(change())
+        result = await load_task
+        tenant_requests = await changer
+        stop.set()
+        await sampler
+    records = result.records
+    settle = args.settle
+    out: dict[str, Any] = {
+        "experiment": experiment, "target": target, "cap": cap, "adaptive": adaptive,
+        "clients": args.clients, "phase_s": phase, "settle_s": settle,
+        "before": phase_figures(records, settle, phase),
+        "after": phase_figures(records, phase + settle, 2 * phase),
+        "lost": sum(1 for r in records if not r.ok),
+        "caps": caps,
+        "tenant_requests": tenant_requests,
+    }
+    if adaptive and experiment == "batch":
+        reached = next((t for t, c in caps if t >= phase and c is not None and c >= 7), None)
+        out["converged_after_s"] = None if reached is None else round(reached - phase, 1)
+    out["series"] = _per_second(records, 2 * phase)
+    return out
+
+
+def _per_second(records: list[RequestRecord], seconds: float) -> list[dict[str, Any]]:
+    out = []
+    for s in range(int(seconds)):
+        inside = [r for r in records if s <= r.start + r.latency < s + 1 and r.ok]
+        ttfts = sorted(r.ttft for r in inside if r.ttft is not None)
+        out.append({"t": s, "tokens": sum(r.completion_tokens for r in inside),
+                    "ttft_p99": percentile(ttfts, 99)})
+    return out
+
+
+def plot(run: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(7, 6), sharex=True)
+    t = [p[0] for p in run["caps"] if p[1] is not None]
+    axes[0].step(t, [p[1] for p in run["caps"] if p[1] is not None], where="post")
+    axes[0].set_ylabel("cap")
+    axes[1].plot([p["t"] for p in run["series"]], [p["tokens"] for p in run["series"]])
+    axes[1].set_ylabel("goodput tok/s")
+    axes[2].plot([p["t"] for p in run["series"]],
+                 [(p["ttft_p99"] or 0) * 1000 for p in run["series"]])
+    axes[2].set_ylabel("TTFT p99 ms")
+    axes[2].set_xlabel("seconds")
+    for ax in axes:
+        ax.axvline(run["phase_s"], color="grey", linestyle="--")
+    axes[0].set_title(f"{run['experiment']}: {run['target']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+RUNS = {
+    "batch": (("static4", 4, False), ("static8", 8, False), ("adaptive", 64, True)),
+    "tenant": (("static8", 8, False), ("adaptive", 64, True)),
+}
+
+
+async def run_all(args: argparse.Namespace) -> dict[str, Any]:
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for experiment in args.experiments:
+            for target, cap, adaptive in RUNS[experiment]:
+                print(f"{experiment} / {target} ({2 * args.phase:g}s)", flush=True)
+                run = await one_run(experiment, target, cap, adaptive, args, Path(tmp))
+                plot(run, out_dir / f"adaptive-{experiment}-{target}.png")
+                results[f"{experiment}/{target}"] = run
+    (out_dir / "adaptive.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    lines = ["| run | phase | goodput tok/s | TTFT p50 ms | TTFT p99 ms | failed |",
+             "|---|---|---|---|---|---|"]
+    for name, run in results.items():
+        for phase in ("before", "after"):
+            f = run[phase]
+            lines.append(
+                f"| {name} | {phase} | {f['goodput_tokens_per_s']:.0f} | "
+                f"{(f['ttft_p50_s'] or 0) * 1000:.0f} | {(f['ttft_p99_s'] or 0) * 1000:.0f} | "
+                f"{f['failed']} |")
+    for name, run in results.items():
+        if "converged_after_s" in run:
+            lines.append(f"\n{name}: cap within one step of 8 after {run['converged_after_s']}s")
+    return lines
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--phase", type=float, default=45.0, help="seconds per phase")
+    parser.add_argument("--settle", type=float, default=15.0,
+                        help="seconds of each phase left out of its figures")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--experiments", nargs="+", default=["batch", "tenant"],
+                        choices=sorted(RUNS))
+    parser.add_argument("--out", default="loadtest/results/adaptive")
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        results = runner.run(run_all(args))
+    print("\n".join(summary_lines(results)))
+    return 0
