@@ -132,11 +132,11 @@ class Config:
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     max_body_bytes: int = 16 * 1024 * 1024
     passthrough_upstream: str | None = None  # where model-less paths go; default: the first
-    #: normalized paths whose POSTs pass through without admission (cheap engine routes)
-    passthrough_paths: frozenset[str] = DEFAULT_PASSTHROUGH_PATHS
     #: GET/HEAD paths served without a client key (read-only probes: /version, /api/tags...);
     #: a trailing ``*`` matches any path under that prefix
     public_paths: tuple[str, ...] = ()
+    #: normalized paths whose POSTs pass through without admission (cheap engine routes)
+    passthrough_paths: frozenset[str] = DEFAULT_PASSTHROUGH_PATHS
     shutdown_grace_s: float = 30.0
     body_read_timeout_s: float = 60.0  # a client slower than this to send its body gets 408
     #: a connection without a whole request head this long after opening (or after its last
@@ -315,9 +315,10 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, port_number
 
 
-def _public_paths(top: _Section) -> tuple[str, ...]:
+def _public_paths(top: _Section, passthrough_paths: frozenset[str]) -> tuple[str, ...]:
     """``/path`` (GET/HEAD) or ``POST /path`` (a read-only POST probe such as Ollama's
-    ``/api/show``); never an admitted path, an admin route, or everything."""
+    ``/api/show``, which must be in ``passthrough_paths``); never an admitted path, an admin
+    route, or everything."""
     entries = top.str_list("public_paths")
     for i, entry in enumerate(entries):
         where = f"public_paths[{i}]"
@@ -328,9 +329,10 @@ def _public_paths(top: _Section) -> tuple[str, ...]:
                                 f"'POST /api/show', got {entry!r}")
         elif path.rstrip("*") in ("/throttle/status", "/metrics", "/healthz", "/", ""):
             top.problems.append(f"{where}: {entry!r} would open the admin routes or every path")
-        elif method == "POST" and path.endswith("*"):
-            top.problems.append(f"{where}: {entry!r}: a POST prefix would cover admitted "
-                                "paths, which always need a key")
+        elif method == "POST" and (path.endswith("*")
+                                   or normalized_path(path) not in passthrough_paths):
+            top.problems.append(f"{where}: {entry!r}: a POST that is admitted (one not in "
+                                "passthrough_paths, or a prefix) always needs a key")
     return entries
 
 
@@ -479,14 +481,13 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
     )
     q.finish()
 
-    a, atd = top.section("attribution"), defaults_of(AttributionConfig)
+    a = top.section("attribution")
     attribution = AttributionConfig(
         header=(a.str("header") or "").lower() or None,
         max_in_flight=a.number("max_in_flight", integer=True),
         priority_header=(a.str("priority_header") or "").lower() or None,
-        max_values=a.number("max_values", atd["max_values"], integer=True, minimum=0,
-                            exclusive=False),
-        value_idle_s=a.number("value_idle_s", atd["value_idle_s"]),
+        max_values=a.number("max_values", 100, integer=True, minimum=0, exclusive=False),
+        value_idle_s=a.number("value_idle_s", 600.0),
     )
     a.finish()
 
@@ -512,6 +513,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
     )
     r.finish()
 
+    passthrough_paths = _passthrough_paths(top)
     config = Config(
         listen_host=host,
         listen_port=port,
@@ -528,8 +530,8 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         access_log=access_log,
         max_body_bytes=top.number("max_body_bytes", cd["max_body_bytes"], integer=True),
         passthrough_upstream=top.str("passthrough_upstream"),
-        passthrough_paths=_passthrough_paths(top),
-        public_paths=_public_paths(top),
+        passthrough_paths=passthrough_paths,
+        public_paths=_public_paths(top, passthrough_paths),
         shutdown_grace_s=top.number("shutdown_grace_s", cd["shutdown_grace_s"], minimum=0,
                                     exclusive=False),
         body_read_timeout_s=top.number("body_read_timeout_s", cd["body_read_timeout_s"]),
@@ -543,12 +545,6 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
 
 
 def _check_references(config: Config, problems: list[str]) -> None:
-    for i, entry in enumerate(config.public_paths):
-        if entry.startswith("POST ") and \
-                normalized_path(entry.removeprefix("POST ")) not in config.passthrough_paths:
-            # every other POST is admitted (proxy/families.py): admitted means keyed
-            problems.append(f"public_paths[{i}]: {entry!r}: a POST that is admitted always "
-                            "needs a key; only a passthrough_paths entry can be public")
     if not config.upstreams:
         problems.append("upstreams: at least one upstream is required")
     if not config.models:
