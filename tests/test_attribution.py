@@ -118,7 +118,7 @@ async def test_a_folded_value_that_goes_idle_leaves_metrics_scrapable(make_proxy
     """The ``<client>/other`` resource exists only while a folded value is in flight: once it
     is gone its gauges are removed (by their ``kind``/``name`` labels), and /metrics still
     answers 200 without it. ``max_values: 0`` folds every value (it once raised
-    StopIteration inside the request path and hung the request)."""
+    StopIteration inside the request path: a 500)."""
     def slow(seen: Seen) -> Reply:
         return Reply.json({"choices": []}, hold_s=0.4)
 
