@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .access_log import AccessLog
-from .admission import AdmissionPolicy, settlement
+from .admission import AdmissionPolicy, requested_max_wait, settlement
 from .attribution import AttributionLabels
 from .auth import Authenticator, Identity, bearer_token
 from .catalog import ModelCatalog
@@ -243,7 +243,8 @@ class Proxy:
         route = self.policy.route(parsed.model)
         record.model, record.priority = route.model.name, identity.priority
         demand, reserved = self.policy.demand(route, identity, parsed,
-                                             self._id_prefix + str(next(self._ids)))
+                                             self._id_prefix + str(next(self._ids)),
+                                             requested_max_wait(request.headers))
         grant = await self._acquire(demand, record)
         upstream = self.config.upstreams[grant.option.name]
         record.upstream = upstream.name
@@ -257,6 +258,7 @@ class Proxy:
             return await self.forwarder.exchange(request, upstream, sent, outcome, self.clock)
         finally:
             used = self._tokens_used(outcome, reserved)
+            grant.used = used  # corrects the flow's fair-share counter
             self.store.release_nowait(
                 grant, settlement(grant, reserved, used) if grant.charges else ())
             record.upstream_s, record.upstream_failure = outcome.upstream_s, outcome.failure
