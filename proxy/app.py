@@ -222,7 +222,7 @@ class Proxy:
         return response
 
     def _answered(self, record: RequestRecord) -> None:
-        if not record.admin:  # scrapes are not requests
+        if not record.admin:  # scrapes and health checks are not proxied requests
             self.metrics.observe(record)
         if self.access_log is not None:
             self.access_log.write(record)

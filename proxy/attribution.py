@@ -49,6 +49,8 @@ class AttributionLabels:
         if label in seen:
             del seen[label]  # re-inserted below: most recently seen last
         elif len(seen) >= self.max_values:
+            if not seen:  # max_values: 0, every value is folded
+                return f"{identity.name}/{OTHER}"
             oldest = next(iter(seen))
             if now - seen[oldest] <= self.idle_s:
                 return f"{identity.name}/{OTHER}"

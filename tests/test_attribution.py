@@ -112,3 +112,31 @@ def test_idle_values_expire_and_lose_their_series():
     clients = {key[1] for key in metrics.requests.children}
     assert clients == {"c/b", "c/other"}  # b was dropped from tracking, not yet its series
     assert labels.label(Identity("c", Priority.BATCH, (), ())) == "c"  # no attribute
+
+
+async def test_a_folded_value_that_goes_idle_leaves_metrics_scrapable(make_proxy):
+    """The ``<client>/other`` resource exists only while a folded value is in flight: once it
+    is gone its gauges are removed (by their ``kind``/``name`` labels), and /metrics still
+    answers 200 without it. ``max_values: 0`` folds every value (it once raised
+    StopIteration inside the request path: a 500)."""
+    def slow(seen: Seen) -> Reply:
+        return Reply.json({"choices": []}, hold_s=0.4)
+
+    async with RawUpstream(slow) as upstream:
+        proxy = await make_proxy(attributed_config(upstream.url, max_values=0))
+        async with aiohttp.ClientSession() as session:
+            running = asyncio.create_task(send(session, proxy.url, "a"))
+            for _ in range(200):
+                if upstream.seen:
+                    break
+                await asyncio.sleep(0.01)
+            async with session.get(proxy.url + "/metrics") as response:
+                assert response.status == 200
+                during = await response.text()
+            assert await running == 200
+            await proxy.proxy.store.drain()
+            async with session.get(proxy.url + "/metrics") as response:
+                assert response.status == 200
+                after = await response.text()
+    assert 'name="anonymous/other"' in during
+    assert 'name="anonymous/other"' not in after
