@@ -118,6 +118,8 @@ class Config:
     #: a connection without a whole request head this long after opening (or after its last
     #: response) is closed: slow-header (slowloris) and idle keep-alive guard
     header_read_timeout_s: float = 30.0
+    #: client connections served at once; one more is answered 503 and closed
+    max_connections: int = 4096
 
     @property
     def requires_client_keys(self) -> bool:
@@ -418,6 +420,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         shutdown_grace_s=top.number("shutdown_grace_s", 30.0, minimum=0, exclusive=False),
         body_read_timeout_s=top.number("body_read_timeout_s", 60.0),
         header_read_timeout_s=top.number("header_read_timeout_s", 30.0),
+        max_connections=top.number("max_connections", 4096, integer=True),
     )
     top.finish()
     _check_references(config, problems)

@@ -9,24 +9,46 @@ and times out. Its upstream twin is ``proxy/upstream.py``.
 
 Theory of operation: one ``_Connection`` protocol per TCP connection. The parser calls back as
 bytes arrive. When a request's head is complete a ``Request`` (``proxy/messages.py``, with the
-answers ``Response`` and ``StreamResponse``) is made and handled as a task
-when the connection is free, else it waits its turn (pipelining). Body bytes go to the
-request, where ``Request.read_body`` picks them up. A client that disconnects cancels its
-handler task, so a queued request leaves the queue and a stream stops at once. The handler
-answers with a ``Response`` (one write) or streams with ``Request.start_stream`` (one write per
-chunk, awaiting only while the client's socket buffer is full). The connection then serves
-the next request, or closes when either side asked for it or the request body was not read
-whole.
+answers ``Response`` and ``StreamResponse``; they reach the connection only through the
+``Channel`` interface declared there) is made and handled as a task when the connection is
+free, else it waits its turn (pipelining). Body bytes go to the request, where
+``Request.read_body`` picks them up. A client that disconnects cancels its handler task, so a
+queued request leaves the queue and a stream stops at once. The handler answers with a
+``Response`` (one write) or streams with ``Request.start_stream`` (one write per chunk,
+awaiting only while the client's socket buffer is full). The connection then serves the next
+request, or closes when either side asked for it or the request body was not read whole.
+
+The connection's life is ``ConnState`` (transitions kept as data in ``_NEXT_STATES``)::
+
+    IDLE --head--> ACTIVE --answered, nothing parsed ahead--> IDLE
+    ACTIVE --draining, Upgrade--> MUST_CLOSE   (finish the message being read and the
+                                                 answers due, take no new request, close)
+    IDLE | ACTIVE | MUST_CLOSE --unreadable input--> ERROR  (read nothing more; answer what
+                                                 was parsed before it, then its error; close)
+    any --> CLOSED
+
+Memory stays bounded whatever the client does (``proxy/flow_control.py`` holds the pauses):
+a read is parsed in slices of ``_FEED_SLICE`` bytes, and between slices the rest is held
+unparsed while reading is paused; reading pauses while the answers' unsent output is above
+the transport's high-water mark (a client that pipelines and never reads: the next request is
+not even started), while ``_MAX_PIPELINED`` requests wait behind the one being answered, and
+while a request parsed ahead has a body (bodies are read one at a time). At most
+``max_connections`` connections are served; one more gets a 503 JSON (``retry-after``) and is
+closed: the OpenAI SDKs back off and retry on 503, while a bare close reads as a network fault.
+When the server starts draining, idle keep-alive connections are closed at once and busy ones
+after their answer (``Connection: close``).
 
 Limits, each answered with an OpenAI-shaped error: request target 8 KiB (414), one header 16
-KiB, 128 headers, 64 KiB of head (431), the head within ``header_read_timeout_s`` of the
-connection going idle (slowloris: closed), the body within ``max_body_bytes`` (413, also after
-decompression) and ``body_read_timeout_s`` (408).
+KiB, 128 headers, 64 KiB of head however it arrives (431), HTTP/1.0 and 1.1 only (505), the
+head within ``header_read_timeout_s`` of the connection going idle (slowloris: closed), the
+body within ``max_body_bytes`` (413, also after decompression) and ``body_read_timeout_s``
+(408), a chunked body's framing and extensions within its own size plus 128 KiB (413).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -37,7 +59,16 @@ from http import HTTPStatus
 import httptools
 from multidict import CIMultiDict
 
-from .errors import BadRequest, HeadTooLarge, ProxyError, TargetTooLong
+from .errors import (
+    BadRequest,
+    BodyTooLarge,
+    HeadTooLarge,
+    ProxyError,
+    TargetTooLong,
+    TooManyConnections,
+    VersionNotSupported,
+)
+from .flow_control import FlowControl, ReadPause
 from .messages import NO_BODY_STATUS, Request, Response, StreamResponse
 
 log = logging.getLogger("llm_throttle.server")
@@ -48,6 +79,13 @@ MAX_HEADERS = 128
 MAX_HEAD_BYTES = 65536
 #: pipelined requests parsed ahead of the one being answered before reading pauses
 _MAX_PIPELINED = 8
+#: a read is parsed this much at a time, so a pause takes effect within one slice
+_FEED_SLICE = 65536
+#: a chunked body's wire bytes may exceed twice its payload by this much (head, chunk
+#: sizes and extensions, CRLFs): a 20 MB chunk extension is refused, 16-byte chunks are fine
+_FRAMING_ALLOWANCE = MAX_HEAD_BYTES + _FEED_SLICE
+#: a refused connection is closed this long after its 503 (so the 503 is read, not reset)
+_REFUSAL_LINGER_S = 1.0
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _METHODS = {m: m.decode() for m in (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS",
                                      b"PATCH")}
@@ -55,11 +93,34 @@ _METHODS = {m: m.decode() for m in (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE",
 Handler = Callable[["Request"], Awaitable["Response | StreamResponse"]]
 
 
+class ConnState(enum.Enum):
+    """Where a client connection is in its life (see the module docstring)."""
+
+    IDLE = "idle"  # waiting for a request head; the idle timer runs
+    ACTIVE = "active"  # answering a request (others may wait, parsed ahead)
+    MUST_CLOSE = "must_close"  # finish the message being read and the answers due, then close
+    ERROR = "error"  # input unreadable: read nothing more, answer what is due, then close
+    CLOSED = "closed"  # closed by us or by the client
+
+
+_NEXT_STATES: dict[ConnState, frozenset[ConnState]] = {
+    ConnState.IDLE: frozenset({ConnState.ACTIVE, ConnState.ERROR, ConnState.CLOSED}),
+    ConnState.ACTIVE: frozenset({ConnState.IDLE, ConnState.ACTIVE, ConnState.MUST_CLOSE,
+                                 ConnState.ERROR, ConnState.CLOSED}),
+    ConnState.MUST_CLOSE: frozenset({ConnState.MUST_CLOSE, ConnState.ERROR, ConnState.CLOSED}),
+    ConnState.ERROR: frozenset({ConnState.ERROR, ConnState.CLOSED}),
+    ConnState.CLOSED: frozenset({ConnState.CLOSED}),
+}
+_READING = (ConnState.IDLE, ConnState.ACTIVE)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
     max_body_bytes: int
     body_read_timeout_s: float
     header_read_timeout_s: float
+    #: client connections served at once; one more gets a 503 and is closed
+    max_connections: int = 4096
 
 
 class _HeadRejected(Exception):
@@ -69,7 +130,11 @@ class _HeadRejected(Exception):
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: parses requests, runs the handler, writes the answers."""
+    """One client connection: parses requests, runs the handler, writes the answers.
+
+    Implements ``messages.Channel`` (``flow``, ``limits``, ``local_port``, ``write``,
+    ``writelines``, ``start_stream``) for its requests.
+    """
 
     def __init__(self, server: HttpServer):
         self.server = server
@@ -78,40 +143,66 @@ class _Connection(asyncio.Protocol):
         self.handler = server.handler
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.flow: FlowControl = None  # type: ignore[assignment]
+        self.state = ConnState.IDLE
         self.local_port = 0
-        self.lost = False
-        self.write_paused = False
         #: since when the connection has waited for a request head (None: one is in)
         self.idle_since: float | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
         self._url: list[bytes] = []
         self._url_bytes = 0
         self._raw_headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
-        self._head_seen = False
-        self._big_feed = False
+        self._head_size = 0  # names and values of the head being parsed
+        self._head_wire = 0  # bytes read while that head was incomplete (an upper bound)
+        self._body_wire = 0  # bytes read while a chunked body was incomplete
+        self._held = b""  # read but not parsed yet: reading paused in the middle of a read
         self._parsing: Request | None = None  # the request whose body is being parsed
         self._current: Request | None = None  # the request being answered
         self._task: asyncio.Task[None] | None = None
         self._pipeline: deque[Request] = deque()
-        self._closing = False  # answer the current request, then close
-        self._reading_paused = False
+        self._refusal: ProxyError | None = None  # answered once the pipeline is through
+
+    def _move(self, state: ConnState) -> None:
+        if state not in _NEXT_STATES[self.state]:
+            raise RuntimeError(f"connection state {self.state.name} -> {state.name}")
+        self.state = state
 
     # -- asyncio protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.flow = FlowControl(self.transport)
+        self.write = self.transport.write  # type: ignore[method-assign]
+        self.writelines = self.transport.writelines  # type: ignore[method-assign]
         sockname = transport.get_extra_info("sockname")
         if isinstance(sockname, tuple) and len(sockname) >= 2:
             self.local_port = sockname[1]
+        if not self.server.admit_connection(self):
+            self._refuse(TooManyConnections(
+                f"the proxy holds its maximum of {self.limits.max_connections} connections; "
+                "retry shortly", retry_after_s=1.0))
+            return
         self.idle_since = self.loop.time()
-        self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        state = self.state
+        if state not in _READING and (state is not ConnState.MUST_CLOSE or self._parsing is None):
+            return  # nothing more is read (a body still arriving while draining is)
+        if self._held or self.flow.read_paused:
+            self._held += data
             return
-        self._head_seen = False
-        self._big_feed = len(data) > MAX_HEADER_BYTES or self._head_bytes > 0
+        if len(data) <= _FEED_SLICE:
+            self._feed(data)
+            return
+        view = memoryview(data)
+        for start in range(0, len(data), _FEED_SLICE):
+            if self.state not in _READING and self._parsing is None:
+                return
+            if self.flow.read_paused:
+                self._held = bytes(view[start:])
+                return
+            self._feed(view[start:start + _FEED_SLICE])
+
+    def _feed(self, data: bytes | memoryview) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -124,49 +215,63 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             # CONNECT or an Upgrade header: the head (and any body) came; nothing after it
             # is HTTP/1.1 any more. The handler answers (CONNECT is refused), then close.
-            self._closing = True
+            if self.state is ConnState.ACTIVE:
+                self._move(ConnState.MUST_CLOSE)
         except httptools.HttpParserError as exc:
-            self._parse_failed(BadRequest(f"malformed HTTP request: {exc}",
-                                          code="invalid_http"))
+            if str(exc) == "Invalid HTTP version":
+                self._parse_failed(VersionNotSupported(
+                    "only HTTP/1.0 and HTTP/1.1 are served"))
+            else:
+                self._parse_failed(BadRequest(f"malformed HTTP request: {exc}",
+                                              code="invalid_http"))
         else:
-            if not self._head_seen and self._parsing is None and self._url:
-                self._head_bytes += len(data)  # a head still arriving
-                if self._head_bytes > MAX_HEAD_BYTES:
+            if self._url:  # a head still arriving: bound what llhttp holds of it
+                self._head_wire += len(data)
+                if self._head_wire > MAX_HEAD_BYTES + _FEED_SLICE:
                     self._parse_failed(HeadTooLarge(
                         f"request head over {MAX_HEAD_BYTES} bytes"))
+                return
+            request = self._parsing
+            if request is not None and request.chunked:
+                self._body_wire += len(data)
+                if self._body_wire > 2 * request.body_size + _FRAMING_ALLOWANCE:
+                    self._parse_failed(BodyTooLarge(
+                        "chunked body framing (chunk sizes and extensions) is over "
+                        f"{_FRAMING_ALLOWANCE} bytes more than its data",
+                        code="chunk_framing_too_large"))
 
     def eof_received(self) -> bool | None:
         return None  # a half-closed client is gone: close (and cancel its handler)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
+        self.state = ConnState.CLOSED
+        self.flow.connection_lost()
         self.server.connections.discard(self)
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._pipeline.clear()
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionResetError("the client closed the connection"))
+        self._held = b""
 
     def pause_writing(self) -> None:
-        self.write_paused = True
+        self.flow.pause_writing()
+        if self._parsing is None:  # a body being read keeps coming, or its handler waits
+            self.flow.pause_reading(ReadPause.OUTPUT)
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.flow.resume_writing()
+        if self.flow.paused_for(ReadPause.OUTPUT):
+            if self._current is None and self.state in (ConnState.ACTIVE, ConnState.MUST_CLOSE,
+                                                         ConnState.ERROR):
+                self._next()  # an answer was done while the client was not reading
+            if not self.flow.write_paused:
+                self._resume(ReadPause.OUTPUT)
 
-    async def drain(self) -> None:
-        if self.lost:
-            raise ConnectionResetError("the client closed the connection")
-        if not self.write_paused:
-            return
-        self._drain_waiter = self.loop.create_future()
-        try:
-            await self._drain_waiter
-        finally:
-            self._drain_waiter = None
+    def _resume(self, reason: ReadPause) -> None:
+        """Reading resumes for ``reason``; what was held back of the last read comes first."""
+        self.flow.resume_reading(reason)
+        if self._held and not self.flow.read_paused:
+            held, self._held = self._held, b""
+            self.data_received(held)
 
     # -- httptools callbacks ---------------------------------------------------------------------
 
@@ -177,24 +282,31 @@ class _Connection(asyncio.Protocol):
             raise _HeadRejected(TargetTooLong(f"request target over {MAX_TARGET_BYTES} bytes"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._raw_headers.append((name, value))  # limits: on_headers_complete, data_received
+        self._raw_headers.append((name, value))  # limits: on_headers_complete
+        self._head_size += len(name) + len(value)
 
-    def _check_header_limits(self) -> None:
+    def _check_head_limits(self) -> None:
         raw = self._raw_headers
         if len(raw) > MAX_HEADERS:
             raise _HeadRejected(HeadTooLarge(f"more than {MAX_HEADERS} request headers",
                                              code="too_many_headers"))
-        if self._big_feed:  # only a big read can hold a header over the limit
-            for name, value in raw:
-                if len(name) + len(value) > MAX_HEADER_BYTES:
-                    raise _HeadRejected(HeadTooLarge(
-                        f"a request header is over {MAX_HEADER_BYTES} bytes",
-                        code="header_too_large"))
+        for name, value in raw:
+            if len(name) + len(value) > MAX_HEADER_BYTES:
+                raise _HeadRejected(HeadTooLarge(
+                    f"a request header is over {MAX_HEADER_BYTES} bytes",
+                    code="header_too_large"))
+        if self._url_bytes + self._head_size + 4 * len(raw) > MAX_HEAD_BYTES:
+            raise _HeadRejected(HeadTooLarge(f"request head over {MAX_HEAD_BYTES} bytes"))
 
     def on_headers_complete(self) -> None:
-        if self._big_feed or len(self._raw_headers) > MAX_HEADERS:
-            self._check_header_limits()
+        # one header over 16 KiB or a head over 64 KiB both need names and values over 16 KiB
+        if self._head_size > MAX_HEADER_BYTES or len(self._raw_headers) > MAX_HEADERS:
+            self._check_head_limits()
         parser = self.parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise _HeadRejected(VersionNotSupported(
+                f"HTTP/{version[:8]} is not served; use HTTP/1.1"))
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("latin-1")
         url = self._url
@@ -202,35 +314,39 @@ class _Connection(asyncio.Protocol):
         headers: CIMultiDict[str] = CIMultiDict(
             [(n.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
              for n, v in self._raw_headers])
-        request = Request(self, method, target, parser.get_http_version(), headers,
-                          parser.should_keep_alive(), self._raw_headers)
+        request = Request(self, method, target, version, headers, parser.should_keep_alive(),
+                          self._raw_headers)
         # ready for the next head (no on_message_begin callback: one call less per request)
         self._url = []
         self._url_bytes = 0
         self._raw_headers = []
-        self._head_bytes = 0
-        self._head_seen = True
-        self._parsing = request
-        if self._current is None:
+        self._head_size = 0
+        self._head_wire = 0
+        self._body_wire = 0
+        state = self.state
+        if state is ConnState.IDLE:
+            self._parsing = request
             self.idle_since = None
-            self._current = request
-            self._task = self.loop.create_task(self._answer(request))
-        else:
+            self._move(ConnState.ACTIVE)
+            self._start(request)
+        elif state is ConnState.ACTIVE:
+            self._parsing = request
             self._pipeline.append(request)
-            if len(self._pipeline) >= _MAX_PIPELINED and not self._reading_paused:
-                self._reading_paused = True
-                self.transport.pause_reading()
+            # bodies parsed ahead are read one at a time, bodiless heads _MAX_PIPELINED deep
+            if len(self._pipeline) >= _MAX_PIPELINED or request.body_exists:
+                self.flow.pause_reading(ReadPause.PIPELINE)
+        # else (MUST_CLOSE): a request after the last one taken is not answered
 
     def on_body(self, body: bytes) -> None:
         request = self._parsing
         if request is not None:
-            request._feed(body)
+            request.feed_body(body)
 
     def on_message_complete(self) -> None:
         request = self._parsing
         if request is not None:
             self._parsing = None
-            request._end()
+            request.end_body()
 
     # -- answering -------------------------------------------------------------------------------
 
@@ -245,43 +361,63 @@ class _Connection(asyncio.Protocol):
             return  # the client left (or the server is closing): nobody to answer
         except Exception:  # a bug in the handler: answer shaped, keep serving
             log.exception("unhandled error on %s %s", request.method, request.path[:200])
-            if request._started:  # a stream cut short: only closing can tell the client
+            if request.started:  # a stream cut short: only closing can tell the client
                 self.abort()
                 return
             response = Response.for_error(ProxyError("internal error in llm-throttle"))
-        if self.lost:
+        if self.state is ConnState.CLOSED:
             return
         if isinstance(response, StreamResponse):
             response.finish()
-        elif not request._started:
+        elif not request.started:
             self._write_whole(request, response)
         self._done(request)
 
     def _done(self, request: Request) -> None:
         self._current = None
         self._task = None
-        if self.lost:
+        if self.state is ConnState.CLOSED:
             return
-        if not request.keep_alive or not request._complete:
-            self.transport.close()  # flushes what was written first
-        elif self._pipeline:  # requests parsed ahead are answered, even when closing
-            if self._reading_paused:
-                self._reading_paused = False
-                self.transport.resume_reading()
-            self._start(self._pipeline.popleft())
-        elif self._closing:
-            self.transport.close()
+        if not request.keep_alive or not request.body_complete:
+            self._close()  # flushes what was written first
         else:
+            self._next()
+
+    def _next(self) -> None:
+        """After an answer: the next request parsed ahead, the refusal due, close, or idle;
+        nothing while the client has not taken the output (``resume_writing`` calls again)."""
+        flow = self.flow
+        if flow.write_paused:
+            flow.pause_reading(ReadPause.OUTPUT)
+            return
+        if self._pipeline:
+            self._start(self._pipeline.popleft())
+            if flow.paused_for(ReadPause.PIPELINE) and len(self._pipeline) < _MAX_PIPELINED \
+                    and not any(r.body_exists for r in self._pipeline):
+                self._resume(ReadPause.PIPELINE)
+        elif self._refusal is not None:
+            self._write_error(self._refusal)
+            self._close()
+        elif self.state is not ConnState.ACTIVE:
+            self._close()
+        else:
+            self._move(ConnState.IDLE)
             self.idle_since = self.loop.time()
+
+    def _last_answer(self, request: Request) -> bool:
+        if not request.keep_alive:
+            return True
+        return self.state is not ConnState.ACTIVE and not self._pipeline and \
+            self._refusal is None
 
     def _head(self, request: Request, status: int, reason: str | None,
               headers: bytes | Iterable[tuple[str, str]], framing: bytes) -> bytes:
-        request._started = True
+        request.started = True
         status_line = self.server.status_line(status, reason)
         if not isinstance(headers, bytes):
             headers = "".join([f"{name}: {value}\r\n" for name, value in headers]).encode(
                 "utf-8", "surrogateescape")
-        if not request.keep_alive or (self._closing and not self._pipeline):
+        if self._last_answer(request):
             connection = b"Connection: close\r\n"
         elif request.version == "1.0":
             connection = b"Connection: keep-alive\r\n"
@@ -306,10 +442,15 @@ class _Connection(asyncio.Protocol):
         else:
             self.transport.writelines((head, body))
 
+    def _write_error(self, error: ProxyError) -> None:
+        """An error answer that is the connection's last (``Connection: close``)."""
+        request = Request(self, "GET", "/", "1.1", CIMultiDict(), False, [])
+        self._write_whole(request, Response.for_error(error))
+
     def start_stream(self, request: Request, status: int, reason: str | None,
                      headers: bytes | Iterable[tuple[str, str]],
                      defer_head: bool) -> StreamResponse:
-        if self.lost:
+        if self.flow.lost:
             raise ConnectionResetError("the client closed the connection")
         silent = request.method == "HEAD" or status in NO_BODY_STATUS
         chunked = not silent and request.version != "1.0"
@@ -323,25 +464,53 @@ class _Connection(asyncio.Protocol):
         return response
 
     def _parse_failed(self, error: ProxyError) -> None:
-        """The rest of the input is unreadable: answer what can be answered, then close."""
-        self._closing = True
-        request = self._parsing
-        if request is not None and not request._complete:
-            request._fail(error)  # its handler reads the body and answers with the error
+        """The rest of the input is unreadable: answer what was parsed before it, then the
+        error (or the request whose body broke answers it), then close."""
+        if self.state is ConnState.CLOSED:
             return
-        if self._current is None and not self.lost:
-            request = Request(self, "GET", "/", "1.1", CIMultiDict(), False, [])
-            self._write_whole(request, Response.for_error(error))
+        self._move(ConnState.ERROR)
+        self._held = b""
+        request = self._parsing
+        if request is not None and not request.body_complete:
+            request.fail_body(error)  # its handler reads the body and answers with the error
+            return
+        if self._current is None and not self._pipeline:
+            self._write_error(error)
+            self._close()
+        else:
+            self._refusal = error
+
+    def _refuse(self, error: ProxyError) -> None:
+        """Over ``max_connections``: a 503, and close once the client had time to read it."""
+        self._move(ConnState.ERROR)
+        self._write_error(error)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(_REFUSAL_LINGER_S, self._close)
+
+    def _close(self) -> None:
+        if self.state is not ConnState.CLOSED:
+            self._move(ConnState.CLOSED)
             self.transport.close()
 
     def close_if_idle(self, now: float, timeout: float) -> None:
         """Slowloris guard: no whole request head within ``timeout`` of going idle."""
-        if self.idle_since is not None and now - self.idle_since > timeout:
+        if self.state is ConnState.IDLE and self.idle_since is not None and \
+                now - self.idle_since > timeout:
             self.idle_since = None
-            self.transport.close()
+            self._close()
+
+    def start_draining(self) -> None:
+        """The server stops: an idle keep-alive connection closes now, a busy one after the
+        answers it owes (``Connection: close``)."""
+        if self.state is ConnState.IDLE:
+            self._close()
+        elif self.state is ConnState.ACTIVE:
+            self._move(ConnState.MUST_CLOSE)
 
     def abort(self) -> None:
-        if not self.lost:
+        if self.state is not ConnState.CLOSED or not self.flow.lost:
+            self.state = ConnState.CLOSED
             self.transport.abort()
 
 
@@ -353,10 +522,14 @@ class HttpServer:
         self.limits = limits
         self.loop = asyncio.get_running_loop()
         self.connections: set[_Connection] = set()
+        #: connections refused over ``max_connections`` since start
+        self.refused_connections = 0
+        self.draining = False
         self.date_line = b""
         self._status_lines: dict[tuple[int, str | None], bytes] = {}
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
+        self._refusal_logged_at = -1e9
         self._sweep()
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
@@ -365,6 +538,21 @@ class HttpServer:
                                                reuse_address=True, backlog=1024)
         self._servers.append(server)
         return server.sockets[0].getsockname()[:2]
+
+    def admit_connection(self, conn: _Connection) -> bool:
+        """Count a new connection in, or refuse it (over ``max_connections``), logged at most
+        once every 10 s."""
+        if len(self.connections) < self.limits.max_connections:
+            self.connections.add(conn)
+            return True
+        self.refused_connections += 1
+        now = self.loop.time()
+        if now - self._refusal_logged_at >= 10.0:
+            self._refusal_logged_at = now
+            log.warning("max_connections (%d) reached: refusing new connections with 503 "
+                        "(%d refused so far)", self.limits.max_connections,
+                        self.refused_connections)
+        return False
 
     def status_line(self, status: int, reason: str | None) -> bytes:
         """``HTTP/1.1 200 OK`` and CRLF, cached (upstreams send a handful of distinct ones)."""
@@ -386,10 +574,14 @@ class HttpServer:
         self._sweeper = self.loop.call_later(min(1.0, timeout / 4), self._sweep)
 
     def stop_listening(self) -> None:
-        """New connections are refused; open ones carry on (graceful shutdown)."""
+        """Draining starts: new connections are refused, idle keep-alive ones closed, busy
+        ones closed after their answers (graceful shutdown)."""
         for server in self._servers:
             server.close()
         self._servers.clear()
+        self.draining = True
+        for conn in list(self.connections):
+            conn.start_draining()
 
     async def close(self) -> None:
         """Stop listening, cancel what still runs, close every connection."""
