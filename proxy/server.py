@@ -84,8 +84,9 @@ _FEED_SLICE = 65536
 #: a chunked body's wire bytes may exceed twice its payload by this much (head, chunk
 #: sizes and extensions, CRLFs): a 20 MB chunk extension is refused, 16-byte chunks are fine
 _FRAMING_ALLOWANCE = MAX_HEAD_BYTES + _FEED_SLICE
-#: a refused connection is closed this long after its 503 (so the 503 is read, not reset)
-_REFUSAL_LINGER_S = 1.0
+#: after an error answer, input is read and dropped this long before the close, so the
+#: client reads the answer instead of a reset (lingering close, as nginx does)
+_LINGER_S = 1.0
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _METHODS = {m: m.decode() for m in (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS",
                                      b"PATCH")}
@@ -247,6 +248,7 @@ class _Connection(asyncio.Protocol):
         self.state = ConnState.CLOSED
         self.flow.connection_lost()
         self.server.connections.discard(self)
+        self.server.refused.discard(self)
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._pipeline.clear()
@@ -378,8 +380,10 @@ class _Connection(asyncio.Protocol):
         self._task = None
         if self.state is ConnState.CLOSED:
             return
-        if not request.keep_alive or not request.body_complete:
+        if not request.keep_alive:
             self._close()  # flushes what was written first
+        elif not request.body_complete:  # answered before its body came (413, 401 ...)
+            self._linger()
         else:
             self._next()
 
@@ -397,7 +401,7 @@ class _Connection(asyncio.Protocol):
                 self._resume(ReadPause.PIPELINE)
         elif self._refusal is not None:
             self._write_error(self._refusal)
-            self._close()
+            self._linger()
         elif self.state is not ConnState.ACTIVE:
             self._close()
         else:
@@ -476,7 +480,7 @@ class _Connection(asyncio.Protocol):
             return
         if self._current is None and not self._pipeline:
             self._write_error(error)
-            self._close()
+            self._linger()
         else:
             self._refusal = error
 
@@ -484,9 +488,22 @@ class _Connection(asyncio.Protocol):
         """Over ``max_connections``: a 503, and close once the client had time to read it."""
         self._move(ConnState.ERROR)
         self._write_error(error)
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        self.loop.call_later(_REFUSAL_LINGER_S, self._close)
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close once the client had time to read the last answer: half-close now (the
+        answer is flushed, then FIN), drop what still arrives, close at the client's EOF or
+        after ``_LINGER_S``. Closing with unread input would send a reset, and the client
+        would lose the answer."""
+        if self.state is ConnState.CLOSED:
+            return
+        if self.state is not ConnState.ERROR:
+            self._move(ConnState.ERROR)
+        if not self.transport.can_write_eof():
+            self._close()
+            return
+        self.transport.write_eof()
+        self.loop.call_later(_LINGER_S, self._close)
 
     def _close(self) -> None:
         if self.state is not ConnState.CLOSED:
@@ -522,8 +539,9 @@ class HttpServer:
         self.limits = limits
         self.loop = asyncio.get_running_loop()
         self.connections: set[_Connection] = set()
-        #: connections refused over ``max_connections`` since start
+        #: connections refused over ``max_connections`` since start, and those still open
         self.refused_connections = 0
+        self.refused: set[_Connection] = set()
         self.draining = False
         self.date_line = b""
         self._status_lines: dict[tuple[int, str | None], bytes] = {}
@@ -546,6 +564,7 @@ class HttpServer:
             self.connections.add(conn)
             return True
         self.refused_connections += 1
+        self.refused.add(conn)
         now = self.loop.time()
         if now - self._refusal_logged_at >= 10.0:
             self._refusal_logged_at = now
@@ -592,7 +611,7 @@ class HttpServer:
             self._sweeper.cancel()
             self._sweeper = None
         tasks = [c._task for c in self.connections if c._task is not None]
-        for conn in list(self.connections):
+        for conn in [*self.connections, *self.refused]:
             conn.abort()
         for task in tasks:
             task.cancel()
