@@ -38,9 +38,9 @@ closed: the OpenAI SDKs back off and retry on 503, while a bare close reads as a
 When the server starts draining, idle keep-alive connections are closed at once and busy ones
 after their answer (``Connection: close``).
 
-Limits, each answered with an OpenAI-shaped error: request target 8 KiB (414), one header 16
-KiB, 128 headers, 64 KiB of head however it arrives (431), HTTP/1.0 and 1.1 only (505), the
-head within ``header_read_timeout_s`` of the connection going idle (slowloris: closed), the
+Limits, each answered with an OpenAI-shaped error (the head and framing ones are enforced by
+``proxy/request_parser.py``): request target 8 KiB (414), one header 16 KiB, 128 headers,
+64 KiB of head however it arrives (431), HTTP/1.0 and 1.1 only (505), the head within ``header_read_timeout_s`` of the connection going idle (slowloris: closed), the
 body within ``max_body_bytes`` (413, also after decompression) and ``body_read_timeout_s``
 (408), a chunked body's framing and extensions within its own size plus 128 KiB (413).
 """
@@ -56,40 +56,21 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 
-import httptools
 from multidict import CIMultiDict
 
-from .errors import (
-    BadRequest,
-    BodyTooLarge,
-    HeadTooLarge,
-    ProxyError,
-    TargetTooLong,
-    TooManyConnections,
-    VersionNotSupported,
-)
+from .errors import ProxyError, TooManyConnections
 from .flow_control import FlowControl, ReadPause
 from .messages import NO_BODY_STATUS, Request, Response, StreamResponse
+from .request_parser import FEED_SLICE, RequestParser
 
 log = logging.getLogger("llm_throttle.server")
 
-MAX_TARGET_BYTES = 8192
-MAX_HEADER_BYTES = 16384
-MAX_HEADERS = 128
-MAX_HEAD_BYTES = 65536
 #: pipelined requests parsed ahead of the one being answered before reading pauses
 _MAX_PIPELINED = 8
-#: a read is parsed this much at a time, so a pause takes effect within one slice
-_FEED_SLICE = 65536
-#: a chunked body's wire bytes may exceed twice its payload by this much (head, chunk
-#: sizes and extensions, CRLFs): a 20 MB chunk extension is refused, 16-byte chunks are fine
-_FRAMING_ALLOWANCE = MAX_HEAD_BYTES + _FEED_SLICE
 #: after an error answer, input is read and dropped this long before the close, so the
 #: client reads the answer instead of a reset (lingering close, as nginx does)
 _LINGER_S = 1.0
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
-_METHODS = {m: m.decode() for m in (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS",
-                                     b"PATCH")}
 
 Handler = Callable[["Request"], Awaitable["Response | StreamResponse"]]
 
@@ -124,17 +105,12 @@ class ServerLimits:
     max_connections: int = 4096
 
 
-class _HeadRejected(Exception):
-    def __init__(self, error: ProxyError):
-        super().__init__(error.message)
-        self.error = error
-
-
 class _Connection(asyncio.Protocol):
     """One client connection: parses requests, runs the handler, writes the answers.
 
     Implements ``messages.Channel`` (``flow``, ``limits``, ``local_port``, ``write``,
-    ``writelines``, ``start_stream``) for its requests.
+    ``writelines``, ``start_stream``) for its requests and ``request_parser.ParserSink``
+    for its parser.
     """
 
     def __init__(self, server: HttpServer):
@@ -142,19 +118,13 @@ class _Connection(asyncio.Protocol):
         self.loop = server.loop
         self.limits = server.limits
         self.handler = server.handler
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = RequestParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.flow: FlowControl = None  # type: ignore[assignment]
         self.state = ConnState.IDLE
         self.local_port = 0
         #: since when the connection has waited for a request head (None: one is in)
         self.idle_since: float | None = None
-        self._url: list[bytes] = []
-        self._url_bytes = 0
-        self._raw_headers: list[tuple[bytes, bytes]] = []
-        self._head_size = 0  # names and values of the head being parsed
-        self._head_wire = 0  # bytes read while that head was incomplete (an upper bound)
-        self._body_wire = 0  # bytes read while a chunked body was incomplete
         self._held = b""  # read but not parsed yet: reading paused in the middle of a read
         self._parsing: Request | None = None  # the request whose body is being parsed
         self._current: Request | None = None  # the request being answered
@@ -191,55 +161,17 @@ class _Connection(asyncio.Protocol):
         if self._held or self.flow.read_paused:
             self._held += data
             return
-        if len(data) <= _FEED_SLICE:
-            self._feed(data)
+        if len(data) <= FEED_SLICE:
+            self.parser.feed(data)
             return
         view = memoryview(data)
-        for start in range(0, len(data), _FEED_SLICE):
+        for start in range(0, len(data), FEED_SLICE):
             if self.state not in _READING and self._parsing is None:
                 return
             if self.flow.read_paused:
                 self._held = bytes(view[start:])
                 return
-            self._feed(view[start:start + _FEED_SLICE])
-
-    def _feed(self, data: bytes | memoryview) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, _HeadRejected):
-                self._parse_failed(cause.error)
-            else:  # a bug in a callback
-                log.error("HTTP parser callback failed", exc_info=cause)
-                self._parse_failed(BadRequest("malformed HTTP request", code="invalid_http"))
-        except httptools.HttpParserUpgrade:
-            # CONNECT or an Upgrade header: the head (and any body) came; nothing after it
-            # is HTTP/1.1 any more. The handler answers (CONNECT is refused), then close.
-            if self.state is ConnState.ACTIVE:
-                self._move(ConnState.MUST_CLOSE)
-        except httptools.HttpParserError as exc:
-            if str(exc) == "Invalid HTTP version":
-                self._parse_failed(VersionNotSupported(
-                    "only HTTP/1.0 and HTTP/1.1 are served"))
-            else:
-                self._parse_failed(BadRequest(f"malformed HTTP request: {exc}",
-                                              code="invalid_http"))
-        else:
-            if self._url:  # a head still arriving: bound what llhttp holds of it
-                self._head_wire += len(data)
-                if self._head_wire > MAX_HEAD_BYTES + _FEED_SLICE:
-                    self._parse_failed(HeadTooLarge(
-                        f"request head over {MAX_HEAD_BYTES} bytes"))
-                return
-            request = self._parsing
-            if request is not None and request.chunked:
-                self._body_wire += len(data)
-                if self._body_wire > 2 * request.body_size + _FRAMING_ALLOWANCE:
-                    self._parse_failed(BodyTooLarge(
-                        "chunked body framing (chunk sizes and extensions) is over "
-                        f"{_FRAMING_ALLOWANCE} bytes more than its data",
-                        code="chunk_framing_too_large"))
+            self.parser.feed(view[start:start + FEED_SLICE])
 
     def eof_received(self) -> bool | None:
         return None  # a half-closed client is gone: close (and cancel its handler)
@@ -275,56 +207,12 @@ class _Connection(asyncio.Protocol):
             held, self._held = self._held, b""
             self.data_received(held)
 
-    # -- httptools callbacks ---------------------------------------------------------------------
+    # -- parser callbacks (request_parser.ParserSink) -------------------------------------------
 
-    def on_url(self, url: bytes) -> None:
-        self._url.append(url)
-        self._url_bytes += len(url)
-        if self._url_bytes > MAX_TARGET_BYTES:
-            raise _HeadRejected(TargetTooLong(f"request target over {MAX_TARGET_BYTES} bytes"))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._raw_headers.append((name, value))  # limits: on_headers_complete
-        self._head_size += len(name) + len(value)
-
-    def _check_head_limits(self) -> None:
-        raw = self._raw_headers
-        if len(raw) > MAX_HEADERS:
-            raise _HeadRejected(HeadTooLarge(f"more than {MAX_HEADERS} request headers",
-                                             code="too_many_headers"))
-        for name, value in raw:
-            if len(name) + len(value) > MAX_HEADER_BYTES:
-                raise _HeadRejected(HeadTooLarge(
-                    f"a request header is over {MAX_HEADER_BYTES} bytes",
-                    code="header_too_large"))
-        if self._url_bytes + self._head_size + 4 * len(raw) > MAX_HEAD_BYTES:
-            raise _HeadRejected(HeadTooLarge(f"request head over {MAX_HEAD_BYTES} bytes"))
-
-    def on_headers_complete(self) -> None:
-        # one header over 16 KiB or a head over 64 KiB both need names and values over 16 KiB
-        if self._head_size > MAX_HEADER_BYTES or len(self._raw_headers) > MAX_HEADERS:
-            self._check_head_limits()
-        parser = self.parser
-        version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            raise _HeadRejected(VersionNotSupported(
-                f"HTTP/{version[:8]} is not served; use HTTP/1.1"))
-        raw_method = parser.get_method()
-        method = _METHODS.get(raw_method) or raw_method.decode("latin-1")
-        url = self._url
-        target = (url[0] if len(url) == 1 else b"".join(url)).decode("utf-8", "surrogateescape")
-        headers: CIMultiDict[str] = CIMultiDict(
-            [(n.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
-             for n, v in self._raw_headers])
-        request = Request(self, method, target, version, headers, parser.should_keep_alive(),
-                          self._raw_headers)
-        # ready for the next head (no on_message_begin callback: one call less per request)
-        self._url = []
-        self._url_bytes = 0
-        self._raw_headers = []
-        self._head_size = 0
-        self._head_wire = 0
-        self._body_wire = 0
+    def head_received(self, method: str, target: str, version: str,
+                      headers: CIMultiDict[str], keep_alive: bool,
+                      raw_headers: list[tuple[bytes, bytes]]) -> None:
+        request = Request(self, method, target, version, headers, keep_alive, raw_headers)
         state = self.state
         if state is ConnState.IDLE:
             self._parsing = request
@@ -339,16 +227,21 @@ class _Connection(asyncio.Protocol):
                 self.flow.pause_reading(ReadPause.PIPELINE)
         # else (MUST_CLOSE): a request after the last one taken is not answered
 
-    def on_body(self, body: bytes) -> None:
+    def body_received(self, data: bytes) -> None:
         request = self._parsing
         if request is not None:
-            request.feed_body(body)
+            request.feed_body(data)
 
-    def on_message_complete(self) -> None:
+    def message_complete(self) -> None:
         request = self._parsing
         if request is not None:
             self._parsing = None
             request.end_body()
+
+    def upgraded(self) -> None:
+        """CONNECT or Upgrade: the handler answers (CONNECT is refused), then close."""
+        if self.state is ConnState.ACTIVE:
+            self._move(ConnState.MUST_CLOSE)
 
     # -- answering -------------------------------------------------------------------------------
 
@@ -467,7 +360,7 @@ class _Connection(asyncio.Protocol):
             response.send_head()
         return response
 
-    def _parse_failed(self, error: ProxyError) -> None:
+    def parse_failed(self, error: ProxyError) -> None:
         """The rest of the input is unreadable: answer what was parsed before it, then the
         error (or the request whose body broke answers it), then close."""
         if self.state is ConnState.CLOSED:
