@@ -61,7 +61,7 @@ class Channel(Protocol):
 class Response:
     """A whole answer, written in one go."""
 
-    __slots__ = ("status", "reason", "headers", "body")
+    __slots__ = ("body", "headers", "reason", "status")
 
     def __init__(self, status: int = 200, body: bytes = b"",
                  headers: bytes | Iterable[tuple[str, str]] = (), reason: str | None = None):
@@ -92,7 +92,7 @@ class StreamResponse:
     one write: a stream whose body is already there costs one write, not two.
     """
 
-    __slots__ = ("status", "_conn", "_flow", "_chunked", "_silent", "_head", "finished")
+    __slots__ = ("_chunked", "_conn", "_flow", "_head", "_silent", "finished", "status")
 
     def __init__(self, conn: Channel, status: int, chunked: bool, silent: bool, head: bytes):
         self.status = status
@@ -152,11 +152,29 @@ class StreamResponse:
 class Request:
     """One request: its head at once, its body on demand (``read_body``)."""
 
-    __slots__ = ("method", "target", "path", "query_string", "headers", "raw_headers", "version",
-                 "keep_alive",
-                 "local_port", "content_length", "chunked", "model_label", "client_label",
-                 "started", "body_complete", "body_size",
-                 "_conn", "_parts", "_overflow", "_error", "_waiter")
+    __slots__ = (
+        "_conn",
+        "_error",
+        "_overflow",
+        "_parts",
+        "_waiter",
+        "body_complete",
+        "body_size",
+        "chunked",
+        "client_label",
+        "content_length",
+        "headers",
+        "keep_alive",
+        "local_port",
+        "method",
+        "model_label",
+        "path",
+        "query_string",
+        "raw_headers",
+        "started",
+        "target",
+        "version",
+    )
 
     def __init__(self, conn: Channel, method: str, target: str, version: str,
                  headers: CIMultiDict[str], keep_alive: bool,

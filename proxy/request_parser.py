@@ -11,6 +11,15 @@ for ``ParserSink.parse_failed``:
 - a head still incomplete after ``MAX_HEAD_BYTES`` plus one feed: 431 (what llhttp holds of a
   partial header is bounded even before the head ends);
 - a request line other than HTTP/1.0 or HTTP/1.1: 505;
+- where llhttp is laxer than RFC 9112 (found by the differential test against h11,
+  ``tests/test_front_differential.py``): a ``Transfer-Encoding`` other than exactly
+  ``chunked`` (llhttp takes ``gzip, chunked`` and hands over the still gzip-coded body), an
+  HTTP/1.1 request without ``Host`` or with several (RFC 9112 3.2: 400), and trailing
+  whitespace of a value (RFC 9110 5.5: not part of it; ``Bearer k `` must not differ from
+  ``Bearer k``) is stripped before anyone reads or forwards it;
+- an Upgrade request with a body (llhttp stops before the body): 400;
+- an HTTP/1.0 request with ``Transfer-Encoding`` is served, then the connection closes
+  (RFC 9112 6.1: its framing is suspect);
 - a chunked body whose wire bytes exceed twice its data plus ``FRAMING_ALLOWANCE`` (chunk
   extensions are skipped by llhttp, unbounded): 413 ``chunk_framing_too_large``.
 
@@ -45,6 +54,7 @@ FEED_SLICE = 65536
 #: a chunked body's wire bytes may exceed twice its data by this much (head, chunk sizes and
 #: extensions, CRLFs): a 20 MB chunk extension is refused, 16-byte chunks are fine
 FRAMING_ALLOWANCE = MAX_HEAD_BYTES + FEED_SLICE
+_OWS = (b" ", b"\t")
 _METHODS = {m: m.decode() for m in (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS",
                                      b"PATCH")}
 
@@ -132,6 +142,8 @@ class RequestParser:
             raise _HeadRejected(TargetTooLong(f"request target over {MAX_TARGET_BYTES} bytes"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if value.endswith(_OWS):  # llhttp strips leading whitespace, not trailing
+            value = value.rstrip(b" \t")
         self._raw_headers.append((name, value))  # limits: on_headers_complete
         self._head_size += len(name) + len(value)
 
@@ -170,12 +182,27 @@ class RequestParser:
         self._raw_headers = []
         self._head_size = 0
         self._head_wire = 0
+        keep_alive = parser.should_keep_alive()
         coding = headers.get("Transfer-Encoding")
-        self._chunked = coding is not None and "chunked" in coding.lower()
+        self._chunked = coding is not None
+        if coding is not None:
+            if coding.lower() != "chunked":  # llhttp checked that chunked comes last
+                raise _HeadRejected(BadRequest(
+                    "only 'Transfer-Encoding: chunked' is supported",
+                    code="unsupported_transfer_encoding"))
+            if version == "1.0":
+                keep_alive = False
+        if parser.should_upgrade() and (coding is not None or
+                                        headers.get("Content-Length", "0") != "0"):
+            # llhttp stops at an Upgrade head and would leave the body unparsed
+            raise _HeadRejected(BadRequest("protocol upgrades are not supported",
+                                           code="upgrade_not_supported"))
+        if version == "1.1" and len(headers.getall("Host", ())) != 1:
+            raise _HeadRejected(BadRequest("an HTTP/1.1 request needs exactly one Host header",
+                                           code="invalid_host"))
         self._body_bytes = 0
         self._body_wire = 0
-        self._sink.head_received(method, target, version, headers, parser.should_keep_alive(),
-                                 raw_headers)
+        self._sink.head_received(method, target, version, headers, keep_alive, raw_headers)
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)

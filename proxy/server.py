@@ -239,7 +239,8 @@ class _Connection(asyncio.Protocol):
             request.end_body()
 
     def upgraded(self) -> None:
-        """CONNECT or Upgrade: the handler answers (CONNECT is refused), then close."""
+        """CONNECT or Upgrade (without a body: the parser refuses one): the handler answers
+        (CONNECT is refused), then close."""
         if self.state is ConnState.ACTIVE:
             self._move(ConnState.MUST_CLOSE)
 

@@ -161,3 +161,47 @@ async def test_max_connections_refuses_with_a_503_and_serves_again_below_it(mock
     assert status_of(response) == 200
     for _, writer in held:
         writer.close()
+
+
+async def test_where_llhttp_is_laxer_than_rfc_9112_the_proxy_refuses(mock_llm, make_proxy):
+    """Hazards found by the differential test against h11: ``Transfer-Encoding: gzip,
+    chunked`` was accepted and the still gzip-coded body handed on as if plain; HTTP/1.1
+    requests without Host or with two were served (RFC 9112 3.2 says 400)."""
+    mock = await mock_llm(ttft_s=0, tpot_s=0)
+    proxy = await make_proxy(one_model_config(mock.url))
+    body = chat_body()
+    raw = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+           b"\r\nTransfer-Encoding: gzip, chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    response = await exchange(proxy.url, raw)
+    assert status_of(response) == 400
+    assert json_body(response)["error"]["code"] == "unsupported_transfer_encoding"
+    for hosts in (b"", b"Host: a\r\nHost: b\r\n"):
+        response = await exchange(proxy.url, b"GET /v1/models HTTP/1.1\r\n" + hosts + b"\r\n")
+        assert status_of(response) == 400, hosts
+        assert json_body(response)["error"]["code"] == "invalid_host"
+    assert mock.state.in_flight == 0
+
+
+async def test_an_upgrade_request_with_a_body_is_refused_at_once(mock_llm, make_proxy):
+    """Hazard: llhttp stops at an Upgrade head, so the body of ``POST`` + ``Upgrade: h2c`` was
+    never parsed and the request waited out the body timeout (60 s by default)."""
+    mock = await mock_llm(ttft_s=0, tpot_s=0)
+    proxy = await make_proxy(one_model_config(mock.url) | {"body_read_timeout_s": 20})
+    raw = post(chat_body(), b"Connection: upgrade", b"Upgrade: h2c")
+    response = await exchange(proxy.url, raw, timeout=5)
+    assert status_of(response) == 400
+    assert json_body(response)["error"]["code"] == "upgrade_not_supported"
+
+
+async def test_http10_with_transfer_encoding_closes_after_its_answer(mock_llm, make_proxy):
+    """Hazard: RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has suspect framing;
+    keeping its connection alive (``Connection: keep-alive``) lets a desync carry on."""
+    mock = await mock_llm(ttft_s=0, tpot_s=0)
+    proxy = await make_proxy(one_model_config(mock.url))
+    body = chat_body()
+    raw = (b"POST /v1/chat/completions HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n"
+           b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)) + GET_MODELS
+    response = await exchange(proxy.url, raw)
+    assert responses_in(response) == [200]
+    assert b"Connection: close" in response.split(b"\r\n\r\n", 1)[0]
