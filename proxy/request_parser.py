@@ -90,14 +90,15 @@ class RequestParser:
         self._url: list[bytes] = []
         self._url_bytes = 0
         self._raw_headers: list[tuple[bytes, bytes]] = []
-        self._head_size = 0  # names and values of the head being parsed
-        self._head_wire = 0  # bytes fed while that head was incomplete (an upper bound)
+        self._feed_size = 0  # of the feed being parsed
+        self._head_wire = 0  # bytes fed while the head being parsed was incomplete
         self._chunked = False  # a chunked body is being parsed
         self._body_bytes = 0  # its data so far
         self._body_wire = 0  # bytes fed while it was incomplete
 
     def feed(self, data: bytes | memoryview) -> None:
         """Parse ``data`` (at most ``FEED_SLICE`` bytes for the bounds to be tight)."""
+        self._feed_size = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -145,7 +146,6 @@ class RequestParser:
         if value.endswith(_OWS):  # llhttp strips leading whitespace, not trailing
             value = value.rstrip(b" \t")
         self._raw_headers.append((name, value))  # limits: on_headers_complete
-        self._head_size += len(name) + len(value)
 
     def _check_head_limits(self) -> None:
         raw = self._raw_headers
@@ -157,12 +157,15 @@ class RequestParser:
                 raise _HeadRejected(HeadTooLarge(
                     f"a request header is over {MAX_HEADER_BYTES} bytes",
                     code="header_too_large"))
-        if self._url_bytes + self._head_size + 4 * len(raw) > MAX_HEAD_BYTES:
+        size = self._url_bytes + sum([len(n) + len(v) + 4 for n, v in raw])
+        if size > MAX_HEAD_BYTES:
             raise _HeadRejected(HeadTooLarge(f"request head over {MAX_HEAD_BYTES} bytes"))
 
     def on_headers_complete(self) -> None:
-        # one header over 16 KiB or a head over 64 KiB both need names and values over 16 KiB
-        if self._head_size > MAX_HEADER_BYTES or len(self._raw_headers) > MAX_HEADERS:
+        # a head that came within one feed of at most 16 KiB is within the size limits; only
+        # a bigger feed, or a head that spanned feeds, is measured
+        if self._feed_size > MAX_HEADER_BYTES or self._head_wire or \
+                len(self._raw_headers) > MAX_HEADERS:
             self._check_head_limits()
         parser = self._parser
         version = parser.get_http_version()
@@ -180,7 +183,6 @@ class RequestParser:
         self._url = []
         self._url_bytes = 0
         self._raw_headers = []
-        self._head_size = 0
         self._head_wire = 0
         keep_alive = parser.should_keep_alive()
         coding = headers.get("Transfer-Encoding")

@@ -78,6 +78,8 @@ Handler = Callable[["Request"], Awaitable["Response | StreamResponse"]]
 class ConnState(enum.Enum):
     """Where a client connection is in its life (see the module docstring)."""
 
+    __hash__ = object.__hash__  # members are singletons; C-level hashing for the table
+
     IDLE = "idle"  # waiting for a request head; the idle timer runs
     ACTIVE = "active"  # answering a request (others may wait, parsed ahead)
     MUST_CLOSE = "must_close"  # finish the message being read and the answers due, then close
