@@ -122,7 +122,8 @@ class ClientConnection(asyncio.Protocol):
         self.flow: FlowControl = None  # type: ignore[assignment]
         self.state = ConnState.IDLE
         self.local_port = 0
-        #: since when the connection has waited for a request head (None: one is in)
+        #: since when the connection has waited on the client: for a request head, or to take
+        #: answers already written (None: neither)
         self.idle_since: float | None = None
         self._held = b""  # read but not parsed yet: reading paused in the middle of a read
         self._parsing: Request | None = None  # the request whose body is being parsed
@@ -290,8 +291,10 @@ class ClientConnection(asyncio.Protocol):
         flow = self.flow
         if flow.write_paused:
             flow.pause_reading(ReadPause.OUTPUT)
+            self.idle_since = self.loop.time()  # waiting on the client again
             return
         if self._pipeline:
+            self.idle_since = None
             self._start(self._pipeline.popleft())
             if flow.paused_for(ReadPause.PIPELINE) and len(self._pipeline) < _MAX_PIPELINED \
                     and not any(r.body_exists for r in self._pipeline):
@@ -408,11 +411,18 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     def close_if_idle(self, now: float, timeout: float) -> None:
-        """Slowloris guard: no whole request head within ``timeout`` of going idle."""
-        if self.state is ConnState.IDLE and self.idle_since is not None and \
-                now - self.idle_since > timeout:
+        """Slowloris guards: no whole request head within ``timeout`` of going idle, or
+        answers written and not taken by the client for ``timeout`` (it pipelines and never
+        reads): closed (aborted in the second case: its unsent output cannot be flushed)."""
+        since = self.idle_since
+        if since is None or now - since <= timeout:
+            return
+        if self.state is ConnState.IDLE:
             self.idle_since = None
             self._close()
+        elif self._current is None and self.flow.paused_for(ReadPause.OUTPUT):
+            self.idle_since = None
+            self.abort()
 
     def start_draining(self) -> None:
         """The server stops: an idle keep-alive connection closes now, a busy one after the

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
+import time
 
 from tests.conftest import one_model_config
 from tests.test_server import chat_body, exchange, json_body, post, status_of
@@ -205,3 +207,31 @@ async def test_http10_with_transfer_encoding_closes_after_its_answer(mock_llm, m
     response = await exchange(proxy.url, raw)
     assert responses_in(response) == [200]
     assert b"Connection: close" in response.split(b"\r\n\r\n", 1)[0]
+
+
+async def test_a_client_that_never_takes_its_answers_is_cut_off(mock_llm, make_proxy):
+    """Hazard: a client pipelining without reading holds its connection (and the answers in
+    its write buffer) for good; once reading pauses, it is idle like a slowloris and is cut
+    off after ``header_read_timeout_s``."""
+    mock = await mock_llm()
+    proxy = await make_proxy(one_model_config(mock.url) | {
+        "header_read_timeout_s": 1, "clients": {"w": {"key": "k1"}}})  # quick 401s
+    sock = socket.create_connection(address(proxy.url))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    payload = GET_MODELS * 500
+    cut_off_after = None
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < 15:
+            try:
+                sock.send(payload)
+            except BlockingIOError:
+                pass
+            except (ConnectionResetError, BrokenPipeError):
+                cut_off_after = time.monotonic() - started
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        sock.close()
+    assert cut_off_after is not None, "the connection was still open after 15 s"
