@@ -307,7 +307,7 @@ async def start_proxy(config: Config, host: str | None = None, port: int | None 
         bound_host, bound_port = await server.listen(
             host or config.listen_host, config.listen_port if port is None else port)
         if config.admin_listen:
-            await server.listen(*config.admin_listen)
+            await server.listen(*config.admin_listen, admin=True)
     except BaseException:
         await server.close()
         await proxy.stop()

@@ -154,8 +154,8 @@ class ClientConnection(asyncio.Protocol):
             self.local_port = sockname[1]
         if not self.server.admit_connection(self):
             self._refuse(TooManyConnections(
-                f"the proxy holds its maximum of {self.limits.max_connections} connections; "
-                "retry shortly", retry_after_s=1.0))
+                "the proxy is serving as many connections as it is configured for; retry "
+                "shortly", retry_after_s=1.0))
             return
         self.idle_since = self.loop.time()
 

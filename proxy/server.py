@@ -41,6 +41,8 @@ __all__ = ["Handler", "HttpServer", "ServerLimits"]
 log = logging.getLogger("llm_throttle.server")
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+#: connections served at once on an admin listener (apart from ``max_connections``)
+ADMIN_MAX_CONNECTIONS = 64
 
 
 class HttpServer:
@@ -60,19 +62,34 @@ class HttpServer:
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._refusal_logged_at = -1e9
+        self._admin_ports: set[int] = set()
+        self._admin_connections: set[ClientConnection] = set()
         self._sweep()
 
-    async def listen(self, host: str, port: int) -> tuple[str, int]:
-        """Start accepting on ``host:port`` (0: a free port); returns the bound address."""
+    async def listen(self, host: str, port: int, *, admin: bool = False) -> tuple[str, int]:
+        """Start accepting on ``host:port`` (0: a free port); returns the bound address.
+
+        An ``admin`` listener's connections do not count against ``max_connections`` (a
+        flood of clients must not lock out metrics scrapes and probes); they have their own
+        small cap, ``ADMIN_MAX_CONNECTIONS``."""
         server = await self.loop.create_server(lambda: ClientConnection(self), host, port,
                                                reuse_address=True, backlog=1024)
         self._servers.append(server)
-        return server.sockets[0].getsockname()[:2]
+        address = server.sockets[0].getsockname()[:2]
+        if admin:
+            self._admin_ports.add(address[1])
+        return address
 
     def admit_connection(self, conn: ClientConnection) -> bool:
-        """Count a new connection in, or refuse it (over ``max_connections``), logged at most
-        once every 10 s."""
-        if len(self.connections) < self.limits.max_connections:
+        """Count a new connection in, or refuse it (over ``max_connections``, or
+        ``ADMIN_MAX_CONNECTIONS`` on an admin listener), logged at most once every 10 s."""
+        if conn.local_port in self._admin_ports:
+            if len(self._admin_connections) < ADMIN_MAX_CONNECTIONS:
+                self._admin_connections.add(conn)
+                self.connections.add(conn)
+                return True
+        elif len(self.connections) - len(self._admin_connections) < \
+                self.limits.max_connections:
             self.connections.add(conn)
             return True
         self.refused_connections += 1
@@ -87,6 +104,7 @@ class HttpServer:
 
     def connection_closed(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
+        self._admin_connections.discard(conn)
         self.refused.discard(conn)
 
     def status_line(self, status: int, reason: str | None) -> bytes:

@@ -10,6 +10,7 @@ import socket
 import time
 
 from tests.conftest import one_model_config
+from tests.test_app_security import free_port
 from tests.test_server import chat_body, exchange, json_body, post, status_of
 
 GET_MODELS = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -144,7 +145,9 @@ async def test_max_connections_refuses_with_a_503_and_serves_again_below_it(mock
     """Hazard: no bound on client connections (each holds buffers and a file descriptor);
     the one over the bound must get a clear answer, not a hang or a bare reset."""
     mock = await mock_llm()
-    proxy = await make_proxy(one_model_config(mock.url) | {"max_connections": 3})
+    admin = f"127.0.0.1:{free_port()}"
+    proxy = await make_proxy(one_model_config(mock.url) | {"max_connections": 3,
+                                                           "admin_listen": admin})
     held = [await asyncio.open_connection(*address(proxy.url)) for _ in range(3)]
     await asyncio.sleep(0.1)
     response = await exchange(proxy.url, GET_MODELS)
@@ -152,6 +155,10 @@ async def test_max_connections_refuses_with_a_503_and_serves_again_below_it(mock
     assert json_body(response)["error"]["code"] == "too_many_connections"
     assert b"retry-after: 1\r\n" in response.lower()
     assert proxy.server.refused_connections == 1
+    # the admin listener is apart: scrapes still get through
+    response = await exchange("http://" + admin, b"GET /throttle/status HTTP/1.1\r\nHost: x"
+                              b"\r\nConnection: close\r\n\r\n")
+    assert status_of(response) == 200
     _, writer = held.pop()
     writer.close()
     for _ in range(100):
