@@ -369,12 +369,13 @@ async def start_proxy(config: Config, host: str | None = None, port: int | None 
     await proxy.start()
     server = HttpServer(proxy.dispatch, ServerLimits(
         max_body_bytes=config.max_body_bytes, body_read_timeout_s=config.body_read_timeout_s,
-        header_read_timeout_s=config.header_read_timeout_s))
+        header_read_timeout_s=config.header_read_timeout_s,
+        max_connections=config.max_connections))
     try:
         bound_host, bound_port = await server.listen(
             host or config.listen_host, config.listen_port if port is None else port)
         if config.admin_listen:
-            await server.listen(*config.admin_listen)
+            await server.listen(*config.admin_listen, admin=True)
     except BaseException:
         await server.close()
         await proxy.stop()

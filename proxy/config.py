@@ -173,8 +173,11 @@ class Config:
     shutdown_grace_s: float = 30.0
     body_read_timeout_s: float = 60.0  # a client slower than this to send its body gets 408
     #: a connection without a whole request head this long after opening (or after its last
-    #: response) is closed: slow-header (slowloris) and idle keep-alive guard
+    #: response) is closed: slow-header (slowloris) and idle keep-alive guard; also one whose
+    #: client has not taken its written answers for this long
     header_read_timeout_s: float = 30.0
+    #: client connections served at once; one more is answered 503 and closed
+    max_connections: int = 4096
 
     @property
     def requires_client_keys(self) -> bool:
@@ -629,6 +632,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
                                     exclusive=False),
         body_read_timeout_s=top.number("body_read_timeout_s", cd["body_read_timeout_s"]),
         header_read_timeout_s=top.number("header_read_timeout_s", cd["header_read_timeout_s"]),
+        max_connections=top.number("max_connections", cd["max_connections"], integer=True),
     )
     top.finish()
     _check_references(config, problems)

@@ -19,6 +19,7 @@ it into the body OpenAI's SDKs expect (``{"error": {"message", "type", "code"}}`
     ├── UnsupportedEncoding       415 invalid_request_error (body not identity/gzip/deflate)
     ├── HeadTooLarge              431 invalid_request_error (header too long, too many, head
     │                                 over 64 KiB)
+    ├── VersionNotSupported       505 invalid_request_error (not HTTP/1.0 or 1.1)
     ├── Throttled                 429 rate_limit_error (carries retry_after_s)
     │   ├── QueueFull                 code queue_full
     │   ├── QueueTimeout              code queue_timeout
@@ -27,7 +28,8 @@ it into the body OpenAI's SDKs expect (``{"error": {"message", "type", "code"}}`
     │   ├── UpstreamUnavailable       503 (no upstream can take it)
     │   └── UpstreamTimeout           504
     └── ShuttingDown              503 service_unavailable (carries retry_after_s)
-        └── StoreUnavailable          code store_unavailable (Redis down, policy "closed")
+        ├── StoreUnavailable          code store_unavailable (Redis down, policy "closed")
+        └── TooManyConnections        code too_many_connections (over ``max_connections``)
 """
 
 from __future__ import annotations
@@ -146,6 +148,12 @@ class HeadTooLarge(ProxyError):
     code = "header_too_large"
 
 
+class VersionNotSupported(ProxyError):
+    status = 505
+    type = "invalid_request_error"
+    code = "http_version_not_supported"
+
+
 class _RetryableMixin:
     """Carries how long the client should wait before trying again."""
 
@@ -213,3 +221,9 @@ class StoreUnavailable(ShuttingDown):
     """503: the shared limit store is unreachable and the policy says refuse."""
 
     code = "store_unavailable"
+
+
+class TooManyConnections(ShuttingDown):
+    """503 at accept: the proxy already holds ``max_connections`` client connections."""
+
+    code = "too_many_connections"

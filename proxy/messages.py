@@ -3,6 +3,12 @@ with its body read on demand, and the two kinds of answer (whole, or streamed).
 
 The body is read whole and bounded: ``max_body_bytes`` before and after inflating a gzip or
 deflate body (a zip bomb stops at the limit), ``body_read_timeout_s`` for it to arrive.
+
+A request and its answer reach their connection only through ``Channel``, a narrow interface
+this module declares and the server implements (as uvicorn's ``RequestResponseCycle`` talks to
+its protocol): write bytes, wait for the client to take them, start a stream. Nothing here
+imports the server; the server feeds the request through its public ``feed_body`` /
+``end_body`` / ``fail_body``.
 """
 
 from __future__ import annotations
@@ -10,15 +16,13 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import parse_qsl, unquote
 
 from multidict import CIMultiDict
 
 from .errors import BadRequest, BodyTooLarge, ProxyError, RequestTimeout, UnsupportedEncoding
-
-if TYPE_CHECKING:
-    from .server import _Connection
+from .flow_control import FlowControl
 
 #: answers that have a head and never a body
 NO_BODY_STATUS = frozenset({204, 304})
@@ -27,10 +31,37 @@ _ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
                "deflate": zlib.MAX_WBITS}
 
 
+class BodyLimits(Protocol):
+    """The server's bounds on a request body."""
+
+    @property
+    def max_body_bytes(self) -> int: ...
+
+    @property
+    def body_read_timeout_s(self) -> float: ...
+
+
+class Channel(Protocol):
+    """What a request and its answer may do with their connection, and nothing more."""
+
+    #: backpressure: ``flow.lost``, ``flow.write_paused``, ``await flow.drain()``
+    flow: FlowControl
+    limits: BodyLimits
+    local_port: int
+
+    def write(self, data: bytes) -> None: ...
+
+    def writelines(self, parts: Iterable[bytes]) -> None: ...
+
+    def start_stream(self, request: Request, status: int, reason: str | None,
+                     headers: bytes | Iterable[tuple[str, str]],
+                     defer_head: bool) -> StreamResponse: ...
+
+
 class Response:
     """A whole answer, written in one go."""
 
-    __slots__ = ("status", "reason", "headers", "body")
+    __slots__ = ("body", "headers", "reason", "status")
 
     def __init__(self, status: int = 200, body: bytes = b"",
                  headers: bytes | Iterable[tuple[str, str]] = (), reason: str | None = None):
@@ -61,12 +92,12 @@ class StreamResponse:
     one write: a stream whose body is already there costs one write, not two.
     """
 
-    __slots__ = ("status", "_conn", "_chunked", "_silent", "_head", "finished")
+    __slots__ = ("_chunked", "_conn", "_flow", "_head", "_silent", "finished", "status")
 
-    def __init__(self, conn: _Connection, status: int, chunked: bool, silent: bool,
-                 head: bytes):
+    def __init__(self, conn: Channel, status: int, chunked: bool, silent: bool, head: bytes):
         self.status = status
         self._conn = conn
+        self._flow = conn.flow
         self._chunked = chunked
         self._silent = silent  # HEAD, 204, 304: a head and no body
         self._head = head  # not written yet (b"" once it is)
@@ -74,28 +105,28 @@ class StreamResponse:
 
     def send_head(self) -> None:
         """Write a held-back head now (the body will take a while)."""
-        if self._head and not self._conn.lost:
-            self._conn.transport.write(self._head)
+        if self._head and not self._flow.lost:
+            self._conn.write(self._head)
             self._head = b""
 
     def write(self, data: bytes) -> bool:
         """Queue ``data`` on the socket; False when the client's buffer is full (await
         ``drain``). Raises ConnectionResetError once the client is gone."""
-        conn = self._conn
-        if conn.lost:
+        flow = self._flow
+        if flow.lost:
             raise ConnectionResetError("the client closed the connection")
         if data and not (self._silent or self.finished):
             head, self._head = self._head, b""
             if self._chunked:
-                conn.transport.writelines((head, b"%x\r\n" % len(data), data, b"\r\n"))
+                self._conn.writelines((head, b"%x\r\n" % len(data), data, b"\r\n"))
             elif head:
-                conn.transport.writelines((head, data))
+                self._conn.writelines((head, data))
             else:
-                conn.transport.write(data)
-        return not conn.write_paused
+                self._conn.write(data)
+        return not flow.write_paused
 
     async def drain(self) -> None:
-        await self._conn.drain()
+        await self._flow.drain()
 
     def finish(self, tail: bytes = b"") -> None:
         """The end of the body (``tail``, then the zero-length chunk, in one write with the head
@@ -104,31 +135,48 @@ class StreamResponse:
             return
         self.finished = True
         conn = self._conn
-        if conn.lost:
+        if self._flow.lost:
             return
         head, self._head = self._head, b""
         if self._silent or not (tail or self._chunked):
             if head:
-                conn.transport.write(head)
+                conn.write(head)
         elif not self._chunked:
-            conn.transport.writelines((head, tail))
+            conn.writelines((head, tail))
         elif tail:
-            conn.transport.writelines((head, b"%x\r\n" % len(tail), tail,
-                                       b"\r\n0\r\n\r\n"))
+            conn.writelines((head, b"%x\r\n" % len(tail), tail, b"\r\n0\r\n\r\n"))
         else:
-            conn.transport.writelines((head, b"0\r\n\r\n"))
+            conn.writelines((head, b"0\r\n\r\n"))
 
 
 class Request:
     """One request: its head at once, its body on demand (``read_body``)."""
 
-    __slots__ = ("method", "target", "path", "query_string", "headers", "raw_headers", "version",
-                 "keep_alive",
-                 "local_port", "content_length", "chunked", "model_label", "client_label",
-                 "_conn", "_parts", "_size", "_complete", "_overflow", "_error", "_waiter",
-                 "_started")
+    __slots__ = (
+        "_conn",
+        "_error",
+        "_overflow",
+        "_parts",
+        "_waiter",
+        "body_complete",
+        "body_size",
+        "chunked",
+        "client_label",
+        "content_length",
+        "headers",
+        "keep_alive",
+        "local_port",
+        "method",
+        "model_label",
+        "path",
+        "query_string",
+        "raw_headers",
+        "started",
+        "target",
+        "version",
+    )
 
-    def __init__(self, conn: _Connection, method: str, target: str, version: str,
+    def __init__(self, conn: Channel, method: str, target: str, version: str,
                  headers: CIMultiDict[str], keep_alive: bool,
                  raw_headers: list[tuple[bytes, bytes]]):
         self.method = method
@@ -146,14 +194,17 @@ class Request:
         self.chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
         self.model_label = "-"
         self.client_label = "-"
+        #: the answer's head has been written (an error can no longer be answered)
+        self.started = False
+        #: the whole body has arrived
+        self.body_complete = False
+        #: body bytes received so far (as sent, before decompression)
+        self.body_size = 0
         self._conn = conn
         self._parts: list[bytes] = []
-        self._size = 0
-        self._complete = False
         self._overflow = False
         self._error: ProxyError | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._started = False
 
     @property
     def body_exists(self) -> bool:
@@ -169,14 +220,16 @@ class Request:
         if self.content_length is not None and self.content_length > limits.max_body_bytes:
             raise BodyTooLarge(f"request body of {self.content_length} bytes is over the "
                                f"{limits.max_body_bytes}-byte limit")
-        if not self._complete and self._error is None and not self._overflow:
-            if self.headers.get("Expect", "").lower() == "100-continue" and \
-                    not self._conn.lost:
-                self._conn.transport.write(_CONTINUE)
+        if not self.body_complete and self._error is None and not self._overflow:
+            # RFC 9110 10.1.1: no 100 (Continue) to an HTTP/1.0 client, which cannot expect it
+            if self.version != "1.0" and not self._conn.flow.lost and \
+                    self.headers.get("Expect", "").lower() == "100-continue":
+                self._conn.write(_CONTINUE)
+            loop = asyncio.get_running_loop()
             try:
                 async with asyncio.timeout(limits.body_read_timeout_s):
-                    while not (self._complete or self._error or self._overflow):
-                        self._waiter = self._conn.loop.create_future()
+                    while not (self.body_complete or self._error or self._overflow):
+                        self._waiter = loop.create_future()
                         await self._waiter
             except TimeoutError:
                 raise RequestTimeout(f"request body not received within "
@@ -203,22 +256,24 @@ class Request:
 
     # -- fed by the connection ----------------------------------------------------------------
 
-    def _feed(self, data: bytes) -> None:
+    def feed_body(self, data: bytes) -> None:
+        """Body bytes as they arrive; past ``max_body_bytes`` they are dropped (413)."""
         if self._overflow:
             return
-        self._size += len(data)
-        if self._size > self._conn.limits.max_body_bytes:
+        self.body_size += len(data)
+        if self.body_size > self._conn.limits.max_body_bytes:
             self._overflow = True
             self._parts.clear()
             self._wake()
         else:
             self._parts.append(data)
 
-    def _end(self) -> None:
-        self._complete = True
+    def end_body(self) -> None:
+        self.body_complete = True
         self._wake()
 
-    def _fail(self, error: ProxyError) -> None:
+    def fail_body(self, error: ProxyError) -> None:
+        """The body cannot be read (bad framing, over a bound): ``read_body`` raises it."""
         self._error = error
         self._wake()
 

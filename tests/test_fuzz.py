@@ -250,6 +250,9 @@ class LiveProxy:
         assert response is not None, f"connection closed without a response to {shown!r}"
         upstream = self.upstream_status.get(fuzz_id)
         event(f"status {response.status} {_error_code(response.body)}")
+        if response.status == 505 and upstream is None and \
+                not request.split(b"\r\n", 1)[0].endswith((b" HTTP/1.1", b" HTTP/1.0")):
+            return  # the one 5xx the proxy owes: a request line not HTTP/1.0 or 1.1
         if response.status >= 500:
             origin = "upstream" if upstream == response.status else "proxy"
             event(f"5xx from the {origin}")
