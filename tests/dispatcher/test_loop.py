@@ -177,7 +177,7 @@ async def test_holding_spawns_nothing_but_maintains_once_a_minute() -> None:
     source.queued = 1  # below low: resume
     report = await d.tick()
     assert not report.holding and report.decision.startswith("resume")
-    assert hermes.calls[-1] == ("a", 6)
+    assert hermes.calls[-1] == ("a", 3)  # after a 70 s hold the ramp starts with one spawn
 
 
 async def test_idle_boards_with_running_tasks_get_maintenance_while_spawning_elsewhere() -> None:
@@ -278,15 +278,15 @@ async def test_only_the_named_boards() -> None:
 
 
 async def test_log_line_has_everything(caplog: pytest.LogCaptureFixture) -> None:
-    d, _, _, _ = make({"a": {"running": 1, "ready": 2}, "b": {"ready": 1}}, backlog=3)
+    d, _, _, _ = make({"a": {"running": 1, "ready": 2}, "b": {"ready": 1}}, backlog=1)
     await d.start()
     with caplog.at_level(logging.INFO, logger="llm_throttle.dispatch"):
         await d.tick()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("tick=")]
     assert len(lines) == 1
     line = lines[0]
-    for part in ("backlog=3", "hold=no", "running=a:1,b:0", "total=1", "ready=a:2,b:1",
-                 'decision="spawn 3: 5 free of 6"', "spawned=a:2,b:1"):
+    for part in ("backlog=1", "hold=no", "running=a:1,b:0", "total=1", "ready=a:2,b:1",
+                 "target=6", 'decision="spawn 3: 5 below target 6"', "spawned=a:2,b:1"):
         assert part in line, line
 
 
@@ -298,7 +298,7 @@ async def test_each_dispatcher_has_its_own_registry() -> None:
         await d.tick()
     text = d1.metrics.render().decode()
     assert 'llm_throttle_dispatch_spawned_total{board="a"} 1.0' in text
-    assert "llm_throttle_dispatch_holding 0.0" in text
+    assert 'llm_throttle_dispatch_holding{reason="backlog_high"} 0.0' in text
 
 
 async def test_status_endpoints(aiohttp_client: Any) -> None:
