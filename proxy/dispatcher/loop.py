@@ -501,14 +501,15 @@ class Dispatcher:
             except HermesError:
                 return False
             self._last_counts = dict(counts)
-        elif before is not None and (backlog.in_flight < before.in_flight or open_requests(
-                backlog) < open_requests(before)):
+        elif before is not None and (
+                backlog.in_flight < before.in_flight
+                or open_requests(backlog) < open_requests(before)) \
+                and backlog.queued < self.settings.marks.low \
+                and (backlog.cap is None or backlog.in_flight < backlog.cap):
             # A request of a worker ended: its task may have finished. The counts we have are
             # from the last tick, so let the tick count again.
-            if backlog.queued < self.settings.marks.low and (
-                    backlog.cap is None or backlog.in_flight < backlog.cap):
-                self._wake.set()
-                return True
+            self._wake.set()
+            return True
         if not counts:
             return False
         decision = self._policy(backlog, counts, self._owned, self.clock())

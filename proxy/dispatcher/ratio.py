@@ -36,7 +36,7 @@ class RatioSettings:
 class TasksPerSlot:
     """Sliding-window estimate of running tasks per open request of those tasks."""
 
-    __slots__ = ("settings", "_samples", "_running", "_open")
+    __slots__ = ("_open", "_running", "_samples", "settings")
 
     def __init__(self, settings: RatioSettings | None = None) -> None:
         self.settings = settings or RatioSettings()

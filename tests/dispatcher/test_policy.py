@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.dispatcher.policy import BoardLoad, Watermarks, decide, fair_grants, next_holding
+from proxy.dispatcher.policy import (
+    BoardLoad,
+    HoldReason,
+    Watermarks,
+    decide,
+    fair_grants,
+    next_holding,
+    ramp_allowance,
+    target_running,
+)
 
 MARKS = Watermarks(high=8, low=2)
 
@@ -130,3 +141,86 @@ def test_max_min_fair(boards: dict[str, BoardLoad], free: int) -> None:
             for t, n in grants.items():
                 if n:
                     assert after[t] <= after[s] + 1
+
+
+# -- control on what the GPU needs -----------------------------------------------------------
+
+LOW_MARKS = Watermarks(high=4, low=1)
+
+
+def test_the_target_is_cap_times_tasks_per_slot() -> None:
+    """Hazard: a task cap equal to the GPU cap leaves slots idle while workers start or run
+    tools; aiming at cap x tasks-per-slot keeps the GPU busy."""
+    d = decide(holding=False, backlog=0, marks=LOW_MARKS, cap=3, in_flight=1,
+               tasks_per_slot=2.0, boards={"a": BoardLoad(2, 10)})
+    assert d.target == 6 and d.grants == {"a": 4}
+    assert target_running(3, 1.5, None) == 5 and target_running(3, 2.0, 4) == 4
+    assert target_running(None, 2.0, 4) == 4 and target_running(None, 2.0, None) is None
+
+
+def test_max_running_is_a_ceiling_on_the_target() -> None:
+    d = decide(holding=False, backlog=0, marks=LOW_MARKS, cap=3, tasks_per_slot=3.0,
+               max_running=5, boards={"a": BoardLoad(0, 10)})
+    assert d.target == 5 and d.grants == {"a": 5}
+
+
+def test_no_spawn_while_every_slot_is_busy() -> None:
+    d = decide(holding=False, backlog=0, marks=LOW_MARKS, cap=3, in_flight=3,
+               tasks_per_slot=2.0, boards={"a": BoardLoad(2, 10)})
+    assert d.grants == {} and "GPU full" in d.reason and not d.holding
+
+
+def test_no_spawn_while_the_queue_is_at_the_low_mark() -> None:
+    d = decide(holding=False, backlog=1, marks=LOW_MARKS, cap=3, in_flight=1,
+               tasks_per_slot=2.0, boards={"a": BoardLoad(0, 10)})
+    assert d.grants == {} and "backlog 1 >= low 1" in d.reason
+
+
+def test_the_ramp_allowance_limits_the_grant() -> None:
+    d = decide(holding=False, backlog=0, marks=LOW_MARKS, cap=3, tasks_per_slot=2.0,
+               allowance=2, boards={"a": BoardLoad(0, 10), "b": BoardLoad(0, 10)})
+    assert sum(d.grants.values()) == 2 and "ramp allows 2" in d.reason
+
+
+def test_uncapped_models_without_a_ceiling_spawn_nothing() -> None:
+    d = decide(holding=False, backlog=0, marks=LOW_MARKS, boards={"a": BoardLoad(0, 10)})
+    assert d.grants == {} and d.target is None and "no target" in d.reason
+
+
+def test_holding_names_its_reason() -> None:
+    d = decide(holding=False, backlog=4, marks=LOW_MARKS, cap=3, boards={"a": BoardLoad(0, 1)})
+    assert d.holding and d.hold_reason is HoldReason.BACKLOG_HIGH
+
+
+def test_slow_start_doubles_every_second() -> None:
+    """After an outage: 1 spawn in the first second, 2 more in the next, then 4, ..."""
+    spawned = 0
+    per_second = []
+    for second in range(5):
+        allowed = ramp_allowance(second + 0.5, spawned)
+        per_second.append(allowed)
+        spawned += allowed
+    assert per_second == [1, 2, 4, 8, 16]
+    assert ramp_allowance(0.9, 1) == 0  # used up within the second
+
+
+@given(loads, st.integers(0, 20), st.integers(0, 25), st.integers(0, 6),
+       st.floats(1.0, 4.0), st.one_of(st.none(), st.integers(1, 20)),
+       st.one_of(st.none(), st.integers(0, 10)), st.booleans())
+def test_the_guarantee(boards: dict[str, BoardLoad], cap: int, in_flight: int, backlog: int,
+                       ratio: float, max_running: int | None, allowance: int | None,
+                       holding: bool) -> None:
+    d = decide(holding=holding, backlog=backlog, marks=LOW_MARKS, boards=boards, cap=cap,
+               in_flight=in_flight, tasks_per_slot=ratio, max_running=max_running,
+               allowance=allowance)
+    running = sum(b.running for b in boards.values())
+    granted = sum(d.grants.values())
+    if d.holding or backlog >= LOW_MARKS.low or in_flight >= cap:
+        assert granted == 0
+    assert running + granted <= max(math.ceil(cap * ratio - 1e-9), running)
+    if max_running is not None:
+        assert running + granted <= max(max_running, running)
+    if allowance is not None:
+        assert granted <= allowance
+    for slug, n in d.grants.items():
+        assert 0 < n <= boards[slug].ready
