@@ -23,6 +23,8 @@ def _subcommands() -> tuple[tuple[str, str, str], ...]:
         ("passthrough", "loadtest.passthrough",
          "a minimal aiohttp reverse proxy (a reference for overhead benchmarks)"),
         ("soak", "loadtest.soak", "bounded soak: mixed load and faults, RSS and leaked permits"),
+        ("dispatch-bench", "loadtest.dispatch_bench",
+         "llm-throttle dispatch against a cron wrapper, with real hermes workers"),
     )
 
 

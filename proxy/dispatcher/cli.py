@@ -143,9 +143,11 @@ def add_dispatch_arguments(parser: argparse.ArgumentParser) -> None:
                      help="HERMES_HOME for the hermes calls (default: inherited)")
     her.add_argument("--hermes-timeout", type=_seconds, default=60.0, metavar="S",
                      help="kill a hermes call after S seconds (default: %(default)s)")
-    her.add_argument("--probe", choices=("cli", "sqlite"), default="cli",
-                     help="count tasks with `hermes kanban boards list --json` (cli) or by "
-                     "reading the board databases read-only (sqlite) (default: %(default)s)")
+    her.add_argument("--probe", choices=("cli", "sqlite"), default="sqlite",
+                     help="count tasks by reading the board databases read-only (sqlite: "
+                     "cheap, so free slots are seen between ticks; also gives the oldest "
+                     "ready task's age) or with `hermes kanban boards list --json` (cli) "
+                     "(default: %(default)s)")
     her.add_argument("--max-semantics", choices=("auto", "running", "spawns"), default="auto",
                      help="what `dispatch --max N` means: caps running tasks (Hermes >= "
                      "0.13.0) or spawns per pass (older); auto asks `hermes --version`")

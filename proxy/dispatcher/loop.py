@@ -255,6 +255,7 @@ class Dispatcher:
         self._last_counts: dict[str, BoardCounts] = {}
         self._last_seen: Backlog | None = None
         self._wake = asyncio.Event()
+        self._ticking = False
 
     async def start(self) -> None:
         """Learn what ``--max`` means for the installed Hermes, unless told."""
@@ -299,6 +300,7 @@ class Dispatcher:
     # -- one tick ---------------------------------------------------------------------------
 
     async def tick(self, trigger: str = "interval") -> TickReport:
+        self._ticking = True
         self._ticks += 1
         started = self.clock()
         report = TickReport(number=self._ticks, at=self.wall_clock(), holding=self.holding,
@@ -307,6 +309,7 @@ class Dispatcher:
             await self._tick(report, started)
         finally:
             report.duration_s = self.clock() - started
+            self._ticking = False
             self.last = report
             self.recent.append(report)
             self.metrics.observe(report, self)
@@ -486,6 +489,8 @@ class Dispatcher:
 
     async def watch_once(self) -> bool:
         """One cheap look: would a tick now start a worker? (Sets the wake-up if so.)"""
+        if self._ticking:
+            return False  # the tick in progress reads and decides for itself
         before = self._last_seen
         try:
             backlog = await self.read_backlog()
