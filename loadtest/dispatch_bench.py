@@ -95,6 +95,8 @@ class ModeResult:
     tasks: int = 0
     timed_out: bool = False
     notes: list[str] = field(default_factory=list)
+    #: one row per sample: [seconds since start, GPU working, ready, running, proxy queue]
+    timeline: list[list[float]] = field(default_factory=list)
 
     @property
     def idle_fraction(self) -> float | None:
@@ -299,6 +301,8 @@ async def _sample(h: Hermes, proxy: str, boards: list[str], w: Workload, started
                 seen_runs |= new
             values = list(statuses.values())
             result.max_running = max(result.max_running, values.count("running"))
+            result.timeline.append([round(now - started, 2), gpu.in_flight, values.count("ready"),
+                                    values.count("running"), queue])
             ready_timeline.append((now, values.count("ready") > 0))
             last_queue = queue
             result.done = values.count("done")

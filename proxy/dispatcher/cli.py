@@ -115,7 +115,7 @@ def add_dispatch_arguments(parser: argparse.ArgumentParser) -> None:
     pol.add_argument("--tasks-per-slot", type=_ratio, default=2.0, metavar="X",
                      help="running tasks per busy GPU slot to assume until it is learned "
                      "from the running tasks (default: %(default)s)")
-    pol.add_argument("--max-tasks-per-slot", type=_ratio, default=4.0, metavar="X",
+    pol.add_argument("--max-tasks-per-slot", type=_ratio, default=3.0, metavar="X",
                      help="upper bound of the learned ratio (default: %(default)s)")
     pol.add_argument("--high-watermark", type=_positive_int, default=8, metavar="N",
                      help="hold when the backlog reaches N (default: %(default)s)")

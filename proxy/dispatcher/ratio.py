@@ -7,10 +7,11 @@ Sampling, at every read of the proxy, the running tasks and the requests those t
     tasks_per_slot = sum(running) / sum(open requests)       over a sliding window
 
 is the number of running tasks that keep one slot busy on average; the dispatcher aims for
-``cap * tasks_per_slot`` running tasks. Until the window holds enough evidence the ``prior``
-is used. The estimate is clamped to ``[low, high]``: one task never needs less than one slot's
-share, and a bound above keeps a burst of idle workers (all starting at once, say) from
-turning into a flood of spawns.
+``cap * tasks_per_slot`` running tasks. Until the window spans ``warmup_s`` of readings with
+running tasks the ``prior`` is used: workers started together all sit in their start-up at
+once, and a ratio read then would be far too high. The estimate is clamped to ``[low, high]``:
+one task never needs less than one slot's share, and a bound above keeps a burst of idle
+workers from turning into a flood of spawns.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from dataclasses import dataclass
 class RatioSettings:
     prior: float = 2.0
     low: float = 1.0
-    high: float = 4.0
+    high: float = 3.0
     window_s: float = 120.0
     #: samples with running tasks needed before the estimate replaces the prior
     min_samples: int = 10
+    #: and the time they must span
+    warmup_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not 0 < self.low <= self.prior <= self.high:
@@ -59,14 +62,16 @@ class TasksPerSlot:
 
     def value(self, now: float) -> float:
         self._trim(now)
+        if not self.learned:
+            return self.settings.prior
         s = self.settings
-        if len(self._samples) < s.min_samples or self._open == 0:
-            return s.prior
         return min(max(self._running / self._open, s.low), s.high)
 
     @property
     def learned(self) -> bool:
-        return len(self._samples) >= self.settings.min_samples and self._open > 0
+        s = self.settings
+        return (len(self._samples) >= s.min_samples and self._open > 0
+                and self._samples[-1][0] - self._samples[0][0] >= s.warmup_s)
 
     def _trim(self, now: float) -> None:
         horizon = now - self.settings.window_s
