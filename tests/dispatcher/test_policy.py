@@ -164,16 +164,22 @@ def test_max_running_is_a_ceiling_on_the_target() -> None:
     assert d.target == 5 and d.grants == {"a": 5}
 
 
-def test_no_spawn_while_every_slot_is_busy() -> None:
-    d = decide(holding=False, backlog=0, marks=LOW_MARKS, cap=3, in_flight=3,
-               tasks_per_slot=2.0, boards={"a": BoardLoad(2, 10)})
-    assert d.grants == {} and "GPU full" in d.reason and not d.holding
-
-
-def test_no_spawn_while_the_queue_is_at_the_low_mark() -> None:
-    d = decide(holding=False, backlog=1, marks=LOW_MARKS, cap=3, in_flight=1,
+def test_resume_waits_for_a_free_slot() -> None:
+    """Spawning resumes only below the low mark *and* with a slot free."""
+    d = decide(holding=True, backlog=0, marks=LOW_MARKS, cap=3, in_flight=3,
                tasks_per_slot=2.0, boards={"a": BoardLoad(0, 10)})
-    assert d.grants == {} and "backlog 1 >= low 1" in d.reason
+    assert d.holding and d.grants == {} and "GPU full" in d.reason
+    d = decide(holding=True, backlog=0, marks=LOW_MARKS, cap=3, in_flight=2,
+               tasks_per_slot=2.0, boards={"a": BoardLoad(0, 10)})
+    assert not d.holding and d.grants == {"a": 6} and d.reason.startswith("resume")
+
+
+def test_while_spawning_workers_may_wait_in_the_queue_below_the_high_mark() -> None:
+    """A worker needs seconds to its first request: below the target, spawning goes on with
+    the GPU full and a short queue, so the next request is there when a slot frees."""
+    d = decide(holding=False, backlog=2, marks=LOW_MARKS, cap=3, in_flight=3,
+               tasks_per_slot=2.0, boards={"a": BoardLoad(4, 10)})
+    assert not d.holding and d.grants == {"a": 2}
 
 
 def test_the_ramp_allowance_limits_the_grant() -> None:
@@ -215,8 +221,9 @@ def test_the_guarantee(boards: dict[str, BoardLoad], cap: int, in_flight: int, b
                allowance=allowance)
     running = sum(b.running for b in boards.values())
     granted = sum(d.grants.values())
-    if d.holding or backlog >= LOW_MARKS.low or in_flight >= cap:
-        assert granted == 0
+    if d.holding or backlog >= LOW_MARKS.high or (holding and (
+            backlog >= LOW_MARKS.low or in_flight >= cap)):
+        assert granted == 0 and d.holding
     assert running + granted <= max(math.ceil(cap * ratio - 1e-9), running)
     if max_running is not None:
         assert running + granted <= max(max_running, running)
