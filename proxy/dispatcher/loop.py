@@ -209,6 +209,14 @@ def open_requests(backlog: Backlog) -> int:
     return backlog.in_flight + backlog.queued
 
 
+def outside_requests(backlog: Backlog) -> int:
+    """Requests on the watched routes that are not the workers' (0 when nothing is attributed:
+    then all of them count as the workers')."""
+    if backlog.attributed_open is None:
+        return 0
+    return max(backlog.in_flight + backlog.queued - backlog.attributed_open, 0)
+
+
 class Dispatcher:
     """Ticks every ``interval_s``, and at once when a cheap read says a worker would start;
     never starts a worker the policy did not grant (see :mod:`.policy`)."""
@@ -415,7 +423,7 @@ class Dispatcher:
         return decide(
             holding=self.holding, backlog=backlog.queued, marks=self.settings.marks,
             boards=self._loads(counts, owned), max_running=self.settings.max_running,
-            cap=backlog.cap, in_flight=backlog.in_flight,
+            cap=backlog.cap, outside=outside_requests(backlog),
             tasks_per_slot=self.ratio.value(now), allowance=self._allowance(now),
             tiebreak=self._order(owned))
 
@@ -506,11 +514,9 @@ class Dispatcher:
             except HermesError:
                 return False
             self._last_counts = dict(counts)
-        elif before is not None and (
+        elif before is not None and not self.holding and (
                 backlog.in_flight < before.in_flight
-                or open_requests(backlog) < open_requests(before)) \
-                and backlog.queued < self.settings.marks.low \
-                and (backlog.cap is None or backlog.in_flight < backlog.cap):
+                or open_requests(backlog) < open_requests(before)):
             # A request of a worker ended: its task may have finished. The counts we have are
             # from the last tick, so let the tick count again.
             self._wake.set()

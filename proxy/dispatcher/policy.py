@@ -5,19 +5,26 @@ use, and the capacity of the routes serving them: in flight against the effectiv
 per board, how many tasks run and how many are ready. From those alone, :func:`decide` says
 
 1. whether to hold: hysteresis between two watermarks. Holding starts when the backlog reaches
-   ``high`` and ends only when it is below ``low`` *and* the routes have a free slot (in flight
-   below the effective cap), so a backlog hovering around one value never flaps between
-   spawning and holding, and spawning resumes only when the GPUs have room;
-2. while not holding, how many running tasks to aim at. A worker spends part of its life off
-   the GPU (starting, running tools, its own thinking), so the GPUs stay busy only with more
-   running tasks than slots, some of them already waiting in the queue when a slot frees (a
-   worker needs seconds from spawn to its first request): the target is
-   ``ceil(cap * tasks_per_slot)``, where ``tasks_per_slot`` is learned from the running tasks
-   (:mod:`.ratio`), and ``max_running``, when given, is a ceiling on top;
+   ``high`` and ends only when it falls below ``low``, so a backlog hovering around one value
+   never flaps between spawning and holding;
+2. while not holding, how many running tasks the GPUs want. A worker spends part of its life
+   off the GPU (starting, running tools, its own thinking), so the GPUs stay busy only with more
+   running tasks than slots -- some requests already waiting when a slot frees, since a worker
+   needs seconds from spawn to its first request. The free capacity for the tasks is the cap
+   less what outside traffic holds (``outside``: requests on the routes not from the tasks),
+   and the target is ``ceil(free capacity * tasks_per_slot)``, where ``tasks_per_slot`` is
+   learned from the running tasks (:mod:`.ratio`); ``max_running``, when given, is a ceiling;
+3. how many new workers each board may start: the room under the target (and under the
+   ``allowance`` of a ramp after an outage), handed out one at a time to the board with the
+   fewest tasks running (counting the grants so far) that still has ready work. That is
+   max-min fairness over running tasks: boards with ready work converge to equal shares, and
+   a board that grew alone while others were idle receives nothing until the others catch up
+   (its workers are never stopped). Ties go by ``tiebreak`` order, which the loop rotates every
+   tick so no board always wins the odd slot.
+
 Guarantee: no grant while holding (so none from the moment the backlog reaches ``high`` until
-it is below ``low`` with a slot free); the grants never take the sum of running tasks plus
-grants over the target nor over ``max_running``, never exceed ``allowance``, nor a board's
-ready count.
+it is below ``low``); the grants never take the sum of running tasks plus grants over the
+target nor over ``max_running``, never exceed ``allowance``, nor a board's ready count.
 """
 
 from __future__ import annotations
@@ -83,10 +90,10 @@ def blocked(reason: HoldReason, text: str) -> Decision:
     return Decision(holding=True, reason=text, hold_reason=reason)
 
 
-def next_holding(holding: bool, backlog: int, marks: Watermarks, gpu_full: bool = False) -> bool:
-    """Hysteresis: start holding at ``high``; keep holding until below ``low`` with a free slot."""
+def next_holding(holding: bool, backlog: int, marks: Watermarks) -> bool:
+    """Hysteresis: start holding at ``high``, keep holding until below ``low``."""
     if holding:
-        return backlog >= marks.low or gpu_full
+        return backlog >= marks.low
     return backlog >= marks.high
 
 
@@ -111,10 +118,11 @@ def fair_grants(
     return grants
 
 
-def target_running(cap: int | None, tasks_per_slot: float,
-                   max_running: int | None) -> int | None:
-    """Running tasks that keep ``cap`` slots busy, under the ceiling; None: nothing to aim at."""
-    target = None if cap is None else math.ceil(cap * tasks_per_slot - 1e-9)
+def target_running(cap: int | None, tasks_per_slot: float, max_running: int | None,
+                   outside: int = 0) -> int | None:
+    """Running tasks that keep the slots outside traffic leaves busy, under the ceiling;
+    None: nothing to aim at."""
+    target = None if cap is None else math.ceil(max(cap - outside, 0) * tasks_per_slot - 1e-9)
     if max_running is not None:
         target = max_running if target is None else min(target, max_running)
     return target
@@ -128,25 +136,22 @@ def decide(
     boards: Mapping[str, BoardLoad],
     max_running: int | None = None,
     cap: int | None = None,
-    in_flight: int = 0,
+    outside: int = 0,
     tasks_per_slot: float = 1.0,
     allowance: int | None = None,
     tiebreak: Sequence[str] = (),
 ) -> Decision:
     """The whole tick decision; see the module docstring."""
-    gpu_full = cap is not None and in_flight >= cap
-    now_holding = next_holding(holding, backlog, marks, gpu_full)
-    target = target_running(cap, tasks_per_slot, max_running)
+    now_holding = next_holding(holding, backlog, marks)
+    target = target_running(cap, tasks_per_slot, max_running, outside)
     if now_holding:
-        if not holding:
-            why = f"hold: backlog {backlog} >= high {marks.high}"
-        elif backlog >= marks.low:
+        if holding:
             why = f"hold: backlog {backlog} >= low {marks.low}"
         else:
-            why = f"hold: backlog {backlog} < low {marks.low} but GPU full ({in_flight}/{cap})"
+            why = f"hold: backlog {backlog} >= high {marks.high}"
         return Decision(holding=True, reason=why, hold_reason=HoldReason.BACKLOG_HIGH,
                         target=target)
-    prefix = f"resume: backlog {backlog} < low {marks.low}, a slot free; " if holding else ""
+    prefix = f"resume: backlog {backlog} < low {marks.low}; " if holding else ""
     running = sum(b.running for b in boards.values())
     ready = sum(b.ready for b in boards.values())
     room = 0 if target is None else max(target - running, 0)

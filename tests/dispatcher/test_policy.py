@@ -151,8 +151,8 @@ LOW_MARKS = Watermarks(high=4, low=1)
 def test_the_target_is_cap_times_tasks_per_slot() -> None:
     """Hazard: a task cap equal to the GPU cap leaves slots idle while workers start or run
     tools; aiming at cap x tasks-per-slot keeps the GPU busy."""
-    d = decide(holding=False, backlog=0, marks=LOW_MARKS, cap=3, in_flight=1,
-               tasks_per_slot=2.0, boards={"a": BoardLoad(2, 10)})
+    d = decide(holding=False, backlog=0, marks=LOW_MARKS, cap=3, tasks_per_slot=2.0,
+               boards={"a": BoardLoad(2, 10)})
     assert d.target == 6 and d.grants == {"a": 4}
     assert target_running(3, 1.5, None) == 5 and target_running(3, 2.0, 4) == 4
     assert target_running(None, 2.0, 4) == 4 and target_running(None, 2.0, None) is None
@@ -164,22 +164,26 @@ def test_max_running_is_a_ceiling_on_the_target() -> None:
     assert d.target == 5 and d.grants == {"a": 5}
 
 
-def test_resume_waits_for_a_free_slot() -> None:
-    """Spawning resumes only below the low mark *and* with a slot free."""
-    d = decide(holding=True, backlog=0, marks=LOW_MARKS, cap=3, in_flight=3,
+def test_outside_traffic_leaves_the_tasks_less_capacity() -> None:
+    """Requests on the routes that are not the workers' (an outside burst) take slots: the
+    target shrinks to what they leave, times tasks per slot."""
+    d = decide(holding=False, backlog=0, marks=LOW_MARKS, cap=3, outside=2,
                tasks_per_slot=2.0, boards={"a": BoardLoad(0, 10)})
-    assert d.holding and d.grants == {} and "GPU full" in d.reason
-    d = decide(holding=True, backlog=0, marks=LOW_MARKS, cap=3, in_flight=2,
+    assert d.target == 2 and d.grants == {"a": 2}
+    d = decide(holding=False, backlog=0, marks=LOW_MARKS, cap=3, outside=5,
                tasks_per_slot=2.0, boards={"a": BoardLoad(0, 10)})
-    assert not d.holding and d.grants == {"a": 6} and d.reason.startswith("resume")
+    assert d.target == 0 and d.grants == {}
 
 
 def test_while_spawning_workers_may_wait_in_the_queue_below_the_high_mark() -> None:
     """A worker needs seconds to its first request: below the target, spawning goes on with
-    the GPU full and a short queue, so the next request is there when a slot frees."""
-    d = decide(holding=False, backlog=2, marks=LOW_MARKS, cap=3, in_flight=3,
-               tasks_per_slot=2.0, boards={"a": BoardLoad(4, 10)})
+    every slot busy and a short queue, so the next request is there when a slot frees."""
+    d = decide(holding=False, backlog=2, marks=LOW_MARKS, cap=3, tasks_per_slot=2.0,
+               boards={"a": BoardLoad(4, 10)})
     assert not d.holding and d.grants == {"a": 2}
+    d = decide(holding=True, backlog=2, marks=LOW_MARKS, cap=3, tasks_per_slot=2.0,
+               boards={"a": BoardLoad(4, 10)})
+    assert d.holding and d.grants == {}  # but a hold lasts until below the low mark
 
 
 def test_the_ramp_allowance_limits_the_grant() -> None:
@@ -213,18 +217,18 @@ def test_slow_start_doubles_every_second() -> None:
 @given(loads, st.integers(0, 20), st.integers(0, 25), st.integers(0, 6),
        st.floats(1.0, 4.0), st.one_of(st.none(), st.integers(1, 20)),
        st.one_of(st.none(), st.integers(0, 10)), st.booleans())
-def test_the_guarantee(boards: dict[str, BoardLoad], cap: int, in_flight: int, backlog: int,
+def test_the_guarantee(boards: dict[str, BoardLoad], cap: int, outside: int, backlog: int,
                        ratio: float, max_running: int | None, allowance: int | None,
                        holding: bool) -> None:
     d = decide(holding=holding, backlog=backlog, marks=LOW_MARKS, boards=boards, cap=cap,
-               in_flight=in_flight, tasks_per_slot=ratio, max_running=max_running,
+               outside=outside, tasks_per_slot=ratio, max_running=max_running,
                allowance=allowance)
     running = sum(b.running for b in boards.values())
     granted = sum(d.grants.values())
-    if d.holding or backlog >= LOW_MARKS.high or (holding and (
-            backlog >= LOW_MARKS.low or in_flight >= cap)):
+    if d.holding or backlog >= LOW_MARKS.high or (holding and backlog >= LOW_MARKS.low):
         assert granted == 0 and d.holding
-    assert running + granted <= max(math.ceil(cap * ratio - 1e-9), running)
+    free = max(cap - outside, 0)
+    assert running + granted <= max(math.ceil(free * ratio - 1e-9), running)
     if max_running is not None:
         assert running + granted <= max(max_running, running)
     if allowance is not None:
