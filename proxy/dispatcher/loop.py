@@ -217,6 +217,16 @@ def outside_requests(backlog: Backlog) -> int:
     return max(backlog.in_flight + backlog.queued - backlog.attributed_open, 0)
 
 
+def pending_workers(backlog: Backlog, counts: Mapping[str, BoardCounts],
+                    loads: Mapping[str, BoardLoad]) -> int:
+    """Running tasks with no request open (starting, running a tool): each may ask the GPU
+    any moment. 0 when requests are not attributed (then they cannot be told apart)."""
+    if backlog.attributed_open is None:
+        return 0
+    running = sum(load.running for load in loads.values())
+    return max(running - backlog.attributed_open, 0)
+
+
 class Dispatcher:
     """Ticks every ``interval_s``, and at once when a cheap read says a worker would start;
     never starts a worker the policy did not grant (see :mod:`.policy`)."""
@@ -423,7 +433,8 @@ class Dispatcher:
         return decide(
             holding=self.holding, backlog=backlog.queued, marks=self.settings.marks,
             boards=self._loads(counts, owned), max_running=self.settings.max_running,
-            cap=backlog.cap, outside=outside_requests(backlog),
+            cap=backlog.cap, outside=outside_requests(backlog), in_flight=backlog.in_flight,
+            pending=pending_workers(backlog, counts, self._loads(counts, owned)),
             tasks_per_slot=self.ratio.value(now), allowance=self._allowance(now),
             tiebreak=self._order(owned))
 

@@ -14,8 +14,11 @@ per board, how many tasks run and how many are ready. From those alone, :func:`d
    less what outside traffic holds (``outside``: requests on the routes not from the tasks),
    and the target is ``ceil(free capacity * tasks_per_slot)``, where ``tasks_per_slot`` is
    learned from the running tasks (:mod:`.ratio`); ``max_running``, when given, is a ceiling;
-3. how many new workers each board may start: the room under the target (and under the
-   ``allowance`` of a ramp after an outage), handed out one at a time to the board with the
+3. how many new workers each board may start: the room under the target, under the
+   ``allowance`` of a ramp after an outage, and under the queue's room: the queue the workers
+   would make if every running task without an open request (``pending``: starting, running a
+   tool) sent one now must stay below ``high``, so the workers do not hold themselves. That
+   room is handed out one at a time to the board with the
    fewest tasks running (counting the grants so far) that still has ready work. That is
    max-min fairness over running tasks: boards with ready work converge to equal shares, and
    a board that grew alone while others were idle receives nothing until the others catch up
@@ -24,7 +27,8 @@ per board, how many tasks run and how many are ready. From those alone, :func:`d
 
 Guarantee: no grant while holding (so none from the moment the backlog reaches ``high`` until
 it is below ``low``); the grants never take the sum of running tasks plus grants over the
-target nor over ``max_running``, never exceed ``allowance``, nor a board's ready count.
+target nor over ``max_running``, never exceed ``allowance``, nor the queue's room, nor a
+board's ready count.
 """
 
 from __future__ import annotations
@@ -128,6 +132,16 @@ def target_running(cap: int | None, tasks_per_slot: float, max_running: int | No
     return target
 
 
+def queue_room_for(marks: Watermarks, backlog: int, cap: int | None, in_flight: int,
+                   pending: int) -> int:
+    """New workers that fit before the queue would reach ``high``, if the ``pending`` workers
+    (running, no request open) all asked now; unbounded (a large number) without a cap."""
+    if cap is None:
+        return 1 << 30
+    # free slots absorb requests first; what is left queues behind the backlog
+    return max(cap - in_flight - pending + marks.high - 1 - backlog, 0)
+
+
 def decide(
     *,
     holding: bool,
@@ -137,6 +151,8 @@ def decide(
     max_running: int | None = None,
     cap: int | None = None,
     outside: int = 0,
+    in_flight: int = 0,
+    pending: int = 0,
     tasks_per_slot: float = 1.0,
     allowance: int | None = None,
     tiebreak: Sequence[str] = (),
@@ -161,12 +177,17 @@ def decide(
         why = "nothing ready"
     elif room == 0:
         why = f"at target: {running} running of {target}"
+    elif (queue_room := queue_room_for(marks, backlog, cap, in_flight, pending)) == 0:
+        why = f"queue full soon: {pending} starting would queue behind {in_flight} in flight"
     else:
         free = room if allowance is None else min(room, max(allowance, 0))
+        free = min(free, queue_room)
         grants = fair_grants(free, boards, tiebreak)
         why = f"spawn {sum(grants.values())}: {room} below target {target}"
         if allowance is not None and allowance < room:
             why += f" (ramp allows {max(allowance, 0)})"
+        elif queue_room < room:
+            why += f" (queue room {queue_room})"
         return Decision(holding=False, reason=prefix + why, grants=grants, free_slots=room,
                         target=target)
     return Decision(holding=False, reason=prefix + why, free_slots=room, target=target)

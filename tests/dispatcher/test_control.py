@@ -199,3 +199,11 @@ async def test_hermes_counts_on_metrics() -> None:
                  "llm_throttle_dispatch_target_running 6.0",
                  'llm_throttle_dispatch_capacity{kind="cap"} 3.0'):
         assert line in text, line
+
+
+async def test_an_outside_burst_shrinks_the_target() -> None:
+    """Requests on the model that no task sent take GPU slots away from the workers."""
+    d, hermes, source, _ = make({"a": {"ready": 20}}, cap=3)
+    source.extra.update(in_flight=3, attributed_open=1)  # two of the three are outside
+    report = await d.tick()
+    assert report.target == 2 and hermes.calls == [("a", 2)]

@@ -186,6 +186,19 @@ def test_while_spawning_workers_may_wait_in_the_queue_below_the_high_mark() -> N
     assert d.holding and d.grants == {}  # but a hold lasts until below the low mark
 
 
+def test_workers_about_to_ask_leave_less_room_in_the_queue() -> None:
+    """Hazard: the workers' own requests pushed the queue to the high mark, and the hold that
+    followed drained the pipeline to nothing (the GPU idle while new workers started)."""
+    # 3 in flight, 1 queued, 2 running workers without a request yet: if they ask now the
+    # queue is 3, one below the high mark: nothing more.
+    d = decide(holding=False, backlog=1, marks=LOW_MARKS, cap=3, in_flight=3, pending=2,
+               tasks_per_slot=3.0, boards={"a": BoardLoad(6, 10)})
+    assert d.grants == {} and "queue full soon" in d.reason
+    d = decide(holding=False, backlog=0, marks=LOW_MARKS, cap=3, in_flight=2, pending=1,
+               tasks_per_slot=3.0, boards={"a": BoardLoad(5, 10)})
+    assert d.grants == {"a": 3}  # one free slot... taken by the pending one; 3 may queue
+
+
 def test_the_ramp_allowance_limits_the_grant() -> None:
     d = decide(holding=False, backlog=0, marks=LOW_MARKS, cap=3, tasks_per_slot=2.0,
                allowance=2, boards={"a": BoardLoad(0, 10), "b": BoardLoad(0, 10)})
@@ -216,13 +229,14 @@ def test_slow_start_doubles_every_second() -> None:
 
 @given(loads, st.integers(0, 20), st.integers(0, 25), st.integers(0, 6),
        st.floats(1.0, 4.0), st.one_of(st.none(), st.integers(1, 20)),
-       st.one_of(st.none(), st.integers(0, 10)), st.booleans())
+       st.one_of(st.none(), st.integers(0, 10)), st.booleans(), st.integers(0, 25),
+       st.integers(0, 12))
 def test_the_guarantee(boards: dict[str, BoardLoad], cap: int, outside: int, backlog: int,
                        ratio: float, max_running: int | None, allowance: int | None,
-                       holding: bool) -> None:
+                       holding: bool, in_flight: int, pending: int) -> None:
     d = decide(holding=holding, backlog=backlog, marks=LOW_MARKS, boards=boards, cap=cap,
                outside=outside, tasks_per_slot=ratio, max_running=max_running,
-               allowance=allowance)
+               allowance=allowance, in_flight=in_flight, pending=pending)
     running = sum(b.running for b in boards.values())
     granted = sum(d.grants.values())
     if d.holding or backlog >= LOW_MARKS.high or (holding and backlog >= LOW_MARKS.low):
@@ -233,5 +247,7 @@ def test_the_guarantee(boards: dict[str, BoardLoad], cap: int, outside: int, bac
         assert running + granted <= max(max_running, running)
     if allowance is not None:
         assert granted <= allowance
+    # if every pending worker and every new one asked now, the queue stays below high
+    assert backlog + max(in_flight + pending + granted - cap, 0) < LOW_MARKS.high or not granted
     for slug, n in d.grants.items():
         assert 0 < n <= boards[slug].ready
