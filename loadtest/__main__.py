@@ -25,6 +25,8 @@ def _subcommands() -> tuple[tuple[str, str, str], ...]:
         ("soak", "loadtest.soak", "bounded soak: mixed load and faults, RSS and leaked permits"),
         ("dispatch-bench", "loadtest.dispatch_bench",
          "llm-throttle dispatch against a cron wrapper, with real hermes workers"),
+        ("cpu-compare", "loadtest.cpu_compare",
+         "CPU per request of two proxy source trees, in the same run"),
     )
 
 

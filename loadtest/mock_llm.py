@@ -7,6 +7,8 @@ and slows down past its batch size (see :mod:`loadtest.mock_state`).
 
 Per-request fault injection, through headers the proxy forwards untouched:
 
+* ``x-mock-tool-call: <tool>`` -- a chat offering that tool, with no tool result yet, gets a
+  call to it (``--tool-call`` does it for every request; see :mod:`loadtest.mock_tools`).
 * ``x-mock-pause-after-first: <s>`` -- stream: first chunk, pause, then the rest.
 * ``x-mock-fault: <f>[,<f>...]`` with ``refuse-429[:<retry s>]``, ``unavailable-503``,
   ``hang`` (never answers until the client leaves), ``die-mid-stream`` (a few chunks, then the
@@ -39,6 +41,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from loadtest.mock_state import MockLLMConfig, MockState, RecordedRequest
+from loadtest.mock_tools import tool_call_response, wanted_tool
 
 from .runtime import loop_factory
 
@@ -303,10 +306,17 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
         f'"created":{int(time.time())},"model":{json.dumps(model)}'
     )
 
+    tool = wanted_tool(body, request.headers, config.tool_call) if chat else None
     active = _Active(state, model)
     try:
         if faults is not None and faults.hang:
             await _hang(request)
+        if tool is not None:  # tool-calling mode (loadtest/mock_tools.py)
+            await _step(request, state, config.ttft_s)
+            usage.update(completion_tokens=1, total_tokens=prompt_tokens + 1)
+            _account(state, active, prompt_tokens, 1, "tool_calls")
+            return await tool_call_response(request, body, tool, response_id, usage,
+                                            include_usage)
         if stream:
             return await _stream(
                 request, state, active, faults, chat, head, n_tokens, finish_reason,
@@ -787,6 +797,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim)
     parser.add_argument("--models", default=",".join(defaults.models),
                         help="comma-separated ids for /v1/models")
+    parser.add_argument("--tool-call", default=defaults.tool_call, metavar="TOOL",
+                        help="answer a chat offering TOOL (and no tool result yet) with a call "
+                             "to it, e.g. kanban_complete: plays a Hermes task to done")
 
 
 def config_from_args(args: argparse.Namespace) -> MockLLMConfig:
@@ -798,6 +811,7 @@ def config_from_args(args: argparse.Namespace) -> MockLLMConfig:
         thrash=args.thrash,
         embedding_dim=args.embedding_dim,
         models=[m.strip() for m in args.models.split(",") if m.strip()],
+        tool_call=args.tool_call or None,
     )
 
 

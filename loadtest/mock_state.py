@@ -39,6 +39,9 @@ class MockLLMConfig:
     embedding_dim: int = 8
     #: ids listed by /v1/models; any requested model is still served
     models: list[str] = field(default_factory=lambda: ["mock-model"])
+    #: answer chats offering this tool (and no tool result yet) with a call to it, e.g.
+    #: "kanban_complete"; per request also by the x-mock-tool-call header (mock_tools.py)
+    tool_call: str | None = None
     #: how many recent requests (method, path, headers) are kept for assertions
     recent_requests: int = 64
 

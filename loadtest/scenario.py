@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 from loadtest.generator import ClientClass, LoadSpec, run_load
 from loadtest.mock_state import MockLLMConfig
@@ -62,6 +61,7 @@ from loadtest.processes import (
     wait_for_quiet,
 )
 from loadtest.runtime import loop_factory
+from proxy.yamlfile import YamlProblems, load_yaml
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 DEFAULT_OUT = Path("loadtest/results")
@@ -296,11 +296,11 @@ def load_scenario(path: str | Path) -> Scenario:
     if not p.exists() and (SCENARIO_DIR / f"{path}.yaml").exists():
         p = SCENARIO_DIR / f"{path}.yaml"
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml(p.read_text())
     except OSError as exc:
         raise ScenarioError(str(p), [f"cannot read: {exc.strerror or exc}"]) from exc
-    except yaml.YAMLError as exc:
-        raise ScenarioError(str(p), [f"not valid YAML: {exc}"]) from exc
+    except YamlProblems as exc:  # the proxy's reader: duplicate keys refused there too
+        raise ScenarioError(str(p), exc.problems) from exc
     return parse_scenario(data, p)
 
 

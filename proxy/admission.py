@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .auth import Identity
 from .config import WILDCARD_MODEL, Config, ModelConfig, UpstreamConfig
-from .errors import ModelNotFound
+from .errors import InvalidField, ModelNotFound
 from .limits.base import BucketSpec, Charge, Demand, Grant, LimitSpec, Option
 from .parse import ParsedRequest
 from .tokens import reservation
@@ -87,7 +87,13 @@ class AdmissionPolicy:
         }
         self._wildcard = self.routes.get(WILDCARD_MODEL)
 
-    def route(self, model: str) -> Route:
+    def route(self, model: str | None) -> Route:
+        """The model's route, else ``*``; a request without a model needs a ``*`` route."""
+        if model is None:
+            if self._wildcard is None:
+                raise InvalidField("you must provide a model parameter", code="missing_model",
+                                   param="model")
+            return self._wildcard
         route = self.routes.get(model, self._wildcard)
         if route is None:
             raise ModelNotFound(
@@ -100,7 +106,8 @@ class AdmissionPolicy:
                request_id: str) -> tuple[Demand, int]:
         """The demand, and the tokens it reserves (0 when no TPM bucket applies)."""
         reserved = reservation(
-            len(parsed.body), parsed.max_tokens, route.model.max_tokens_estimate, parsed.generates
+            len(parsed.body), parsed.max_tokens, route.model.max_tokens_estimate, parsed.generates,
+            parsed.choices,
         )
         charges: list[Charge] = []
         if route.rpm_bucket:

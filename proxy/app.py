@@ -5,7 +5,10 @@ One request, admitted path::
     auth -> read body (bounded) -> parse -> route model -> admit (store, may queue)
          -> forward -> relay (plain or stream) -> release (always: permits + token settlement)
 
-Every other path is passed through to an upstream untouched. All state hangs off the
+Admission is the default: every request with a body (POST, PUT, PATCH) is admitted unless its
+normalized path is in ``passthrough_paths``; GET/HEAD/OPTIONS probes and those cheap routes
+pass through to an upstream untouched. One ``RequestRecord`` per request feeds metrics and the
+access log. All state hangs off the
 ``Proxy`` object; nothing is module-global. HTTP is served by ``proxy/server.py``.
 """
 
@@ -22,8 +25,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from .access_log import AccessLog
 from .admission import AdmissionPolicy, settlement
+from .attribution import AttributionLabels
 from .auth import Authenticator, Identity, bearer_token
+from .catalog import ModelCatalog
 from .config import Config
 from .errors import (
     AuthenticationFailed,
@@ -32,23 +38,25 @@ from .errors import (
     ShuttingDown,
     Throttled,
 )
+from .families import RouteFamily, admits, family_for
 from .forward import (
     QUEUE_MS_HEADER,
+    Exchange,
     Forwarder,
     RelayOutcome,
-    plain_response,
-    relay_stream,
+    relay_answer,
     upstream_request_headers,
 )
-from .limits.base import LimitStore
+from .limits.base import Demand, Grant, LimitStore, Snapshot
 from .limits.memory import MemoryStore
 from .messages import Request, Response, StreamResponse
 from .metrics import ProxyMetrics
-from .parse import is_admitted_path, parse_body
+from .parse import parse_body
 from .paths import checked_target
+from .record import CLIENT_GONE, RequestRecord
 from .server import HttpServer, ServerLimits
 from .status import RequestRates, SaturationTracker, render_table, status_document
-from .tokens import SSEUsageTap, usage_from_body
+from .upstream_metrics import fetch_upstream_metrics, is_upstream_metrics_path, upstream_of
 
 log = logging.getLogger("llm_throttle")
 
@@ -72,8 +80,12 @@ class Proxy:
         self.policy = AdmissionPolicy(config)
         self.store = store if store is not None else make_store(config, self.policy)
         self.auth = Authenticator(config)
+        self.attribution = AttributionLabels(config.attribution.max_values,
+                                             config.attribution.value_idle_s)
         self.forwarder = Forwarder(config.upstreams)
+        self.catalog = ModelCatalog(config, self.forwarder)
         self.metrics = ProxyMetrics()
+        self.access_log = AccessLog(config.access_log) if config.access_log.enabled else None
         self.rates = RequestRates()
         self.saturation = SaturationTracker()
         self.clock: Callable[[], float] = time.monotonic
@@ -110,8 +122,14 @@ class Proxy:
 
     # -- admin endpoints -----------------------------------------------------------------------
 
+    async def snapshot(self) -> Snapshot:
+        """The store's snapshot as shown: attribution values bounded (``AttributionLabels``),
+        idle ones forgotten with their series."""
+        self.metrics.forget_clients(self.attribution.expire())
+        return self.attribution.fold(await self.store.snapshot())
+
     async def status_json(self) -> dict:
-        snapshot = await self.store.snapshot()
+        snapshot = await self.snapshot()
         return status_document(snapshot, self.saturation, self.rates,
                                self.config.queue.max_depth, self.config.queue.max_wait_s)
 
@@ -119,10 +137,15 @@ class Proxy:
         admin = self.config.admin_listen
         return bool(admin and request.local_port == admin[1])
 
-    def check_admin(self, request: Request) -> None:
-        """Admin routes: only on the admin listener when one is set, and behind the admin key."""
-        if self.config.admin_listen and not self._arrived_on_admin_port(request):
+    def check_admin(self, request: Request, *, probe: bool = False) -> None:
+        """Admin routes: only on the admin listener when one is set, and behind the admin key;
+        a health ``probe`` on the admin listener needs no key (probes that cannot send one
+        use ``admin_listen``, a private address)."""
+        on_admin_port = self._arrived_on_admin_port(request)
+        if self.config.admin_listen and not on_admin_port:
             raise NotFound(f"no route for {request.path}")
+        if probe and on_admin_port:
+            return
         if self.config.admin_key:
             token = bearer_token(request.headers) or ""
             if not hmac.compare_digest(token.encode("utf-8", "surrogateescape"),
@@ -139,11 +162,17 @@ class Proxy:
     async def handle_metrics(self, request: Request | None) -> Response:
         if request is not None:
             self.check_admin(request)
-        self.metrics.refresh(await self.store.snapshot())
+        self.metrics.refresh(await self.snapshot())
         return Response(200, self.metrics.render(),
                         [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
 
+    async def handle_upstream_metrics(self, request: Request) -> Response:
+        self.check_admin(request)
+        upstream = upstream_of(self.config, request.path)
+        return await fetch_upstream_metrics(self.forwarder, upstream, request)
+
     async def handle_healthz(self, request: Request) -> Response:
+        self.check_admin(request, probe=True)
         if self.draining:
             return Response.json_bytes(b'{"status": "draining"}', status=503)
         return Response.json_bytes(json.dumps({"status": "ok", "store": self.store.name}).encode())
@@ -151,29 +180,17 @@ class Proxy:
     # -- the request path ------------------------------------------------------------------------
 
     async def dispatch(self, request: Request) -> Response | StreamResponse:
-        """The one entry point: admin routes, else the proxied path; errors become JSON."""
+        """The one entry point: admin routes, else the proxied path; errors become JSON. The
+        request's record goes to metrics and the access log once, when it is answered."""
+        record = RequestRecord(self.clock(), request.method, request.path)
         self.active += 1
         self._idle.clear()
         try:
-            admin = self._admin_routes.get(request.path)
-            if admin is not None and request.method in ("GET", "HEAD"):
-                response = await admin(request)
-            else:
-                if self.draining:
-                    raise ShuttingDown()
-                target = checked_target(request.method, request.target)
-                if self.config.admin_listen and self._arrived_on_admin_port(request):
-                    raise NotFound(
-                        "the admin listener serves only /metrics, /throttle/status, /healthz")
-                identity = self.auth.authenticate(request.headers)
-                request.client_label = identity.label
-                if request.method == "POST" and is_admitted_path(request.path):
-                    response = await self._admitted(request, identity, target)
-                else:
-                    response = await self._passthrough(request, target)
+            response = await self._route(request, record)
         except ProxyError as exc:
             response = Response.for_error(exc)
         except (asyncio.CancelledError, ConnectionResetError):
+            record.status = CLIENT_GONE
             raise
         except Exception:  # a bug: log it, answer shaped, never a bare traceback page
             log.exception("unhandled error on %s %s", request.method, request.path[:200])
@@ -182,72 +199,80 @@ class Proxy:
             self.active -= 1
             if not self.active:
                 self._idle.set()
-        self.metrics.answered(request.model_label, request.client_label, response.status)
+            record.finished_at = self.clock()
+            if record.status == CLIENT_GONE:
+                self._answered(record)
+        record.status = response.status
+        self._answered(record)
         return response
 
-    async def _admitted(self, request: Request, identity: Identity,
-                        target: str) -> Response | StreamResponse:
-        """Parse, admit (may queue), forward, relay; the permit is released on every path."""
-        arrival = self.clock()
-        parsed = parse_body(request.path, await request.read_body())
+    def _answered(self, record: RequestRecord) -> None:
+        if not record.admin:  # scrapes and health checks are not proxied requests
+            self.metrics.observe(record)
+        if self.access_log is not None:
+            self.access_log.write(record)
+
+    def _route(self, request: Request, record: RequestRecord
+               ) -> Awaitable[Response | StreamResponse]:
+        """Admin route, admitted, or passed through (see ``proxy/families.py``): the handler's
+        awaitable (not awaited here: one coroutine less per request); raises a refusal."""
+        admin = self._admin_routes.get(request.path)
+        if admin is None and is_upstream_metrics_path(request.path):
+            admin = self.handle_upstream_metrics
+        if admin is not None and request.method in ("GET", "HEAD"):
+            record.admin = True
+            return admin(request)
+        if self.draining:
+            raise ShuttingDown()
+        target = checked_target(request.method, request.target)
+        if self.config.admin_listen and self._arrived_on_admin_port(request):
+            raise NotFound("the admin listener serves only /metrics, /throttle/status, /healthz, "
+                           "/upstreams/<name>/metrics")
+        identity = self.auth.authenticate(request.headers, request.method, request.path)
+        record.client = self.attribution.label(identity)
+        path = target.partition("?")[0]
+        if admits(request.method, path, request.body_exists, self.config.passthrough_paths):
+            return self._admitted(request, identity, target, family_for(path), record)
+        return self._passthrough(request, target, record)
+
+    async def _admitted(self, request: Request, identity: Identity, target: str,
+                        family: RouteFamily, record: RequestRecord) -> Response | StreamResponse:
+        """Parse, admit (may queue), forward and relay; the permit is released on every path."""
+        parsed = parse_body(family, await request.read_body(),
+                            request.headers.get("Content-Type", ""))
         route = self.policy.route(parsed.model)
-        model = route.model.name
-        request.model_label = model
+        record.model, record.priority = route.model.name, identity.priority
         demand, reserved = self.policy.demand(route, identity, parsed,
                                              self._id_prefix + str(next(self._ids)))
-        try:
-            grant = await self.store.acquire(demand)
-        except Throttled as exc:
-            self.rates.count(self.rates.rejected, model)
-            self.metrics.child(self.metrics.rejections, model, exc.code or "throttled").inc()
-            raise
-        self.rates.count(self.rates.admitted, model)
-        seen = self.metrics.for_request(model, identity.label, demand.priority)
-        seen.queue_wait.observe(grant.queued_s)
+        grant = await self._acquire(demand, record)
         upstream = self.config.upstreams[grant.option.name]
+        record.upstream = upstream.name
+        sent = Exchange(request.method, target,
+                        upstream_request_headers(request, self.forwarder.injected[upstream.name],
+                                                 identity_encoding=True),
+                        parsed.body, b"%s: %.1f\r\n" % (QUEUE_MS_HEADER, grant.queued_s * 1000),
+                        family.usage, parsed.strip_usage)
         outcome = RelayOutcome()
         try:
-            started = self.clock()
-            try:
-                upstream_response = await self.forwarder.open(
-                    upstream, request.method, target,
-                    upstream_request_headers(request, self.forwarder.injected[upstream.name],
-                                             identity_encoding=True),
-                    parsed.body)
-            except ProxyError as exc:
-                self.metrics.upstream_error(upstream.name, exc.code or "error")
-                raise
-            try:
-                self.metrics.child(self.metrics.upstream_latency, upstream.name).observe(
-                    self.clock() - started)
-                status = upstream_response.status
-                if status == 429 or status == 503:
-                    self.metrics.upstream_error(upstream.name, str(status))
-                extra = b"%s: %.1f\r\n" % (QUEUE_MS_HEADER, grant.queued_s * 1000)
-                if parsed.stream and upstream_response.headers.get(
-                        "Content-Type", "").startswith("text/event-stream"):
-                    tap = None
-                    if "Content-Encoding" not in upstream_response.headers:
-                        tap = SSEUsageTap(parsed.strip_usage)
-                    response = await relay_stream(request, upstream_response, outcome, tap,
-                                                  self.clock, extra)
-                    if outcome.first_byte_at is not None:
-                        self.metrics.child(self.metrics.ttft, model).observe(
-                            outcome.first_byte_at - arrival)
-                    return response
-                body = upstream_response.read_now()
-                if body is None:
-                    body = await upstream_response.read()
-                return plain_response(upstream_response, body, outcome, usage_from_body, extra)
-            finally:
-                upstream_response.close()
+            return await self.forwarder.exchange(request, upstream, sent, outcome, self.clock)
         finally:
             used = self._tokens_used(outcome, reserved)
             self.store.release_nowait(
                 grant, settlement(grant, reserved, used) if grant.charges else ())
-            if outcome.usage is not None:
-                seen.prompt_tokens.inc(outcome.usage[0])
-                seen.completion_tokens.inc(outcome.usage[1])
+            record.upstream_s, record.upstream_failure = outcome.upstream_s, outcome.failure
+            record.first_byte_at, record.tokens = outcome.first_byte_at, outcome.usage
+
+    async def _acquire(self, demand: Demand, record: RequestRecord) -> Grant:
+        """The grant (may queue); a refusal is recorded and raised."""
+        try:
+            grant = await self.store.acquire(demand)
+        except Throttled as exc:
+            self.rates.count(self.rates.rejected, record.model)
+            record.rejected = exc.code or "throttled"
+            raise
+        self.rates.count(self.rates.admitted, record.model)
+        record.queue_s = grant.queued_s
+        return grant
 
     @staticmethod
     def _tokens_used(outcome: RelayOutcome, reserved: int) -> int:
@@ -260,21 +285,20 @@ class Proxy:
             return outcome.chunks + 1
         return reserved
 
-    async def _passthrough(self, request: Request, target: str) -> Response | StreamResponse:
+    async def _passthrough(self, request: Request, target: str,
+                           record: RequestRecord) -> Response | StreamResponse:
+        if self.catalog.serves(request.method, request.path):  # every upstream's models
+            return await self.catalog.answer(request.path)
         upstream = self.config.default_passthrough
+        record.upstream = upstream.name
         body = await request.read_body() if request.body_exists else None
         headers = upstream_request_headers(request, self.forwarder.injected[upstream.name],
                                            identity_encoding=False)
         upstream_response = await self.forwarder.open(
             upstream, request.method, target, headers, body)
-        outcome = RelayOutcome()
         try:
-            content_type = upstream_response.headers.get("Content-Type", "")
-            if content_type.startswith("text/event-stream") or \
-                    upstream_response.headers.get("Transfer-Encoding") == "chunked":
-                return await relay_stream(request, upstream_response, outcome, None, self.clock)
-            return plain_response(upstream_response, await upstream_response.read(), outcome,
-                                  None)
+            return await relay_answer(request, upstream_response, RelayOutcome(), self.clock,
+                                      None)
         finally:
             upstream_response.close()
 

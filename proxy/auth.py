@@ -78,13 +78,31 @@ class Authenticator:
         self._attr_header = config.attribution.header
         self._attr_capped = config.attribution.max_in_flight is not None
         self._priority_header = config.attribution.priority_header
+        reads = [p for p in config.public_paths if not p.startswith("POST ")]
+        self._public = frozenset(p for p in reads if not p.endswith("*"))
+        self._public_prefixes = tuple(p[:-1] for p in reads if p.endswith("*"))
+        self._public_posts = frozenset(p.removeprefix("POST ") for p in config.public_paths
+                                       if p.startswith("POST "))
 
-    def authenticate(self, headers: Mapping[str, str]) -> Identity:
-        """Raises ``AuthenticationFailed`` for a missing or unknown key (when keys are on)."""
+    def is_public(self, method: str, path: str) -> bool:
+        """A configured read-only probe: GET/HEAD, or a POST listed as such (never an
+        admitted path: the configuration refuses those), so nothing is admitted keyless."""
+        if method in ("GET", "HEAD"):
+            return path in self._public or path.startswith(self._public_prefixes)
+        return method == "POST" and path in self._public_posts
+
+    def authenticate(self, headers: Mapping[str, str], method: str = "",
+                     path: str = "") -> Identity:
+        """Raises ``AuthenticationFailed`` for a missing or unknown key (when keys are on);
+        a ``public_paths`` probe passes without one (as ``anonymous``; with a good key it is
+        still counted under its client)."""
         identity = self._anonymous
         if self._required:
+            public = self.is_public(method, path)
             token = bearer_token(headers)
             if token is None:
+                if public:
+                    return self._refine(identity, headers)
                 raise AuthenticationFailed(
                     "no API key given: send 'Authorization: Bearer <key>'", code="missing_api_key"
                 )
@@ -92,6 +110,8 @@ class Authenticator:
             expected, found = self._by_digest.get(digest, ("", self._anonymous))
             # The dict lookup picked a candidate; confirm it in constant time.
             if not hmac.compare_digest(digest, expected):
+                if public:
+                    return self._refine(identity, headers)
                 raise AuthenticationFailed("incorrect API key provided")
             identity = found
         return self._refine(identity, headers)

@@ -12,9 +12,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from .access_log import log_to_stream
 from .config import Config, ConfigError, load_config, quick_config
+from .version import package_version, python_version
 
 EXIT_CONFIG = 2
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
@@ -45,7 +48,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     host, port = config.listen_host, config.listen_port
     if args.listen:
-        host, port = parse_listen(args.listen)
+        try:
+            host, port = parse_listen(args.listen)
+        except ValueError as exc:
+            print(f"--listen: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     models = ", ".join(config.models)
 
     def ready(url: str) -> None:
@@ -79,7 +86,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .cli_errors import describe_failure, hide_password
     from .status import render_table
+    from .status_view import render_watch
+
+    url = args.url.rstrip("/")
+    if not url.endswith("/throttle/status"):
+        url += "/throttle/status"
+    where = hide_password(args.redis) if args.redis else url
 
     async def fetch() -> dict:
         if args.redis:
@@ -88,19 +102,37 @@ def cmd_status(args: argparse.Namespace) -> int:
             return await read_status_document(args.redis, key_prefix=args.key_prefix)
         import aiohttp
 
-        url = args.url.rstrip("/")
-        if not url.endswith("/throttle/status"):
-            url += "/throttle/status"
         headers = {"Authorization": f"Bearer {args.admin_key}"} if args.admin_key else {}
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            async with session.get(url, headers=headers) as response:
-                response.raise_for_status()
-                return await response.json()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, \
+                session.get(url, headers=headers) as response:
+            response.raise_for_status()
+            return await response.json()
 
+    async def watch() -> int:
+        """Redraw every --interval seconds (--count times, default until Ctrl-C); a failed
+        read is shown in place and retried."""
+        clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
+        shown = 0
+        while args.count is None or shown < args.count:
+            try:
+                view = render_watch(await fetch())
+            except Exception as exc:  # noqa: BLE001 (any failure is shown, retried next time)
+                view = f"cannot read status: {describe_failure(exc, where)}"
+            shown += 1
+            print(f"{clear}{view}\n", flush=True)
+            if args.count is None or shown < args.count:
+                await asyncio.sleep(args.interval)
+        return 0
+
+    if args.watch:
+        try:
+            return asyncio.run(watch())
+        except KeyboardInterrupt:
+            return 0
     try:
         doc = asyncio.run(fetch())
     except Exception as exc:  # any failure to read the status is reported, not raised
-        print(f"cannot read status: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"cannot read status: {describe_failure(exc, where)}", file=sys.stderr)
         return 1
     print(json.dumps(doc, indent=2) if args.json else render_table(doc))
     return 0
@@ -111,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="llm-throttle",
         description="A drop-in OpenAI-compatible proxy that caps load on self-hosted LLMs.",
     )
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help=", ".join(LOG_LEVELS))
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {package_version()} (Python {python_version()})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the proxy")
@@ -133,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--key-prefix", default="llmthrottle")
     status.add_argument("--admin-key", help="admin key, when the proxy requires one")
     status.add_argument("--json", action="store_true", help="print the JSON document")
+    status.add_argument("--watch", action="store_true",
+                        help="live view: in flight vs cap as bars, queue, buckets, rates")
+    status.add_argument("--interval", type=float, default=2.0, help="--watch refresh, seconds")
+    status.add_argument("--count", type=int, help="--watch: stop after this many refreshes")
     status.set_defaults(func=cmd_status)
 
     try:
@@ -149,8 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.log_level.upper() not in LOG_LEVELS:
+        print(f"llm-throttle: --log-level must be one of {', '.join(LOG_LEVELS)}, "
+              f"got {args.log_level!r}", file=sys.stderr)
+        return EXIT_CONFIG
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stream()  # the access log (when enabled in the config) writes bare lines
     return int(args.func(args) or 0)
 
 

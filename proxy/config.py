@@ -8,19 +8,25 @@ one ``ConfigError`` listing them all, each prefixed with the path of the bad key
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
+from .paths import normalized_path
+from .yamlfile import YamlProblems, load_yaml
 
 WILDCARD_MODEL = "*"
+#: see ``proxy/families.py``: llama.cpp's tokenizer and template helpers, Ollama's model info
+DEFAULT_PASSTHROUGH_PATHS = frozenset({"/tokenize", "/detokenize", "/apply-template",
+                                       "/api/show"})
 PRIORITIES = ("interactive", "batch")
 STORE_ERROR_POLICIES = ("local_share", "open", "closed")
+ACCESS_LOG_FORMATS = ("plain", "json")
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -86,6 +92,18 @@ class AttributionConfig:
     header: str | None = None  # e.g. "x-hermes-profile"
     max_in_flight: int | None = None  # per attributed identity, within the key's own limits
     priority_header: str | None = None  # may lower priority (interactive -> batch), never raise
+    #: distinct values shown in metrics and status; the rest are folded into "<client>/other"
+    max_values: int = 100
+    value_idle_s: float = 600.0  # a value unseen this long is forgotten (its series dropped)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    """One line per answered request on logger ``llm_throttle.access`` (proxy/access_log.py)."""
+
+    enabled: bool = False
+    format: str = "plain"  # or "json"
+    include_admin: bool = False  # also /metrics, /throttle/status, /healthz
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +129,14 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     max_body_bytes: int = 16 * 1024 * 1024
     passthrough_upstream: str | None = None  # where model-less paths go; default: the first
+    #: GET/HEAD paths served without a client key (read-only probes: /version, /api/tags...);
+    #: a trailing ``*`` matches any path under that prefix
+    public_paths: tuple[str, ...] = ()
+    #: normalized paths whose POSTs pass through without admission (cheap engine routes)
+    passthrough_paths: frozenset[str] = DEFAULT_PASSTHROUGH_PATHS
     shutdown_grace_s: float = 30.0
     body_read_timeout_s: float = 60.0  # a client slower than this to send its body gets 408
     #: a connection without a whole request head this long after opening (or after its last
@@ -127,6 +151,18 @@ class Config:
     def default_passthrough(self) -> UpstreamConfig:
         name = self.passthrough_upstream or next(iter(self.upstreams))
         return self.upstreams[name]
+
+
+def defaults_of(cls: type) -> dict[str, Any]:
+    """A dataclass's field defaults by name: the parser takes each default from the dataclass,
+    so it is written once (a second copy in the parser drifted)."""
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 def interpolate_env(text: str, environ: Mapping[str, str], problems: list[str], path: str) -> str:
@@ -210,6 +246,16 @@ class _Section:
             return default
         return value
 
+    def flag(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.problems.append(f"{self.key_path(key)}: expected true or false, got "
+                                 f"{_kind(value)}")
+            return default
+        return value
+
     def str_list(self, key: str) -> tuple[str, ...]:
         value = self._get(key)
         if value is None:
@@ -257,12 +303,48 @@ def parse_listen(text: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` or ``:port``; raises ValueError."""
     host, sep, port = text.rpartition(":")
     if not sep:
-        raise ValueError(f"expected host:port, got {text!r}")
+        raise ValueError(f"expected host:port (e.g. 127.0.0.1:8080, [::1]:8080, or :8080 for "
+                         f"all interfaces), got {text!r}")
     host = host.strip("[]") or "0.0.0.0"
-    port_number = int(port)
+    try:
+        port_number = int(port)
+    except ValueError:
+        raise ValueError(f"expected host:port with a numeric port, got {text!r}") from None
     if not 0 <= port_number < 65536:
         raise ValueError(f"port out of range: {port_number}")
     return host, port_number
+
+
+def _public_paths(top: _Section, passthrough_paths: frozenset[str]) -> tuple[str, ...]:
+    """``/path`` (GET/HEAD) or ``POST /path`` (a read-only POST probe such as Ollama's
+    ``/api/show``, which must be in ``passthrough_paths``); never an admitted path, an admin
+    route, or everything."""
+    entries = top.str_list("public_paths")
+    for i, entry in enumerate(entries):
+        where = f"public_paths[{i}]"
+        method, _, path = entry.rpartition(" ")
+        if method not in ("", "POST") or not path.startswith("/") or "?" in path \
+                or "*" in path[:-1]:
+            top.problems.append(f"{where}: expected a path like /version or /api/*, or "
+                                f"'POST /api/show', got {entry!r}")
+        elif path.rstrip("*") in ("/throttle/status", "/metrics", "/healthz", "/", ""):
+            top.problems.append(f"{where}: {entry!r} would open the admin routes or every path")
+        elif method == "POST" and (path.endswith("*")
+                                   or normalized_path(path) not in passthrough_paths):
+            top.problems.append(f"{where}: {entry!r}: a POST that is admitted (one not in "
+                                "passthrough_paths, or a prefix) always needs a key")
+    return entries
+
+
+def _listen_text(top: _Section, key: str) -> str | None:
+    """A bare number (``listen: 55777``) is the commonest slip: say what is expected."""
+    raw = top.data.get(key)
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        top.seen.add(key)
+        top.problems.append(f"{key}: expected \"host:port\", got the number {raw}; write "
+                            f"\"127.0.0.1:{raw}\" (this host only) or \":{raw}\" (all interfaces)")
+        return None
+    return top.str(key)
 
 
 def _named(
@@ -282,6 +364,7 @@ def _gpu(name: str, s: _Section) -> GpuConfig:
 
 
 def _upstream(name: str, s: _Section) -> UpstreamConfig:
+    d = defaults_of(UpstreamConfig)
     url = s.str("url")
     if url is None:
         s.problems.append(f"{s.key_path('url')}: required")
@@ -304,12 +387,13 @@ def _upstream(name: str, s: _Section) -> UpstreamConfig:
         api_key=api_key,
         gpus=s.str_list("gpus"),
         max_in_flight=s.number("max_in_flight", integer=True),
-        connect_timeout_s=s.number("connect_timeout_s", 5.0),
-        read_timeout_s=s.number("read_timeout_s", 300.0),
+        connect_timeout_s=s.number("connect_timeout_s", d["connect_timeout_s"]),
+        read_timeout_s=s.number("read_timeout_s", d["read_timeout_s"]),
     )
 
 
 def _model(name: str, s: _Section) -> ModelConfig:
+    d = defaults_of(ModelConfig)
     upstreams = s.str_list("upstreams")
     if not upstreams:
         s.problems.append(f"{s.key_path('upstreams')}: at least one upstream is required")
@@ -319,12 +403,14 @@ def _model(name: str, s: _Section) -> ModelConfig:
         max_in_flight=s.number("max_in_flight", integer=True),
         requests_per_minute=s.number("requests_per_minute"),
         tokens_per_minute=s.number("tokens_per_minute"),
-        max_tokens_estimate=s.number("max_tokens_estimate", 4096, integer=True),
-        burst_s=s.number("burst_s", 5.0),
+        max_tokens_estimate=s.number("max_tokens_estimate", d["max_tokens_estimate"],
+                                     integer=True),
+        burst_s=s.number("burst_s", d["burst_s"]),
     )
 
 
 def _client(name: str, s: _Section) -> ClientConfig:
+    d = defaults_of(ClientConfig)
     key, digest = s.str("key") or None, s.str("key_sha256")
     if digest is not None:
         digest = digest.lower()
@@ -336,12 +422,25 @@ def _client(name: str, s: _Section) -> ClientConfig:
         name=name,
         key=key,
         key_sha256=digest,
-        priority=s.str("priority", "batch", choices=PRIORITIES),
+        priority=s.str("priority", d["priority"], choices=PRIORITIES),
         max_in_flight=s.number("max_in_flight", integer=True),
         requests_per_minute=s.number("requests_per_minute"),
         tokens_per_minute=s.number("tokens_per_minute"),
-        burst_s=s.number("burst_s", 5.0),
+        burst_s=s.number("burst_s", d["burst_s"]),
     )
+
+
+def _passthrough_paths(top: _Section) -> frozenset[str]:
+    """Exact paths (as normalized by ``proxy/paths.py``) that need no admission."""
+    if not top.has("passthrough_paths"):
+        top.seen.add("passthrough_paths")
+        return DEFAULT_PASSTHROUGH_PATHS
+    paths = top.str_list("passthrough_paths")
+    for i, path in enumerate(paths):
+        if not path.startswith("/") or "?" in path or "#" in path:
+            top.problems.append(f"passthrough_paths[{i}]: expected a path like /tokenize, "
+                                f"got {path!r}")
+    return frozenset(normalized_path(path) for path in paths)
 
 
 def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
@@ -349,22 +448,23 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
     problems: list[str] = []
     environ = os.environ if environ is None else environ
     top = _Section(data, "", problems, environ)
+    cd = defaults_of(Config)
 
-    host, port = "127.0.0.1", 8080
-    listen = top.str("listen")
+    host, port = cd["listen_host"], cd["listen_port"]
+    listen = _listen_text(top, "listen")
     if listen is not None:
         try:
             host, port = parse_listen(listen)
         except ValueError as exc:
             problems.append(f"listen: {exc}")
     admin_listen = None
-    if (admin := top.str("admin_listen")) is not None:
+    if (admin := _listen_text(top, "admin_listen")) is not None:
         try:
             admin_listen = parse_listen(admin)
         except ValueError as exc:
             problems.append(f"admin_listen: {exc}")
 
-    store = top.str("store", "memory")
+    store = top.str("store", cd["store"])
     if store != "memory" and not store.startswith(("redis://", "rediss://", "unix://")):
         problems.append(f"store: expected 'memory' or a redis:// URL, got {store!r}")
 
@@ -373,10 +473,11 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
     models = _named(top, "models", _model)
     clients = _named(top, "clients", _client)
 
-    q = top.section("queue")
+    q, qd = top.section("queue"), defaults_of(QueueConfig)
     queue = QueueConfig(
-        max_depth=q.number("max_depth", 1000, integer=True, minimum=0, exclusive=False),
-        max_wait_s=q.number("max_wait_s", 120.0),
+        max_depth=q.number("max_depth", qd["max_depth"], integer=True, minimum=0,
+                           exclusive=False),
+        max_wait_s=q.number("max_wait_s", qd["max_wait_s"]),
     )
     q.finish()
 
@@ -385,21 +486,34 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         header=(a.str("header") or "").lower() or None,
         max_in_flight=a.number("max_in_flight", integer=True),
         priority_header=(a.str("priority_header") or "").lower() or None,
+        max_values=a.number("max_values", 100, integer=True, minimum=0, exclusive=False),
+        value_idle_s=a.number("value_idle_s", 600.0),
     )
     a.finish()
 
-    r = top.section("redis")
+    al, ald = top.section("access_log"), defaults_of(AccessLogConfig)
+    access_log = AccessLogConfig(
+        enabled=al.flag("enabled", ald["enabled"]),
+        format=al.str("format", ald["format"], choices=ACCESS_LOG_FORMATS),
+        include_admin=al.flag("include_admin", ald["include_admin"]),
+    )
+    al.finish()
+
+    r, rd = top.section("redis"), defaults_of(RedisConfig)
     redis_config = RedisConfig(
-        heartbeat_s=r.number("heartbeat_s", 1.0),
-        lease_ttl_s=r.number("lease_ttl_s", 5.0),
+        heartbeat_s=r.number("heartbeat_s", rd["heartbeat_s"]),
+        lease_ttl_s=r.number("lease_ttl_s", rd["lease_ttl_s"]),
         on_store_error_concurrency=r.str(
-            "on_store_error_concurrency", "local_share", choices=STORE_ERROR_POLICIES
+            "on_store_error_concurrency", rd["on_store_error_concurrency"],
+            choices=STORE_ERROR_POLICIES
         ),
-        on_store_error_rates=r.str("on_store_error_rates", "open", choices=STORE_ERROR_POLICIES),
-        key_prefix=r.str("key_prefix", "llmthrottle"),
+        on_store_error_rates=r.str("on_store_error_rates", rd["on_store_error_rates"],
+                                   choices=STORE_ERROR_POLICIES),
+        key_prefix=r.str("key_prefix", rd["key_prefix"]),
     )
     r.finish()
 
+    passthrough_paths = _passthrough_paths(top)
     config = Config(
         listen_host=host,
         listen_port=port,
@@ -413,11 +527,15 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         queue=queue,
         attribution=attribution,
         redis=redis_config,
-        max_body_bytes=top.number("max_body_bytes", 16 * 1024 * 1024, integer=True),
+        access_log=access_log,
+        max_body_bytes=top.number("max_body_bytes", cd["max_body_bytes"], integer=True),
         passthrough_upstream=top.str("passthrough_upstream"),
-        shutdown_grace_s=top.number("shutdown_grace_s", 30.0, minimum=0, exclusive=False),
-        body_read_timeout_s=top.number("body_read_timeout_s", 60.0),
-        header_read_timeout_s=top.number("header_read_timeout_s", 30.0),
+        passthrough_paths=passthrough_paths,
+        public_paths=_public_paths(top, passthrough_paths),
+        shutdown_grace_s=top.number("shutdown_grace_s", cd["shutdown_grace_s"], minimum=0,
+                                    exclusive=False),
+        body_read_timeout_s=top.number("body_read_timeout_s", cd["body_read_timeout_s"]),
+        header_read_timeout_s=top.number("header_read_timeout_s", cd["header_read_timeout_s"]),
     )
     top.finish()
     _check_references(config, problems)
@@ -443,14 +561,30 @@ def _check_references(config: Config, problems: list[str]) -> None:
         problems.append("admin_listen: must differ from listen")
     if config.passthrough_upstream and config.passthrough_upstream not in config.upstreams:
         problems.append(f"passthrough_upstream: unknown upstream {config.passthrough_upstream!r}")
-    seen_keys: dict[str, str] = {}
+    _check_client_keys(config, problems)
+
+
+def _check_client_keys(config: Config, problems: list[str]) -> None:
+    """Two clients must never share a key: the second would log in as the first, with its
+    priority. Plain keys are compared by digest, so a plain ``key`` that equals another's
+    ``key_sha256`` is caught too."""
+    seen: dict[str, str] = {}  # sha256 hex -> "clients.<name>.key[_sha256]"
     for client in config.clients.values():
-        if client.key:
-            if client.key in seen_keys:
-                problems.append(
-                    f"clients.{client.name}.key: same key as clients.{seen_keys[client.key]}"
-                )
-            seen_keys[client.key] = client.name
+        if client.key and client.key_sha256:
+            problems.append(f"clients.{client.name}: give key or key_sha256, not both")
+        for field_name, digest in (("key", _sha256(client.key)),
+                                   ("key_sha256", client.key_sha256)):
+            if digest is None:
+                continue
+            where = f"clients.{client.name}.{field_name}"
+            if digest in seen:
+                problems.append(f"{where}: same key as {seen[digest]}")
+            else:
+                seen[digest] = where
+
+
+def _sha256(key: str | None) -> str | None:
+    return hashlib.sha256(key.encode()).hexdigest() if key else None
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -460,12 +594,9 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", exc)
-        raise ConfigError([f"{path}: not valid YAML{where}: {problem}"]) from exc
+        data = load_yaml(text)
+    except YamlProblems as exc:
+        raise ConfigError(exc.problems) from exc
     return parse_config(data, environ)
 
 

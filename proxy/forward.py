@@ -5,6 +5,11 @@ response is written to the client chunk by chunk as the upstream sends it. Hop-b
 are dropped both ways (RFC 9110 section 7.6.1), the client's credentials never reach the
 upstream, and the upstream's own key is injected here and nowhere else.
 
+``Forwarder.exchange`` is one admitted request's whole transport part: send, time the head,
+note an upstream failure or throttling answer, relay (``relay_answer``: SSE, NDJSON and bodies
+of unknown length as they arrive, with the usage tap of the route family; others whole), all
+written into a ``RelayOutcome`` that the request path turns into its record.
+
 Peer disconnection: a client that goes away cancels its handler (``proxy/server.py``); the
 ``async with`` around the upstream response then closes that connection, which tells the
 upstream to stop generating.
@@ -18,8 +23,9 @@ from dataclasses import dataclass
 
 from .config import UpstreamConfig
 from .errors import ProxyError
+from .families import UsageMarkers
 from .messages import Request, Response, StreamResponse
-from .tokens import SSEUsageTap
+from .tokens import UsageTap, tap_for, usage_from_body
 from .upstream import UpstreamPool, UpstreamResponse
 
 HOP_BY_HOP = frozenset(
@@ -36,12 +42,17 @@ CLIENT_CREDENTIALS = frozenset({b"authorization", b"api-key", b"x-api-key"})
 _REQUEST_DROP = HOP_BY_HOP | CLIENT_CREDENTIALS | {b"content-encoding"}
 #: admitted calls are read for usage on the way back: the proxy sets Accept-Encoding itself
 _REQUEST_DROP_IDENTITY = _REQUEST_DROP | {b"accept-encoding"}
-_RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+#: the server writes its own Date on every answer: the upstream's would make two (RFC 9110
+#: section 6.6.1 allows one)
+_RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"date"}
 #: how long admission made the request wait (ms): lets clients and load tests separate queue
 #: time from service time; the proxy's own, replacing any an upstream sent
 QUEUE_MS_HEADER = b"x-llm-throttle-queue-ms"
 _RESPONSE_DROP_OWN = _RESPONSE_DROP | {QUEUE_MS_HEADER}
 _SSE_DONE = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n", b"data:[DONE]\n\n")
+#: bodies relayed as events or lines as they arrive, whatever their framing
+STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/jsonl",
+                "application/json-seq")
 
 
 def _connection_listed(raw_headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -96,6 +107,21 @@ class RelayOutcome:
     complete: bool = False  # the upstream response ended normally
     first_byte_at: float | None = None
     client_gone: bool = False  # the client disconnected before the end
+    upstream_s: float | None = None  # request sent -> response head received
+    failure: str | None = None  # why the upstream failed or throttled (error code, "429")
+
+
+@dataclass(slots=True)  # not frozen: built once per request, and frozen init costs
+class Exchange:
+    """One admitted request as the upstream is to see it, and what to read on the way back."""
+
+    method: str
+    target: str
+    headers: bytes
+    body: bytes
+    extra_headers: bytes  # the proxy's own response headers (``QUEUE_MS_HEADER``)
+    usage: UsageMarkers | None  # None: do not read usage (pass-through)
+    strip_usage: bool = False
 
 
 class Forwarder:
@@ -128,17 +154,60 @@ class Forwarder:
         """Send the request; raises UpstreamError (502) or UpstreamTimeout (504)."""
         return self._pools[upstream.name].request(method, target, headers, body)
 
+    async def exchange(self, request: Request, upstream: UpstreamConfig, sent: Exchange,
+                       outcome: RelayOutcome, clock: Callable[[], float],
+                       ) -> Response | StreamResponse:
+        """Send, wait for the head, relay the answer; ``outcome`` says what happened (also when
+        this raises: the upstream's failure is in ``outcome.failure``)."""
+        started = clock()
+        try:
+            upstream_response = await self.open(upstream, sent.method, sent.target,
+                                                sent.headers, sent.body)
+        except ProxyError as exc:
+            outcome.failure = exc.code or "error"
+            raise
+        try:
+            outcome.upstream_s = clock() - started
+            status = upstream_response.status
+            if status == 429 or status == 503:
+                outcome.failure = str(status)
+            return await relay_answer(request, upstream_response, outcome, clock, sent.usage,
+                                      sent.strip_usage, sent.extra_headers)
+        finally:
+            upstream_response.close()
+
+
+async def relay_answer(
+    request: Request, upstream_response: UpstreamResponse, outcome: RelayOutcome,
+    clock: Callable[[], float], usage: UsageMarkers | None, strip_usage: bool = False,
+    extra_headers: bytes = b"",
+) -> Response | StreamResponse:
+    """Events (SSE, NDJSON) and bodies of unknown length are relayed as they arrive, never
+    buffered whole; a body already here whole or of known length is passed on in one write.
+    With ``usage`` set, usage is read on the way (not from a compressed body)."""
+    headers = upstream_response.headers
+    content_type = headers.get("Content-Type", "")
+    if usage is not None and "Content-Encoding" in headers:
+        usage = None  # compressed: nothing to read (admitted calls ask for identity)
+    if not content_type.startswith(STREAM_TYPES):
+        body = upstream_response.read_now()
+        if body is None and "Content-Length" in headers:
+            body = await upstream_response.read()
+        if body is not None:
+            return plain_response(upstream_response, body, outcome, usage, extra_headers)
+    tap = tap_for(content_type, usage, strip_usage) if usage is not None else None
+    return await relay_stream(request, upstream_response, outcome, tap, clock, extra_headers)
+
 
 def plain_response(
     upstream_response: UpstreamResponse, body: bytes, outcome: RelayOutcome,
-    read_usage: Callable[[bytes], tuple[int, int] | None] | None,
-    extra_headers: bytes = b"",
+    usage: UsageMarkers | None, extra_headers: bytes = b"",
 ) -> Response:
     """A non-streamed answer, read whole (``body``), passed on."""
     outcome.status = upstream_response.status
     outcome.complete = True
-    if read_usage is not None and upstream_response.status < 300:
-        outcome.usage = read_usage(body)
+    if usage is not None and upstream_response.status < 300:
+        outcome.usage = usage_from_body(body, usage)
     return Response(upstream_response.status, body,
                     client_response_headers(upstream_response, extra_headers),
                     upstream_response.reason)
@@ -146,7 +215,7 @@ def plain_response(
 
 async def relay_stream(
     request: Request, upstream_response: UpstreamResponse,
-    outcome: RelayOutcome, tap: SSEUsageTap | None, clock: Callable[[], float],
+    outcome: RelayOutcome, tap: UsageTap | None, clock: Callable[[], float],
     extra_headers: bytes = b"",
 ) -> StreamResponse:
     """Relay chunk by chunk. A failure after the first byte ends with an SSE error event."""

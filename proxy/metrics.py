@@ -10,16 +10,34 @@ refreshed from a store snapshot when ``/metrics`` is scraped.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Gauge, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.utils import floatToGoString
 
 from .limits.base import Priority, Snapshot
+from .record import RequestRecord
+from .version import package_version, python_version
+
+RESOURCE_LABELS = ["kind", "name"]
+BUCKET_LABELS = ["limit", "kind", "name"]
+
+
+def resource_labels(resource: str) -> tuple[str, str]:
+    """``gpu:h100-0`` -> (``gpu``, ``h100-0``); a name without a kind gets kind ``other``."""
+    kind, sep, name = resource.partition(":")
+    return (kind, name) if sep else ("other", resource)
+
+
+def bucket_labels(bucket: str) -> tuple[str, str, str]:
+    """``tpm:model:qwen`` -> (``tpm``, ``model``, ``qwen``)."""
+    limit, _, rest = bucket.partition(":")
+    return (limit, *resource_labels(rest))
+
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -119,19 +137,30 @@ class ProxyMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # kind (model, upstream, gpu, client, attr) and name are separate labels, so a query
+        # selects kind="gpu" without a regex on a packed "gpu:h100-0"
         self.in_flight = Gauge("llm_throttle_in_flight", "Requests holding a permit",
-                               ["resource"], registry=r)
+                               RESOURCE_LABELS, registry=r)
         self.cap = Gauge("llm_throttle_cap", "In-flight cap (absent: unlimited)",
-                         ["resource"], registry=r)
+                         RESOURCE_LABELS, registry=r)
         self.queued = Gauge("llm_throttle_queue_depth", "Requests waiting, by resource",
-                            ["resource"], registry=r)
-        self.queue_total = Gauge("llm_throttle_queue_depth_total", "Requests waiting", registry=r)
+                            RESOURCE_LABELS, registry=r)
+        # a gauge: no _total suffix (that is for counters; promtool refuses it)
+        self.queue_total = Gauge("llm_throttle_queue_requests", "Requests waiting, all together",
+                                 registry=r)
         self.oldest_wait = Gauge("llm_throttle_queue_oldest_wait_seconds",
                                  "Age of the oldest waiter", registry=r)
         self.bucket_level = Gauge("llm_throttle_bucket_level", "Tokens left in a rate bucket",
-                                  ["bucket"], registry=r)
+                                  BUCKET_LABELS, registry=r)
+        self.bucket_capacity = Gauge("llm_throttle_bucket_capacity",
+                                     "Size of a rate bucket (its burst)", BUCKET_LABELS,
+                                     registry=r)
         self.store_degraded = Gauge("llm_throttle_store_degraded",
                                     "1 while the shared store is unreachable", registry=r)
+        Gauge("llm_throttle_build_info", "Always 1; the labels say what runs",
+              ["version", "python"], registry=r).labels(package_version(), python_version()).set(1)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes..
+        PlatformCollector(registry=r)  # python_info
         self.queue_wait = LightHistogram("llm_throttle_queue_wait_seconds",
                                          "Time spent queued before admission",
                                          ["model", "priority"], _LATENCY_BUCKETS)
@@ -157,6 +186,8 @@ class ProxyMetrics:
 
         self._children: dict[tuple[object, ...], Any] = {}
         self._series: dict[tuple[str, str, Priority], RequestSeries] = {}
+        #: resources of the last refresh: one gone from the store loses its gauges
+        self._resources: set[str] = set()
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: the request path skips prometheus' lock+lookup."""
@@ -179,18 +210,61 @@ class ProxyMetrics:
     def answered(self, model: str, client: str, status: int) -> None:
         self.child(self.requests, model, client, str(status)).inc()
 
+    def observe(self, record: RequestRecord) -> None:
+        """Everything one answered request adds, from its record (called once per request)."""
+        model, client = record.model, record.client
+        self.answered(model, client, record.status)
+        if record.rejected is not None:
+            self.child(self.rejections, model, record.rejected).inc()
+        if record.upstream_failure is not None and record.upstream is not None:
+            self.upstream_error(record.upstream, record.upstream_failure)
+        if record.upstream_s is not None:
+            self.child(self.upstream_latency, record.upstream).observe(record.upstream_s)
+        if record.priority is not None and record.queue_s is not None:
+            seen = self.for_request(model, client, record.priority)
+            seen.queue_wait.observe(record.queue_s)
+            if record.tokens is not None:
+                seen.prompt_tokens.inc(record.tokens[0])
+                seen.completion_tokens.inc(record.tokens[1])
+        if record.first_byte_at is not None:
+            self.child(self.ttft, model).observe(record.first_byte_at - record.arrival)
+
     def upstream_error(self, upstream: str, reason: str) -> None:
         self.child(self.upstream_errors, upstream, reason).inc()
 
+    def forget_clients(self, labels: Iterable[str]) -> None:
+        """Drop every series of these client labels (attribution values gone idle)."""
+        gone = set(labels)
+        if not gone:
+            return
+        for metric in (self.requests, self.tokens):
+            for key in [k for k in metric.children if k[1] in gone]:
+                del metric.children[key]
+        self._children = {k: v for k, v in self._children.items()
+                          if not (k[0] is self.requests and k[2] in gone)}
+        self._series = {k: v for k, v in self._series.items() if k[1] not in gone}
+
     def refresh(self, snapshot: Snapshot) -> None:
-        """Bring the state gauges up to date from a store snapshot."""
+        """Bring the state gauges up to date from a store snapshot; resources no longer in it
+        lose their series (so folded or expired attribution values do not linger)."""
+        names = set(snapshot.resources)
+        for stale in self._resources - names:
+            for gauge in (self.in_flight, self.queued, self.cap):
+                try:
+                    gauge.remove(stale)
+                except KeyError:
+                    pass
+        self._resources = names
         for name, state in snapshot.resources.items():
-            self.in_flight.labels(name).set(state.in_flight)
-            self.queued.labels(name).set(state.queued)
+            labels = resource_labels(name)
+            self.in_flight.labels(*labels).set(state.in_flight)
+            self.queued.labels(*labels).set(state.queued)
             if state.cap is not None:
-                self.cap.labels(name).set(state.cap)
+                self.cap.labels(*labels).set(state.cap)
         for name, bucket in snapshot.buckets.items():
-            self.bucket_level.labels(name).set(bucket.level)
+            labels = bucket_labels(name)
+            self.bucket_level.labels(*labels).set(bucket.level)
+            self.bucket_capacity.labels(*labels).set(bucket.capacity)
         self.queue_total.set(snapshot.queue_depth)
         self.oldest_wait.set(snapshot.oldest_wait_s)
         self.store_degraded.set(1 if snapshot.degraded else 0)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .limits.base import ResourceState, Snapshot
+from .status_view import render_blocked, render_buckets
 
 _GROUPS = {"model": "models", "upstream": "upstreams", "gpu": "gpus", "client": "clients",
            "attr": "attributed"}
@@ -144,4 +145,4 @@ def render_table(doc: Mapping[str, Any]) -> str:
                 f"{entry.get('queued', 0):>7} {entry.get('oldest_wait_s', 0):>7.1f}s  "
                 f"{'yes' if entry.get('saturated') else ''}"
             )
-    return "\n".join(lines)
+    return "\n".join(lines + render_buckets(doc) + render_blocked(doc))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything llm-throttle's tests and demo need on a fresh Debian/Ubuntu machine:
-# the package with its test extras, the real hermes CLI, and redis-server.
+# the package with its test extras, the real hermes CLI, redis-server, nginx and promtool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,8 @@ PYTHON=${PYTHON:-python3}
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+# prometheus: for promtool, which checks /metrics and unit-tests deploy/prometheus alert rules.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} (apt-get)" >&2
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

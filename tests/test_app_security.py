@@ -74,6 +74,31 @@ async def test_admin_key_protects_status_and_metrics(mock_llm, make_proxy):
                 assert response.status == 200
 
 
+async def test_healthz_is_behind_the_admin_key_or_on_the_admin_listener(mock_llm, make_proxy):
+    """Hazard: docs/security.md put ``/healthz`` behind ``admin_key`` but it answered anyone
+    (and named the store). With a key set it needs the key; a probe that cannot send one
+    uses ``admin_listen``, where it needs none (and the main listener has no /healthz)."""
+    mock = await mock_llm()
+    config = one_model_config(mock.url)
+    config["admin_key"] = "adm"
+    keyed = await make_proxy(config)
+    admin_port = free_port()
+    config = {**config, "admin_listen": f"127.0.0.1:{admin_port}"}
+    apart = await make_proxy(config)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(keyed.url + "/healthz") as response:
+            assert response.status == 401
+        async with session.get(keyed.url + "/healthz",
+                               headers={"Authorization": "Bearer adm"}) as response:
+            assert response.status == 200 and (await response.json())["status"] == "ok"
+        async with session.get(apart.url + "/healthz") as response:
+            assert response.status == 404
+        async with session.get(f"http://127.0.0.1:{admin_port}/healthz") as response:
+            assert response.status == 200
+        async with session.get(f"http://127.0.0.1:{admin_port}/metrics") as response:
+            assert response.status == 401  # only the probe goes without the key
+
+
 async def test_admin_listener_is_separate(mock_llm, make_proxy):
     mock = await mock_llm()
     admin_port = free_port()

@@ -94,3 +94,114 @@ def test_check_config_and_serve_refuse_a_bad_file(tmp_path, capsys):
     good = tmp_path / "good.yaml"
     good.write_text("upstreams: {a: {url: 'http://x:1'}}\nmodels: {m: {upstreams: [a]}}\n")
     assert main(["check-config", str(good)]) == 0
+
+
+def _problems_of(tmp_path, text: str, environ: dict | None = None) -> str:
+    path = tmp_path / "throttle.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ=environ or {})
+    return "\n".join(info.value.problems)
+
+
+def test_duplicate_key_is_an_error_with_its_path(tmp_path):
+    """Hazard: PyYAML lets the last of two equal keys win: a cap of 4 became 40 silently."""
+    problems = _problems_of(tmp_path, """
+upstreams:
+  a: {url: "http://127.0.0.1:8000"}
+models:
+  m:
+    upstreams: [a]
+    max_in_flight: 4
+    max_in_flight: 40
+""")
+    assert "models.m.max_in_flight: duplicate key (line 8; first given on line 7)" in problems
+
+
+def test_duplicate_upstream_name_is_an_error(tmp_path):
+    """Hazard: a second upstream of the same name replaced the first without a word."""
+    problems = _problems_of(tmp_path, """
+upstreams:
+  a: {url: "http://127.0.0.1:8000"}
+  a: {url: "http://127.0.0.1:8001"}
+models: {"*": {upstreams: [a]}}
+""")
+    assert "upstreams.a: duplicate key" in problems
+
+
+def test_unquoted_env_var_in_flow_mapping_suggests_quoting(tmp_path):
+    """Hazard: the README's own example failed with a bare PyYAML message and no hint."""
+    problems = _problems_of(tmp_path, """
+upstreams:
+  a: {url: "http://127.0.0.1:8000", api_key: ${VLLM_KEY}}
+models: {"*": {upstreams: [a]}}
+""", {"VLLM_KEY": "k"})
+    assert "not valid YAML (line 3" in problems
+    assert 'must be quoted: key: "${VAR}"' in problems
+
+
+def test_plain_key_equal_to_another_clients_digest_is_refused():
+    """Hazard: the Hermes fleet's plain key hashed to chat-ui's key_sha256, so it logged in as
+    chat-ui with interactive priority."""
+    import hashlib
+
+    digest = hashlib.sha256(b"shared-secret").hexdigest()
+    data = {"upstreams": {"a": {"url": "http://127.0.0.1:8000"}},
+            "models": {"*": {"upstreams": ["a"]}},
+            "clients": {"chat-ui": {"key_sha256": digest, "priority": "interactive"},
+                        "hermes": {"key": "shared-secret"}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, environ={})
+    assert "clients.hermes.key: same key as clients.chat-ui.key_sha256" in info.value.problems
+
+
+def test_two_identical_plain_keys_and_key_with_digest_are_refused():
+    """Hazard: a client with both key and key_sha256 was accepted (which one counts?)."""
+    import hashlib
+
+    data = {"upstreams": {"a": {"url": "http://127.0.0.1:8000"}},
+            "models": {"*": {"upstreams": ["a"]}},
+            "clients": {"x": {"key": "k1"}, "y": {"key": "k1"},
+                        "z": {"key": "k3", "key_sha256": hashlib.sha256(b"k3").hexdigest()}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, environ={})
+    problems = info.value.problems
+    assert "clients.y.key: same key as clients.x.key" in problems
+    assert "clients.z: give key or key_sha256, not both" in problems
+
+
+def test_bare_port_listen_says_what_is_expected():
+    """Hazard: ``listen: 55777`` said only 'expected a string, got int'."""
+    data = {"listen": 55777, "upstreams": {"a": {"url": "http://127.0.0.1:8000"}},
+            "models": {"*": {"upstreams": ["a"]}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, environ={})
+    (problem,) = info.value.problems
+    assert '"127.0.0.1:55777"' in problem and '":55777"' in problem
+
+
+def test_parser_defaults_are_the_dataclass_defaults():
+    """Hazard: each default was written twice (dataclass and parser) and could drift."""
+    from proxy.config import ClientConfig, Config, ModelConfig, QueueConfig, UpstreamConfig
+
+    config = parse_config({"upstreams": {"a": {"url": "http://127.0.0.1:8000"}},
+                           "models": {"m": {"upstreams": ["a"]}},
+                           "clients": {"c": {"key": "k"}}}, environ={})
+    assert config.upstreams["a"].read_timeout_s == UpstreamConfig("a", "").read_timeout_s
+    assert config.models["m"].burst_s == ModelConfig("m", ()).burst_s
+    assert config.clients["c"].priority == ClientConfig("c").priority
+    assert config.queue == QueueConfig()
+    assert config.header_read_timeout_s == Config().header_read_timeout_s
+    assert (config.listen_host, config.listen_port) == (Config().listen_host,
+                                                         Config().listen_port)
+
+
+def test_scenario_files_refuse_duplicate_keys_too(tmp_path):
+    """Hazard: the loadtest scenario reader was a second, laxer YAML reader."""
+    from loadtest.scenario import ScenarioError, load_scenario
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: a\nname: b\n")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    assert any("name: duplicate key" in p for p in info.value.problems)

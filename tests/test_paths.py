@@ -10,10 +10,33 @@ from proxy.paths import checked_target
 
 @pytest.mark.parametrize("target", [
     "/v1/chat/completions", "/v1/models?x=1", "/api/tags", "/props", "/v1/files/a.b.c",
-    "/v1/chat/complet%69ons", "/x?next=..%2F..",
+    "/x?next=..%2F..", "/v1/chat/completions;x", "/v1/chat/completions%23x",
 ])
 def test_ordinary_paths_pass(target):
     assert checked_target("GET", target) == target
+
+
+@pytest.mark.parametrize(("target", "normalized"), [
+    ("/v1/chat/complet%69ons", "/v1/chat/completions"),
+    ("/%761/chat/completions?a=%69", "/v1/chat/completions?a=%69"),  # the query is left alone
+    ("/v1/chat/completions%3bx", "/v1/chat/completions%3Bx"),  # reserved: kept, hex upper-cased
+    ("/v1/x%7e%2D%5f", "/v1/x~-_"),
+    ("/a%zz", "/a%zz"),  # not an escape: passed on as is
+])
+def test_paths_are_decided_and_forwarded_in_normalized_form(target, normalized):
+    """Hazard: the proxy deciding on one spelling of a path while the upstream routes another;
+    it forwards the same normalized path it decided on."""
+    assert checked_target("POST", target) == normalized
+
+
+@pytest.mark.parametrize("target", ["/v1/chat/completions#x", "/v1/completions#y",
+                                    "/chat/completions#", "/v1/models?a#b"])
+def test_a_fragment_is_refused(target):
+    """Hazard: ``POST /v1/chat/completions#x`` looked like an unknown path to the proxy while
+    the upstream dropped the fragment and served a chat completion, unadmitted."""
+    with pytest.raises(BadRequest) as info:
+        checked_target("POST", target)
+    assert info.value.code == "invalid_path"
 
 
 @pytest.mark.parametrize("target", [

@@ -47,8 +47,8 @@ async def test_status_json_while_saturated(mock_llm, make_proxy):
                    "llm_throttle_upstream_latency_seconds",
                    "llm_throttle_time_to_first_token_seconds", "llm_throttle_store_degraded"):
         assert family in metrics, family
-    assert 'llm_throttle_in_flight{resource="model:m"} 1.0' in metrics
-    assert 'llm_throttle_queue_depth{resource="model:m"} 2.0' in metrics
+    assert 'llm_throttle_in_flight{kind="model",name="m"} 1.0' in metrics
+    assert 'llm_throttle_queue_depth{kind="model",name="m"} 2.0' in metrics
 
 
 async def test_metrics_count_requests_tokens_and_ttft(mock_llm, make_proxy, openai_client):

@@ -69,3 +69,55 @@ def test_tap_without_strip_passes_bytes_untouched():
     stream = CONTENT + USAGE + CONTENT + DONE
     assert tap.feed(stream) == stream
     assert tap.usage == (7, 3) and tap.chunks == 2
+
+
+def test_ndjson_tap_reads_the_done_line_however_it_is_split():
+    """Ollama streams NDJSON: bytes go on untouched as they come; the ``done`` line is read
+    even when it arrives in pieces."""
+    from proxy.families import family_for
+    from proxy.tokens import tap_for
+
+    stream = (b'{"message": {"content": "a"}, "done": false}\n'
+              b'{"done": true, "prompt_eval_count": 11, "eval_count": 5}\n')
+    for size in (1, 7, len(stream)):
+        tap = tap_for("application/x-ndjson", family_for("/api/chat").usage, False)
+        out = b"".join(tap.feed(stream[i:i + size]) for i in range(0, len(stream), size))
+        assert out + tap.flush() == stream
+        assert tap.usage == (11, 5) and tap.chunks == 2
+
+
+def test_other_bodies_are_passed_on_and_read_at_the_end_up_to_a_bound():
+    from proxy.families import family_for
+    from proxy.tokens import tap_for
+
+    tap = tap_for("application/json", family_for("/v1/chat/completions").usage, False)
+    assert tap.feed(b'{"usage": {"prompt_tokens": 2,') == b'{"usage": {"prompt_tokens": 2,'
+    assert tap.feed(b' "completion_tokens": 1}}') == b' "completion_tokens": 1}}'
+    tap.flush()
+    assert tap.usage == (2, 1)
+    big = tap_for("application/octet-stream", family_for("/x").usage, False)
+    for _ in range(3):
+        big.feed(b"x" * (1 << 19))
+    big.flush()
+    assert big.usage is None  # over the bound: nothing kept, the reservation stands
+
+
+def test_usage_shapes_and_how_reports_add_up():
+    from proxy.usage import UsageTally, read_usage
+
+    assert read_usage({"usage": {"input_tokens": 34, "output_tokens": 16}}).prompt == 34
+    assert read_usage({"response": {"usage": {"input_tokens": 3, "output_tokens": 4}}}) \
+        is not None
+    assert read_usage({"usage": None}) is None and read_usage([]) is None
+    assert read_usage({"timings": {"prompt_n": 2, "predicted_n": 3}}).completion == 3
+    assert read_usage({"usage": {"total_tokens": 9}}).prompt == 9
+    anthropic = UsageTally()
+    anthropic.add(read_usage({"message": {"usage": {"input_tokens": 20, "output_tokens": 1}}}))
+    anthropic.add(read_usage({"usage": {"output_tokens": 9}}))
+    assert anthropic.result == (20, 9)  # cumulative: the last count wins
+    n2 = UsageTally()
+    for completion in (3, 4):
+        n2.add(read_usage({"choices": [], "usage": {"prompt_tokens": 5,
+                                                    "completion_tokens": completion}}))
+    assert n2.result == (10, 7)  # one usage-only chunk per choice: they add up
+    assert UsageTally().result is None

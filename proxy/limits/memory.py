@@ -139,7 +139,14 @@ class MemoryStore(LimitStore):
         now = self._clock()
         held_for = now - entry[1]
         for resource in grant.resources:
-            self._in_flight[resource] -= 1
+            left = self._in_flight[resource] - 1
+            if not left and resource not in self.spec.caps:
+                # named at run time (attr:<client>/<value>) and idle: forget it, so callers
+                # choosing new values cannot grow the store (or its snapshot) without bound
+                del self._in_flight[resource]
+                self._hold_ewma.pop(resource, None)
+                continue
+            self._in_flight[resource] = left
             previous = self._hold_ewma.get(resource)
             self._hold_ewma[resource] = (
                 held_for if previous is None
@@ -229,7 +236,11 @@ class MemoryStore(LimitStore):
     def _forget(self, waiter: _Waiter) -> None:
         self._depth -= 1
         for resource in waiter.touches:
-            self._queued[resource] -= 1
+            left = self._queued[resource] - 1
+            if left or resource in self.spec.caps:
+                self._queued[resource] = left
+            else:
+                del self._queued[resource]  # see _release_now: run-time names are forgotten
 
     def _dequeue(self, waiter: _Waiter) -> None:
         """A waiter gave up: drop it, and let those it blocked be reconsidered."""
