@@ -48,6 +48,8 @@ class Backlog:
     #: requests in flight or queued that carry an attribution (the workers' own requests);
     #: None when the status has no attributed entries at all
     attributed_open: int | None = None
+    #: of those, the ones in flight (a queued request may not show on its attribution)
+    attributed_in_flight: int | None = None
 
     @property
     def free_capacity(self) -> int | None:
@@ -83,16 +85,18 @@ def _entry(table: Mapping[str, Any], route: str) -> Mapping[str, Any]:
     return entry
 
 
-def _attributed_open(doc: Mapping[str, Any]) -> int | None:
+def _attributed(doc: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(in flight + queued, in flight) over the attributed entries; None: there are none."""
     table = doc.get("attributed")
     if not isinstance(table, Mapping) or not table:
-        return None
-    total = 0
+        return None, None
+    total = in_flight = 0
     for name, entry in table.items():
         if isinstance(entry, Mapping):
-            total += _count(entry.get("in_flight", 0), f"attributed.{name}.in_flight")
-            total += _count(entry.get("queued", 0), f"attributed.{name}.queued")
-    return total
+            n = _count(entry.get("in_flight", 0), f"attributed.{name}.in_flight")
+            in_flight += n
+            total += n + _count(entry.get("queued", 0), f"attributed.{name}.queued")
+    return total, in_flight
 
 
 def backlog_from_status(doc: Any, models: Sequence[str] | None = None) -> Backlog:
@@ -109,7 +113,7 @@ def backlog_from_status(doc: Any, models: Sequence[str] | None = None) -> Backlo
     if models and not isinstance(table, Mapping):
         raise BacklogError("status document has no models table")
     table = table if isinstance(table, Mapping) else {}
-    attributed = _attributed_open(doc)
+    attributed, attributed_in_flight = _attributed(doc)
     routes: dict[str, str] = {}
     missing: list[str] = []
     if models:
@@ -142,7 +146,7 @@ def backlog_from_status(doc: Any, models: Sequence[str] | None = None) -> Backlo
             raise BacklogError("status document has no queue.depth")
         return Backlog(queued=_count(queue["depth"], "queue.depth"), degraded=degraded,
                        cap=cap if watched else None, in_flight=in_flight,
-                       attributed_open=attributed)
+                       attributed_open=attributed, attributed_in_flight=attributed_in_flight)
     return Backlog(
         queued=sum(per_route.values()),
         per_model={name: per_route[route] for name, route in routes.items()},
@@ -152,6 +156,7 @@ def backlog_from_status(doc: Any, models: Sequence[str] | None = None) -> Backlo
         cap=cap,
         in_flight=in_flight,
         attributed_open=attributed,
+        attributed_in_flight=attributed_in_flight,
     )
 
 

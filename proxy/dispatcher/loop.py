@@ -210,11 +210,11 @@ def open_requests(backlog: Backlog) -> int:
 
 
 def outside_requests(backlog: Backlog) -> int:
-    """Requests on the watched routes that are not the workers' (0 when nothing is attributed:
-    then all of them count as the workers')."""
-    if backlog.attributed_open is None:
+    """Slots held by requests that are not the workers' (0 when nothing is attributed: then all
+    of them count as the workers'). Queued outside requests are the watermarks' business."""
+    if backlog.attributed_in_flight is None:
         return 0
-    return max(backlog.in_flight + backlog.queued - backlog.attributed_open, 0)
+    return max(backlog.in_flight - backlog.attributed_in_flight, 0)
 
 
 def pending_workers(backlog: Backlog, counts: Mapping[str, BoardCounts],

@@ -84,7 +84,8 @@ def test_attributed_requests_are_the_workers_open_requests() -> None:
     doc = {**STATUS, "attributed": {
         "workers/t_1": {"in_flight": 1, "cap": 1, "queued": 0},
         "workers/t_2": {"in_flight": 0, "cap": 1, "queued": 1}}}
-    assert backlog_from_status(doc, ["qwen"]).attributed_open == 2
+    b = backlog_from_status(doc, ["qwen"])
+    assert (b.attributed_open, b.attributed_in_flight) == (2, 1)
     assert backlog_from_status(STATUS, ["qwen"]).attributed_open is None
 
 

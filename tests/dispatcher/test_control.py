@@ -204,6 +204,6 @@ async def test_hermes_counts_on_metrics() -> None:
 async def test_an_outside_burst_shrinks_the_target() -> None:
     """Requests on the model that no task sent take GPU slots away from the workers."""
     d, hermes, source, _ = make({"a": {"ready": 20}}, cap=3)
-    source.extra.update(in_flight=3, attributed_open=1)  # two of the three are outside
+    source.extra.update(in_flight=3, attributed_open=1, attributed_in_flight=1)  # 2 outside
     report = await d.tick()
     assert report.target == 2 and hermes.calls == [("a", 2)]
