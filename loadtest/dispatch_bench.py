@@ -88,6 +88,9 @@ class ModeResult:
     mode: str
     makespan_s: float | None = None
     idle_while_ready_s: float = 0.0
+    #: the same from the first request the GPU got (a worker's start-up before it left out)
+    idle_after_first_request_s: float = 0.0
+    first_request_s: float | None = None
     spawns_at_high: int = 0
     max_running: int = 0
     runs: int = 0
@@ -317,17 +320,30 @@ async def _sample(h: Hermes, proxy: str, boards: list[str], w: Workload, started
     end = started + (result.makespan_s or timeout_s)
     result.idle_while_ready_s = idle_slot_seconds(gpu.timeline, ready_timeline, w.cap,
                                                   started, end)
+    first = next((t for t, n in gpu.timeline if n > 0 and t >= started), None)
+    if first is not None:
+        result.first_request_s = first - started
+        result.idle_after_first_request_s = idle_slot_seconds(
+            gpu.timeline, ready_timeline, w.cap, first, end)
     result.runs = len(seen_runs)
 
 
+def _pct(part: float, whole: float | None) -> str:
+    return "" if not whole else f" ({100 * part / whole:.0f}%)"
+
+
 def table(results: list[ModeResult]) -> str:
-    rows = [("| mode | makespan | GPU idle while tasks ready | spawns at queue >= high | "
-             "max running | runs | done |"), "|---|---|---|---|---|---|---|"]
+    rows = [("| mode | makespan | GPU idle while tasks ready | the same after the first request "
+             "| spawns at queue >= high | max running | runs | done |"),
+            "|---|---|---|---|---|---|---|---|"]
     for r in results:
         span = "-" if r.makespan_s is None else f"{r.makespan_s:.0f} s"
-        frac = "" if r.idle_fraction is None else f" ({100 * r.idle_fraction:.0f}%)"
-        rows.append(f"| {r.mode} | {span} | {r.idle_while_ready_s:.0f} s{frac} | "
-                    f"{r.spawns_at_high} | {r.max_running} | {r.runs} | {r.done}/{r.tasks} |")
+
+        first = "" if r.first_request_s is None else f", first at {r.first_request_s:.0f} s"
+        rows.append(f"| {r.mode} | {span} | {r.idle_while_ready_s:.0f} s"
+                    f"{_pct(r.idle_while_ready_s, r.makespan_s)} | {r.idle_after_first_request_s:.0f} s"
+                    f"{_pct(r.idle_after_first_request_s, r.makespan_s)}{first} | {r.spawns_at_high} | "
+                    f"{r.max_running} | {r.runs} | {r.done}/{r.tasks} |")
     return "\n".join(rows)
 
 
