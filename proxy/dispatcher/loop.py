@@ -492,6 +492,11 @@ class Dispatcher:
             if not await self.locks.still_owned(slug):
                 board.skipped, board.max_arg = "lock lost before dispatch", None
                 continue
+            if board.grant > 0 and await self._backlog_reached_high():
+                # a dispatch call takes seconds: a burst may have arrived since we decided
+                board.skipped, board.max_arg, board.grant = \
+                    "backlog reached the high mark before dispatch", None, 0
+                continue
             try:
                 outcome = await self.hermes.dispatch(slug, board.max_arg)
             except HermesError as exc:
@@ -503,6 +508,15 @@ class Dispatcher:
             board.reclaimed = outcome.reclaimed + len(outcome.crashed)
             board.promoted = outcome.promoted
             board.failures = {k: v for k, v in outcome.failures.items() if v}
+
+    async def _backlog_reached_high(self) -> bool:
+        """A fresh look right before a spawning call; an unreadable proxy counts as high."""
+        try:
+            backlog = await self.read_backlog()
+        except BacklogError:
+            return True
+        self._last_seen = backlog
+        return backlog.queued >= self.settings.marks.high
 
     # -- between ticks ----------------------------------------------------------------------
 

@@ -207,3 +207,21 @@ async def test_an_outside_burst_shrinks_the_target() -> None:
     source.extra.update(in_flight=3, attributed_open=1, attributed_in_flight=1)  # 2 outside
     report = await d.tick()
     assert report.target == 2 and hermes.calls == [("a", 2)]
+
+
+async def test_no_spawn_when_a_burst_arrives_between_the_decision_and_the_call() -> None:
+    """Hazard: a dispatch call takes seconds; a burst that reached the high mark after the
+    tick decided still got a worker started."""
+    d, hermes, source, _ = make({"a": {"ready": 5}, "b": {"ready": 5}}, cap=3)
+    real_dispatch = hermes.dispatch
+
+    async def dispatch_then_burst(board: str, max_spawn: int) -> Any:
+        outcome = await real_dispatch(board, max_spawn)
+        source.queued = 9  # the burst lands while the first board is dispatched
+        return outcome
+
+    hermes.dispatch = dispatch_then_burst  # type: ignore[method-assign]
+    report = await d.tick()
+    assert len(hermes.calls) == 1 and report.spawned == 3
+    skipped = [b.skipped for b in report.boards.values() if b.skipped]
+    assert skipped == ["backlog reached the high mark before dispatch"]
