@@ -14,7 +14,8 @@ from .hermes import REPORTED, WORKER_FAILURES
 from .policy import HoldReason
 
 if TYPE_CHECKING:
-    from .loop import Dispatcher, TickReport
+    from .loop import Dispatcher
+    from .report import TickReport
 
 
 class DispatcherMetrics:
