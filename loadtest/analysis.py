@@ -30,7 +30,8 @@ PASS, MISS, INFO = "met", "**MISSED**", ""
 def required_phases(kind: str) -> tuple[str, ...]:
     """Phase names an analysis reads (checked when a scenario file is loaded)."""
     return {"overload": ("unloaded", "overload"), "priority": ("alone", "flood"),
-            "multihost": ("overload",)}.get(kind, ())
+            "multihost": ("overload",),
+            "fairness": ("batch", "flood", "alone", "trickle")}.get(kind, ())
 
 
 # -- small helpers ----------------------------------------------------------------------------
@@ -174,7 +175,7 @@ def analyze(result: ScenarioResult) -> Findings:
     kind = result.scenario.analysis
     findings = Findings()
     {"overhead": _overhead, "streaming": _streaming, "overload": _overload,
-     "priority": _priority, "multihost": _multihost}[kind](result.scenario, result.runs, findings)
+     "priority": _priority, "multihost": _multihost, "fairness": _fairness}[kind](result.scenario, result.runs, findings)
     return findings
 
 
@@ -364,6 +365,57 @@ def _priority(scenario: Scenario, runs: Sequence[RunRecord], f: Findings) -> Non
             peak = max((int(r.mock.get("peak") or 0) for r in sel), default=0)
             cap = proxy_cap(scenario, target)
             f.check(f"flood via {target}: peak in flight at the mock", peak, str(peak), cap,
+                    at_most=True, target_text=f"<= cap {cap}", hard=True)
+
+
+def _tokens_per_s(load: str) -> Callable[[RunRecord], float | None]:
+    return lambda r: float(_load(r, load)["goodput_tokens_per_s"])
+
+
+def _fairness(scenario: Scenario, runs: Sequence[RunRecord], f: Findings) -> None:
+    """Weighted token shares between batch clients; class shares; interactive p99."""
+    tolerance = scenario.targets.get("weighted_share_tolerance")
+    clients = scenario.proxies["proxy"].config.get("clients", {})
+    loads = ("a", "b", "c")
+    weights = {name: float(clients.get(name, {}).get("weight", 1)) for name in loads}
+    for target in _targets_of(runs, "batch"):
+        sel = _select(runs, "batch", target)
+        rates = {name: median(_tokens_per_s(name)(r) for r in sel) or 0.0 for name in loads}
+        total = sum(rates.values()) or 1.0
+        for name in loads:
+            share = rates[name] / total
+            expected = weights[name] / sum(weights.values())
+            f.numbers[f"batch.{target}.{name}.tokens_per_s"] = rates[name]
+            f.check(f"batch via {target}: client {name} (weight {weights[name]:g}) tokens",
+                    abs(share / expected - 1),
+                    f"{_num(rates[name], '.0f')} tok/s = {_pct(share)} (share {_pct(expected)})",
+                    tolerance if target != "fifo" else None, at_most=True,
+                    target_text=f"within +-{_pct(tolerance)} of its share" if tolerance else "")
+    share_min = scenario.targets.get("batch_token_share_min")
+    for target in _targets_of(runs, "flood"):
+        sel = _select(runs, "flood", target)
+        batch = median(_tokens_per_s("batch")(r) for r in sel) or 0.0
+        chat = median(_tokens_per_s("interactive")(r) for r in sel) or 0.0
+        share = batch / (batch + chat) if batch + chat else None
+        f.numbers[f"flood.{target}.batch_share"] = share
+        f.check(f"flood via {target}: batch share of tokens", share,
+                f"{_pct(share)} ({_num(batch, '.0f')} of {_num(batch + chat, '.0f')} tok/s)",
+                share_min if target != "fifo" else None, at_most=False,
+                target_text=f">= {_pct(share_min)}" if share_min else "")
+    ratio_limit = scenario.targets.get("interactive_p99_vs_alone")
+    base = median(_stat("latency", "p99", "interactive")(r) for r in _select(runs, "alone"))
+    p99 = median(_stat("latency", "p99", "interactive")(r) for r in _select(runs, "trickle"))
+    ratio = p99 / base if p99 is not None and base else None
+    f.check("interactive p99 under a batch flood", ratio,
+            f"{_ms(p99, 0)} ms vs {_ms(base, 0)} ms alone ({_num(ratio, '.2f')}x)",
+            ratio_limit, at_most=True,
+            target_text=f"<= {ratio_limit:g}x alone" if ratio_limit else "")
+    for target in _targets_of(runs, "batch"):
+        if target in scenario.proxies:
+            peak = max((int(r.mock.get("peak") or 0) for r in _select(runs, "batch", target)),
+                       default=0)
+            cap = proxy_cap(scenario, target)
+            f.check(f"batch via {target}: peak in flight at the mock", peak, str(peak), cap,
                     at_most=True, target_text=f"<= cap {cap}", hard=True)
 
 

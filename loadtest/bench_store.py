@@ -32,7 +32,7 @@ import yaml
 
 #: commandstats entries that scripts run inside Redis (not client round trips)
 SCRIPT_INTERNAL = {"hget", "hmget", "hset", "hdel", "hexists", "hincrby", "hgetall", "exists",
-                   "zadd", "zrem",
+                   "zadd", "zrem", "zrangebylex", "hincrbyfloat", "hlen", "hkeys",
                    "zscore", "zcard", "zcount", "zrange", "zrangebyscore", "zremrangebyscore",
                    "xrevrange", "xadd", "time", "del"}
 

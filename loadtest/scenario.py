@@ -66,7 +66,7 @@ from proxy.yamlfile import YamlProblems, load_yaml
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 DEFAULT_OUT = Path("loadtest/results")
 DIRECT, NGINX, PASSTHROUGH = "direct", "nginx", "passthrough"
-ANALYSES = ("overhead", "streaming", "overload", "priority", "multihost")
+ANALYSES = ("overhead", "streaming", "overload", "priority", "multihost", "fairness")
 
 #: LoadSpec fields a scenario may set (the runner fills in URLs, sampling and labels)
 LOAD_KEYS = frozenset({"clients", "rate", "requests", "duration", "stream", "max_tokens",

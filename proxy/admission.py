@@ -6,14 +6,34 @@ of each model, bucket sizes), so the per-request work is a dict lookup and a few
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .auth import Identity
 from .config import WILDCARD_MODEL, Config, ModelConfig, UpstreamConfig
 from .errors import InvalidField, ModelNotFound
-from .limits.base import BucketSpec, Charge, Demand, Grant, LimitSpec, Option
+from .limits.base import BucketSpec, Charge, Demand, Fairness, Grant, LimitSpec, Option, Priority
 from .parse import ParsedRequest
 from .tokens import reservation
+
+#: a client's own bound on its queue wait, in ms (shorter than the queue's only)
+MAX_WAIT_HEADER = "x-llm-throttle-max-wait-ms"
+
+
+def requested_max_wait(headers: Mapping[str, str]) -> float | None:
+    """The wait bound a request asks for (seconds), or None; 400 when it is not a number."""
+    value = headers.get(MAX_WAIT_HEADER)
+    if value is None:
+        return None
+    try:
+        ms = float(value)
+    except ValueError:
+        ms = math.nan
+    if not math.isfinite(ms) or ms < 0:
+        raise InvalidField(f"the {MAX_WAIT_HEADER} header must be a number of milliseconds >= 0",
+                           param=MAX_WAIT_HEADER)
+    return ms / 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +80,9 @@ def build_limit_spec(config: Config) -> LimitSpec:
         max_queue_depth=config.queue.max_depth,
         max_wait_s=config.queue.max_wait_s,
         prefix_caps=prefix_caps,
+        fairness=Fairness(config.queue.fairness),
+        class_weights={Priority.parse(name): weight
+                       for name, weight in config.queue.class_weights.items()},
     )
 
 
@@ -86,6 +109,7 @@ class AdmissionPolicy:
             for name, model in config.models.items()
         }
         self._wildcard = self.routes.get(WILDCARD_MODEL)
+        self._weights = {name: client.weight for name, client in config.clients.items()}
 
     def route(self, model: str | None) -> Route:
         """The model's route, else ``*``; a request without a model needs a ``*`` route."""
@@ -103,8 +127,11 @@ class AdmissionPolicy:
         return route
 
     def demand(self, route: Route, identity: Identity, parsed: ParsedRequest,
-               request_id: str) -> tuple[Demand, int]:
-        """The demand, and the tokens it reserves (0 when no TPM bucket applies)."""
+               request_id: str, max_wait_s: float | None = None) -> tuple[Demand, int]:
+        """The demand, and the tokens it reserves (also charged to its flow's fair share).
+
+        ``max_wait_s``: the request's own wait bound, kept only when shorter than the queue's.
+        """
         reserved = reservation(
             len(parsed.body), parsed.max_tokens, route.model.max_tokens_estimate, parsed.generates,
             parsed.choices,
@@ -122,6 +149,11 @@ class AdmissionPolicy:
             resources=route.resources + identity.resources,
             options=route.options,
             charges=tuple(charges),
+            max_wait_s=max_wait_s if max_wait_s is not None and
+            max_wait_s < self.spec.max_wait_s else None,
+            flow=identity.label,
+            weight=self._weights.get(identity.name, 1.0),
+            cost=float(reserved),
         )
         return demand, reserved
 

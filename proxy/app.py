@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .access_log import AccessLog
-from .admission import AdmissionPolicy, settlement
+from .admission import AdmissionPolicy, requested_max_wait, settlement
 from .attribution import AttributionLabels
 from .auth import Authenticator, Identity, bearer_token
 from .catalog import ModelCatalog
@@ -207,7 +207,7 @@ class Proxy:
         return response
 
     def _answered(self, record: RequestRecord) -> None:
-        if not record.admin:  # scrapes and health checks are not proxied requests
+        if not record.admin:  # scrapes are not requests
             self.metrics.observe(record)
         if self.access_log is not None:
             self.access_log.write(record)
@@ -228,9 +228,9 @@ class Proxy:
         if self.config.admin_listen and self._arrived_on_admin_port(request):
             raise NotFound("the admin listener serves only /metrics, /throttle/status, /healthz, "
                            "/upstreams/<name>/metrics")
-        identity = self.auth.authenticate(request.headers, request.method, request.path)
+        path = target.partition("?")[0]  # normalized: what admission and the upstream see
+        identity = self.auth.authenticate(request.headers, request.method, path)
         record.client = self.attribution.label(identity)
-        path = target.partition("?")[0]
         if admits(request.method, path, request.body_exists, self.config.passthrough_paths):
             return self._admitted(request, identity, target, family_for(path), record)
         return self._passthrough(request, target, record)
@@ -243,7 +243,8 @@ class Proxy:
         route = self.policy.route(parsed.model)
         record.model, record.priority = route.model.name, identity.priority
         demand, reserved = self.policy.demand(route, identity, parsed,
-                                             self._id_prefix + str(next(self._ids)))
+                                             self._id_prefix + str(next(self._ids)),
+                                             requested_max_wait(request.headers))
         grant = await self._acquire(demand, record)
         upstream = self.config.upstreams[grant.option.name]
         record.upstream = upstream.name
@@ -257,6 +258,7 @@ class Proxy:
             return await self.forwarder.exchange(request, upstream, sent, outcome, self.clock)
         finally:
             used = self._tokens_used(outcome, reserved)
+            grant.used = used  # corrects the flow's fair-share counter
             self.store.release_nowait(
                 grant, settlement(grant, reserved, used) if grant.charges else ())
             record.upstream_s, record.upstream_failure = outcome.upstream_s, outcome.failure

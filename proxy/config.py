@@ -26,6 +26,7 @@ DEFAULT_PASSTHROUGH_PATHS = frozenset({"/tokenize", "/detokenize", "/apply-templ
                                        "/api/show"})
 PRIORITIES = ("interactive", "batch")
 STORE_ERROR_POLICIES = ("local_share", "open", "closed")
+FAIRNESS_MODES = ("tokens", "requests", "fifo")
 ACCESS_LOG_FORMATS = ("plain", "json")
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -54,6 +55,13 @@ class UpstreamConfig:
     max_in_flight: int | None = None
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 300.0  # longest silence allowed between two upstream bytes
+    #: pooled connections unused this long are closed: below common upstream keep-alive
+    #: timeouts (uvicorn and llama-server 5 s), so the upstream never closes one under a request
+    idle_timeout_s: float = 4.0
+    max_response_body_bytes: int = 64 * 1024 * 1024  # a non-streamed answer read whole
+    ca_file: str | None = None  # https: CA bundle to verify the upstream (default: system)
+    verify: bool = True  # https: verify the certificate and host name
+    server_hostname: str | None = None  # https: name for SNI and verification (default: host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +85,16 @@ class ClientConfig:
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
     burst_s: float = 5.0
+    weight: float = 1.0  # share of the queue against other clients of its class
 
 
 @dataclass(frozen=True, slots=True)
 class QueueConfig:
     max_depth: int = 1000
     max_wait_s: float = 120.0
+    fairness: str = "tokens"  # tokens | requests | fifo (strict priority, then arrival)
+    class_weights: Mapping[str, float] = field(
+        default_factory=lambda: {"interactive": 9.0, "batch": 1.0})
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +144,11 @@ class Config:
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     max_body_bytes: int = 16 * 1024 * 1024
     passthrough_upstream: str | None = None  # where model-less paths go; default: the first
+    #: normalized paths whose POSTs pass through without admission (cheap engine routes)
+    passthrough_paths: frozenset[str] = DEFAULT_PASSTHROUGH_PATHS
     #: GET/HEAD paths served without a client key (read-only probes: /version, /api/tags...);
     #: a trailing ``*`` matches any path under that prefix
     public_paths: tuple[str, ...] = ()
-    #: normalized paths whose POSTs pass through without admission (cheap engine routes)
-    passthrough_paths: frozenset[str] = DEFAULT_PASSTHROUGH_PATHS
     shutdown_grace_s: float = 30.0
     body_read_timeout_s: float = 60.0  # a client slower than this to send its body gets 408
     #: a connection without a whole request head this long after opening (or after its last
@@ -315,10 +327,9 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, port_number
 
 
-def _public_paths(top: _Section, passthrough_paths: frozenset[str]) -> tuple[str, ...]:
+def _public_paths(top: _Section) -> tuple[str, ...]:
     """``/path`` (GET/HEAD) or ``POST /path`` (a read-only POST probe such as Ollama's
-    ``/api/show``, which must be in ``passthrough_paths``); never an admitted path, an admin
-    route, or everything."""
+    ``/api/show``); never an admitted path, an admin route, or everything."""
     entries = top.str_list("public_paths")
     for i, entry in enumerate(entries):
         where = f"public_paths[{i}]"
@@ -329,10 +340,9 @@ def _public_paths(top: _Section, passthrough_paths: frozenset[str]) -> tuple[str
                                 f"'POST /api/show', got {entry!r}")
         elif path.rstrip("*") in ("/throttle/status", "/metrics", "/healthz", "/", ""):
             top.problems.append(f"{where}: {entry!r} would open the admin routes or every path")
-        elif method == "POST" and (path.endswith("*")
-                                   or normalized_path(path) not in passthrough_paths):
-            top.problems.append(f"{where}: {entry!r}: a POST that is admitted (one not in "
-                                "passthrough_paths, or a prefix) always needs a key")
+        elif method == "POST" and path.endswith("*"):
+            top.problems.append(f"{where}: {entry!r}: a POST prefix would cover admitted "
+                                "paths, which always need a key")
     return entries
 
 
@@ -389,7 +399,26 @@ def _upstream(name: str, s: _Section) -> UpstreamConfig:
         max_in_flight=s.number("max_in_flight", integer=True),
         connect_timeout_s=s.number("connect_timeout_s", d["connect_timeout_s"]),
         read_timeout_s=s.number("read_timeout_s", d["read_timeout_s"]),
+        idle_timeout_s=s.number("idle_timeout_s", d["idle_timeout_s"]),
+        max_response_body_bytes=s.number("max_response_body_bytes",
+                                         d["max_response_body_bytes"], integer=True),
+        **_upstream_tls(url, s),
     )
+
+
+def _upstream_tls(url: str, s: _Section) -> dict[str, Any]:
+    """``ca_file``, ``verify``, ``server_hostname``: only meaningful for https."""
+    ca_file = s.str("ca_file")
+    server_hostname = s.str("server_hostname")
+    verify = s.flag("verify", True)
+    https = urlsplit(url).scheme == "https"
+    for key, value in (("ca_file", ca_file), ("server_hostname", server_hostname),
+                       ("verify", None if verify else False)):
+        if value is not None and not https:
+            s.problems.append(f"{s.key_path(key)}: only for an https:// url")
+    if ca_file is not None and https and not os.path.isfile(ca_file):
+        s.problems.append(f"{s.key_path('ca_file')}: no such file {ca_file!r}")
+    return {"ca_file": ca_file, "verify": verify, "server_hostname": server_hostname}
 
 
 def _model(name: str, s: _Section) -> ModelConfig:
@@ -427,7 +456,17 @@ def _client(name: str, s: _Section) -> ClientConfig:
         requests_per_minute=s.number("requests_per_minute"),
         tokens_per_minute=s.number("tokens_per_minute"),
         burst_s=s.number("burst_s", d["burst_s"]),
+        weight=s.number("weight", d["weight"]),
     )
+
+
+def _class_weights(q: _Section) -> dict[str, float]:
+    weights = dict(defaults_of(QueueConfig)["class_weights"])
+    w = q.section("class_weights")
+    for name in PRIORITIES:
+        weights[name] = float(w.number(name, weights[name]))
+    w.finish()
+    return weights
 
 
 def _passthrough_paths(top: _Section) -> frozenset[str]:
@@ -478,16 +517,19 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         max_depth=q.number("max_depth", qd["max_depth"], integer=True, minimum=0,
                            exclusive=False),
         max_wait_s=q.number("max_wait_s", qd["max_wait_s"]),
+        fairness=q.str("fairness", qd["fairness"], choices=FAIRNESS_MODES),
+        class_weights=_class_weights(q),
     )
     q.finish()
 
-    a = top.section("attribution")
+    a, atd = top.section("attribution"), defaults_of(AttributionConfig)
     attribution = AttributionConfig(
         header=(a.str("header") or "").lower() or None,
         max_in_flight=a.number("max_in_flight", integer=True),
         priority_header=(a.str("priority_header") or "").lower() or None,
-        max_values=a.number("max_values", 100, integer=True, minimum=0, exclusive=False),
-        value_idle_s=a.number("value_idle_s", 600.0),
+        max_values=a.number("max_values", atd["max_values"], integer=True, minimum=0,
+                            exclusive=False),
+        value_idle_s=a.number("value_idle_s", atd["value_idle_s"]),
     )
     a.finish()
 
@@ -513,7 +555,6 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
     )
     r.finish()
 
-    passthrough_paths = _passthrough_paths(top)
     config = Config(
         listen_host=host,
         listen_port=port,
@@ -530,8 +571,8 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         access_log=access_log,
         max_body_bytes=top.number("max_body_bytes", cd["max_body_bytes"], integer=True),
         passthrough_upstream=top.str("passthrough_upstream"),
-        passthrough_paths=passthrough_paths,
-        public_paths=_public_paths(top, passthrough_paths),
+        passthrough_paths=_passthrough_paths(top),
+        public_paths=_public_paths(top),
         shutdown_grace_s=top.number("shutdown_grace_s", cd["shutdown_grace_s"], minimum=0,
                                     exclusive=False),
         body_read_timeout_s=top.number("body_read_timeout_s", cd["body_read_timeout_s"]),
@@ -545,6 +586,12 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
 
 
 def _check_references(config: Config, problems: list[str]) -> None:
+    for i, entry in enumerate(config.public_paths):
+        if entry.startswith("POST ") and \
+                normalized_path(entry.removeprefix("POST ")) not in config.passthrough_paths:
+            # every other POST is admitted (proxy/families.py): admitted means keyed
+            problems.append(f"public_paths[{i}]: {entry!r}: a POST that is admitted always "
+                            "needs a key; only a passthrough_paths entry can be public")
     if not config.upstreams:
         problems.append("upstreams: at least one upstream is required")
     if not config.models:

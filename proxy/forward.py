@@ -139,9 +139,13 @@ class Forwarder:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._pools = {
-            name: UpstreamPool(name, up.url, up.connect_timeout_s, up.read_timeout_s, loop)
+            name: UpstreamPool(up, loop)
             for name, up in self._upstreams.items()
         }
+
+    def pool(self, name: str) -> UpstreamPool:
+        """The connection pool of one upstream (status, tests)."""
+        return self._pools[name]
 
     async def close(self) -> None:
         for pool in self._pools.values():

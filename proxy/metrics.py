@@ -251,7 +251,7 @@ class ProxyMetrics:
         for stale in self._resources - names:
             for gauge in (self.in_flight, self.queued, self.cap):
                 try:
-                    gauge.remove(stale)
+                    gauge.remove(*resource_labels(stale))
                 except KeyError:
                     pass
         self._resources = names

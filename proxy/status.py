@@ -118,6 +118,10 @@ def status_document(
                "rate_per_s": round(b.rate_per_s, 4)}
         for name, b in sorted(snapshot.buckets.items())
     }
+    doc["flows"] = {  # fair share per flow, bounded (see proxy/limits/fairness.py)
+        name: {"queued": f.queued, "counter": f.counter, "served_tokens": f.served}
+        for name, f in snapshot.flows.items()
+    }
     return doc
 
 

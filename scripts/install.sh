@@ -10,8 +10,10 @@ PYTHON=${PYTHON:-python3}
 
 # redis-server: the Redis store's tests start their own on a free port.
 # nginx: the overhead benchmark's reference (its smoke test leaves nginx out when absent).
+# openssl: the https-upstream tests make their CA and certificates with it.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 # prometheus: for promtool, which checks /metrics and unit-tests deploy/prometheus alert rules.
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)

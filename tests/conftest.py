@@ -173,3 +173,21 @@ async def openai_client() -> AsyncIterator[Callable[..., Any]]:
     yield make
     for client in made:
         await client.close()
+
+
+@pytest.fixture
+async def raw_upstream() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """``await raw_upstream(script)`` -> a started ``tests.raw_upstream.RawUpstream`` (an
+    upstream writing exact bytes), closed after the test."""
+    from tests.raw_upstream import RawUpstream
+
+    started: list[RawUpstream] = []
+
+    async def make(script: Any, **kwargs: Any) -> RawUpstream:
+        upstream = await RawUpstream(script, **kwargs).start()
+        started.append(upstream)
+        return upstream
+
+    yield make
+    for upstream in started:
+        await upstream.close()

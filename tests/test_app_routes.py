@@ -183,6 +183,13 @@ def test_passthrough_paths_and_access_log_are_validated():
                       "access_log": {"enabled": "yes", "format": "xml", "colour": 1}},
                      environ={})
     text = str(info.value)
+    # a keyless POST may only be a pass-through one: every other POST is admitted
+    assert parse_config({**base, "clients": {"a": {"key": "k"}},
+                         "public_paths": ["POST /api/show"]}, environ={}).public_paths
+    with pytest.raises(ConfigError) as public:
+        parse_config({**base, "clients": {"a": {"key": "k"}},
+                      "public_paths": ["POST /completion"]}, environ={})
+    assert "public_paths[0]: 'POST /completion': a POST that is admitted" in str(public.value)
     for problem in ("passthrough_paths[0]", "passthrough_paths[1]", "access_log.enabled",
                     "access_log.format", "access_log.colour: unknown key"):
         assert problem in text, problem

@@ -17,7 +17,8 @@ A request's life in the store::
        |-> CANCELLED  (client went away while queued)
        \\-> TIMED_OUT (waited longer than the queue allows)
 
-Waiters form one queue ordered by priority class, then arrival. A waiter that cannot be
+Waiters are shared out fairly (``proxy.limits.fairness``): between classes by class weight,
+between flows (client, or attribution value) by weighted token counters. A waiter that cannot be
 served blocks only what it lacks (a resource at cap, an empty bucket): later waiters that
 need none of those go ahead, later waiters that need one of them wait behind it (no barging,
 no starvation of big requests). A release hands permits straight to the next eligible waiter.
@@ -51,6 +52,17 @@ class Priority(enum.IntEnum):
         return cls[name.upper()]
 
 
+class Fairness(enum.Enum):
+    """How the queue shares capacity between flows and classes (see ``fairness``)."""
+
+    TOKENS = "tokens"
+    REQUESTS = "requests"
+    FIFO = "fifo"
+
+
+DEFAULT_CLASS_WEIGHTS: Mapping[Priority, float] = {Priority.INTERACTIVE: 9.0, Priority.BATCH: 1.0}
+
+
 @dataclass(frozen=True, slots=True)
 class BucketSpec:
     """A token bucket: holds at most ``capacity``, refills at ``rate_per_s``."""
@@ -69,6 +81,9 @@ class LimitSpec:
     max_wait_s: float = 120.0
     #: caps for resources named at run time (``attr:<client>/<header value>``), by prefix
     prefix_caps: Mapping[str, int] = field(default_factory=dict)
+    fairness: Fairness = Fairness.TOKENS
+    class_weights: Mapping[Priority, float] = field(
+        default_factory=lambda: dict(DEFAULT_CLASS_WEIGHTS))
 
     def cap_of(self, resource: str) -> int | None:
         cap = self.caps.get(resource)
@@ -105,6 +120,9 @@ class Demand:
     options: tuple[Option, ...]
     charges: tuple[Charge, ...] = ()
     max_wait_s: float | None = None  # None: the queue's default
+    flow: str = ""  # who shares fairly: the client, or client/attribution value
+    weight: float = 1.0  # the flow's share against other flows of its class
+    cost: float = 1.0  # tokens reserved (prompt estimate + max tokens), charged to the flow
 
 
 @dataclass(slots=True)  # not frozen: built on every request, and frozen init costs 6x
@@ -116,6 +134,12 @@ class Grant:
     resources: tuple[str, ...]  # everything held: shared resources + the option's
     charges: tuple[Charge, ...]
     queued_s: float  # how long it waited before the grant
+    priority: Priority = Priority.BATCH
+    flow: str = ""
+    weight: float = 1.0
+    cost: float = 1.0
+    #: tokens really used, set by the caller before release: corrects the flow's counter
+    used: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +158,15 @@ class BucketState:
 
 
 @dataclass(frozen=True, slots=True)
+class FlowState:
+    """One flow's place in the fair share (``fairness``)."""
+
+    queued: int
+    counter: float  # tokens (or requests) served / weight, as the scheduler compares them
+    served: float  # tokens (or requests) served since the store started
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """A consistent read of the whole store, for status pages and the dispatcher."""
 
@@ -144,6 +177,8 @@ class Snapshot:
     store: str
     degraded: bool = False
     hosts: int = 1
+    #: "<class>:<flow>" -> state; the busiest MAX_REPORTED_FLOWS only (bounded)
+    flows: Mapping[str, FlowState] = field(default_factory=dict)
 
 
 class LimitStore(abc.ABC):

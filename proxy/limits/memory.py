@@ -2,7 +2,8 @@
 
 Atomicity comes free: the event loop runs one callback at a time and nothing here awaits
 between checking a cap and taking a permit. Waiters park on a future; a release (or a bucket
-refill timer) rescans the queue in order and resolves the futures it can serve.
+refill timer) offers the queue's unit heads in fair order (``fairness.FairQueue``) and resolves
+the futures it can serve.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 
 from ..errors import QueueFull, QueueTimeout, RateLimited, ShuttingDown
@@ -18,6 +18,7 @@ from .base import (
     BucketState,
     Charge,
     Demand,
+    Fairness,
     Grant,
     LimitSpec,
     LimitStore,
@@ -27,6 +28,7 @@ from .base import (
     Snapshot,
 )
 from .bucket import TokenBucket
+from .fairness import FairQueue, cost_of
 from .wakeup import EarliestWakeup
 
 #: assumed permit hold time before any release was seen (for retry-after estimates)
@@ -36,12 +38,14 @@ HOLD_EWMA_ALPHA = 0.2
 
 
 class _Waiter:
-    __slots__ = ("demand", "future", "enqueued_at", "touches")
+    __slots__ = ("demand", "enqueued_at", "future", "gone", "seq", "touches")
 
-    def __init__(self, demand: Demand, future: asyncio.Future[Grant], now: float):
+    def __init__(self, demand: Demand, future: asyncio.Future[Grant], now: float, seq: int):
         self.demand = demand
         self.future = future
         self.enqueued_at = now
+        self.seq = seq  # arrival order
+        self.gone = False  # left the queue (granted, gave up)
         #: every resource and bucket this waiter could need (for per-resource queue counts)
         self.touches = _touched(demand)
 
@@ -54,7 +58,7 @@ def _touched(demand: Demand) -> tuple[str, ...]:
 
 
 class MemoryStore(LimitStore):
-    """One process's limits. Never exceeds a cap; serves waiters by priority, then arrival."""
+    """One process's limits. Never exceeds a cap; serves waiters by fair share (``fairness``)."""
 
     name = "memory"
 
@@ -64,7 +68,8 @@ class MemoryStore(LimitStore):
         self._in_flight: dict[str, int] = {}
         now = clock()
         self._buckets = {name: TokenBucket(b, now) for name, b in spec.buckets.items()}
-        self._queues: list[deque[_Waiter]] = [deque() for _ in Priority]
+        self._fair: FairQueue[_Waiter] = FairQueue(spec.fairness, spec.class_weights)
+        self._seq = 0
         self._depth = 0
         self._queued: dict[str, int] = {}
         self._held: dict[str, tuple[Grant, float]] = {}
@@ -84,7 +89,7 @@ class MemoryStore(LimitStore):
         if held is not None:  # the same request asking twice gets the same grant
             return held[0]
         now = self._clock()
-        grant, missing, _ = self._try(demand, self._blocked[demand.priority], now, 0.0)
+        grant, missing, _ = self._try(demand, self._blocked[demand.priority], now, None)
         if grant is not None:
             return grant
 
@@ -102,6 +107,12 @@ class MemoryStore(LimitStore):
                 retry_after_s=self._estimate_wait(demand, now, max_wait),
             )
 
+        if demand.max_wait_s is not None:  # its own bound: refuse now what cannot start in time
+            ahead = self._estimate_wait(demand, now, math.inf, observed_only=True)
+            if ahead > max_wait:
+                raise QueueTimeout(
+                    f"cannot start within its max wait of {max_wait:g}s: the queue ahead "
+                    f"needs about {ahead:.1f}s", retry_after_s=ahead)
         waiter = self._enqueue(demand, now, missing)
         try:
             async with asyncio.timeout(max_wait):
@@ -138,6 +149,8 @@ class MemoryStore(LimitStore):
             return  # released already
         now = self._clock()
         held_for = now - entry[1]
+        if grant.used is not None:
+            self._fair.settle(grant.priority, grant.flow, grant.weight, grant.used - grant.cost)
         for resource in grant.resources:
             left = self._in_flight[resource] - 1
             if not left and resource not in self.spec.caps:
@@ -162,9 +175,12 @@ class MemoryStore(LimitStore):
     # -- the one atomic step ---------------------------------------------------------------
 
     def _try(
-        self, demand: Demand, blocked: set[str], now: float, queued_s: float
+        self, demand: Demand, blocked: set[str], now: float, queued_s: float | None
     ) -> tuple[Grant | None, list[str], float]:
-        """Admit ``demand`` now if everything it needs is free; else say what is missing."""
+        """Admit ``demand`` now if everything it needs is free; else say what is missing.
+
+        ``queued_s`` is None on arrival, else how long the waiter has been queued.
+        """
         missing = [r for r in demand.resources if r in blocked or self._at_cap(r)]
         best: Option | None = None
         best_load = (math.inf, math.inf)
@@ -198,7 +214,10 @@ class MemoryStore(LimitStore):
             bucket = self._buckets.get(charge.bucket)
             if bucket is not None:
                 bucket.take(charge.amount)
-        grant = Grant(demand.request_id, best, resources, demand.charges, queued_s)
+        cost = cost_of(demand, self.spec.fairness)
+        self._fair.charge(demand, cost, queued=queued_s is not None)
+        grant = Grant(demand.request_id, best, resources, demand.charges, queued_s or 0.0,
+                      demand.priority, demand.flow, demand.weight, cost)
         self._held[demand.request_id] = (grant, now)
         return grant, [], 0.0
 
@@ -221,13 +240,16 @@ class MemoryStore(LimitStore):
     # -- the queue ---------------------------------------------------------------------------
 
     def _enqueue(self, demand: Demand, now: float, missing: list[str]) -> _Waiter:
-        waiter = _Waiter(demand, asyncio.get_running_loop().create_future(), now)
-        self._queues[demand.priority].append(waiter)
+        self._seq += 1
+        waiter = _Waiter(demand, asyncio.get_running_loop().create_future(), now, self._seq)
+        self._fair.push(waiter)
         self._depth += 1
         for resource in waiter.touches:
             self._queued[resource] = self._queued.get(resource, 0) + 1
-        # Later arrivals of this priority or lower must not pass it on what it lacks.
-        for p in range(demand.priority, len(self._blocked)):
+        # Later arrivals must not pass it on what it lacks (in fifo order: those of this
+        # priority or lower; in a fair order any class may be owed the next turn).
+        first = demand.priority if self.spec.fairness is Fairness.FIFO else 0
+        for p in range(first, len(self._blocked)):
             self._blocked[p].update(missing)
         if all(m in self._buckets for m in missing):
             self._wakeup.arm(self._bucket_wait(demand.charges, now))
@@ -244,57 +266,71 @@ class MemoryStore(LimitStore):
 
     def _dequeue(self, waiter: _Waiter) -> None:
         """A waiter gave up: drop it, and let those it blocked be reconsidered."""
-        try:
-            self._queues[waiter.demand.priority].remove(waiter)
-        except ValueError:
+        if waiter.gone:
             return
+        self._fair.remove(waiter)
         self._forget(waiter)
         if not self._rescan_pending:
             self._rescan_pending = True
             asyncio.get_running_loop().call_soon(self._scan)
 
     def _scan(self) -> None:
-        """Serve waiters in order; each one not served blocks only what it lacks."""
+        """Serve unit heads in fair order; each one not served blocks only what it lacks."""
         self._rescan_pending = False
         if not self._depth:  # nobody waiting (the common case): nothing to serve or block
             for blocked_set in self._blocked:
                 blocked_set.clear()
-            for queue in self._queues:
-                queue.clear()  # drops waiters that gave up but were not yet forgotten
             return
         now = self._clock()
         blocked: set[str] = set()
+        first_class: dict[str, int] = {}
         next_wake = math.inf
-        for priority, queue in enumerate(self._queues):
-            kept: deque[_Waiter] = deque()
-            for waiter in queue:
-                if waiter.future.done():
-                    self._forget(waiter)
-                    continue
-                grant, missing, wait = self._try(
-                    waiter.demand, blocked, now, now - waiter.enqueued_at
-                )
-                if grant is not None:
-                    self._forget(waiter)
-                    waiter.future.set_result(grant)
-                    continue
-                if wait > 0:
-                    next_wake = min(next_wake, wait)
-                blocked.update(missing)
-                kept.append(waiter)
-            self._queues[priority] = kept
-            self._blocked[priority] = set(blocked)
+
+        def attempt(waiter: _Waiter) -> list[str] | None:
+            nonlocal next_wake
+            if waiter.future.done():  # failed by shutdown, not yet counted out
+                self._forget(waiter)
+                return None
+            grant, missing, wait = self._try(
+                waiter.demand, blocked, now, now - waiter.enqueued_at
+            )
+            if grant is not None:
+                self._forget(waiter)
+                waiter.future.set_result(grant)
+                return None
+            if wait > 0:
+                next_wake = min(next_wake, wait)
+            priority = int(waiter.demand.priority)
+            for name in missing:
+                if name not in blocked:
+                    blocked.add(name)
+                    first_class[name] = priority
+            return missing
+
+        self._fair.serve(attempt)
+        fifo = self.spec.fairness is Fairness.FIFO
+        for p, blocked_set in enumerate(self._blocked):
+            blocked_set.clear()
+            blocked_set.update(n for n, c in first_class.items() if not fifo or c <= p)
         if next_wake < math.inf:
             self._wakeup.arm(next_wake)
 
-    def _estimate_wait(self, demand: Demand, now: float, max_wait: float) -> float:
-        """How long until this demand could likely be served: queue ahead x hold time / cap."""
+    def _estimate_wait(self, demand: Demand, now: float, max_wait: float,
+                       observed_only: bool = False) -> float:
+        """How long until this demand could likely be served: queue ahead x hold time / cap.
+
+        ``observed_only``: count only resources whose hold time was measured (no guesses).
+        """
         estimate = self._bucket_wait(demand.charges, now)
         for resource in _touched(demand):
             cap = self.spec.cap_of(resource)
             if not cap:
                 continue
-            hold = self._hold_ewma.get(resource, DEFAULT_HOLD_S)
+            hold = self._hold_ewma.get(resource)
+            if hold is None:
+                if observed_only:
+                    continue
+                hold = DEFAULT_HOLD_S
             ahead = self._queued.get(resource, 0) + 1
             estimate = max(estimate, hold * ahead / cap)
         return min(max(estimate, 0.001), max_wait)
@@ -305,12 +341,11 @@ class MemoryStore(LimitStore):
         now = self._clock()
         oldest: dict[str, float] = {}
         oldest_any = math.inf
-        for queue in self._queues:
-            for waiter in queue:
-                oldest_any = min(oldest_any, waiter.enqueued_at)
-                for resource in waiter.touches:
-                    if waiter.enqueued_at < oldest.get(resource, math.inf):
-                        oldest[resource] = waiter.enqueued_at
+        for waiter in self._fair.waiters():
+            oldest_any = min(oldest_any, waiter.enqueued_at)
+            for resource in waiter.touches:
+                if waiter.enqueued_at < oldest.get(resource, math.inf):
+                    oldest[resource] = waiter.enqueued_at
         names = dict.fromkeys(self.spec.caps)
         names.update(dict.fromkeys(self._in_flight))
         resources = {
@@ -332,15 +367,15 @@ class MemoryStore(LimitStore):
             queue_depth=self._depth,
             oldest_wait_s=now - oldest_any if oldest_any < math.inf else 0.0,
             store=self.name,
+            flows=self._fair.flow_states(),
         )
 
     async def cancel_waiters(self, reason: Exception) -> int:
         count = 0
-        for queue in self._queues:
-            for waiter in queue:
-                if not waiter.future.done():
-                    waiter.future.set_exception(reason)
-                    count += 1
+        for waiter in list(self._fair.waiters()):
+            if not waiter.future.done():
+                waiter.future.set_exception(reason)
+                count += 1
         return count
 
     async def close(self) -> None:

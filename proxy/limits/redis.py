@@ -5,10 +5,11 @@ Theory of operation
 All decisions run in Lua scripts (``lua/*.lua``; ``lua/lib.lua`` holds the key layout), so a
 decision and the state it changes are one atomic step, with Redis ``TIME`` as the only clock.
 
-- Admit (``admit.lua``): one round trip either grants (fast path) or queues the request in one
-  sorted set ordered by priority class, then arrival, and says which grants-stream position to
-  follow. A release (``release.lua``, one round trip, off the request path) hands permits
-  straight to the next eligible waiter and announces it on the grants stream. One blocking
+- Admit (``admit.lua``): one round trip either grants (fast path) or queues the request in its
+  unit (one flow's waiters needing the same things, see ``fairness``), and says which
+  grants-stream position to follow. A release (``release.lua``, one round trip, off the request
+  path) offers unit heads in fair order, hands permits straight to the next eligible waiter and
+  announces it on the grants stream. One blocking
   XREAD loop per host resolves its waiters' futures: nothing per waiter while queued.
 - Leases: a grant is a lease owned by its host. Each host renews all of its leases with one
   heartbeat per interval (one deadline per host); a host past its deadline is reaped by the
@@ -156,6 +157,7 @@ class RedisStore(LimitStore):
         try:
             fields: dict[Any, Any] = config_fields(self.spec)
             await self._client.hset(self._keys[13], mapping=fields)
+            await self._reader.ping()  # connected now, not when the first waiter queues
             await self._resync()
         except STORE_ERRORS as exc:  # start anyway; the heartbeat keeps trying
             self._enter_degraded(exc)
@@ -222,12 +224,13 @@ class RedisStore(LimitStore):
         self._waiters[rid] = waiter
         encoded = self._encoder.demand(demand)
         max_wait_ms = str(int(max_wait * 1000))
+        own_wait = "" if demand.max_wait_s is None else "1"
         try:
             while True:
                 try:
                     reply = await self._pipe.call(self._scripts.admit, self._keys, [
                         self._epoch, self.host_id, rid, encoded, max_wait_ms,
-                        self._max_depth, self._pause_ms])
+                        self._max_depth, self._pause_ms, own_wait])
                 except STORE_ERRORS as exc:
                     self._orphans[rid] = ("", True)  # it may have run: undo it once Redis answers
                     self._enter_degraded(exc)
@@ -252,6 +255,11 @@ class RedisStore(LimitStore):
                 if kind == "F":
                     raise QueueFull("the shared queue is full",
                                     retry_after_s=float(reply[1]) / 1000)
+                if kind == "T":
+                    wait_s = float(reply[1]) / 1000
+                    raise QueueTimeout(
+                        f"cannot start within its max wait of {max_wait:g}s: the queue ahead "
+                        f"needs about {wait_s:.1f}s", retry_after_s=wait_s)
                 if kind == "X":
                     raise QueueTimeout("this request was withdrawn", retry_after_s=1.0)
                 await self._paused(kind, reply, deadline, max_wait)
@@ -326,7 +334,8 @@ class RedisStore(LimitStore):
                  local: bool = False) -> Grant:
         chosen = demand.options[option - 1]
         grant = Grant(demand.request_id, chosen, demand.resources + chosen.resources,
-                      demand.charges, queued_ms / 1000)
+                      demand.charges, queued_ms / 1000, demand.priority, demand.flow,
+                      demand.weight, demand.cost)
         self._held[demand.request_id] = (grant, option, local)
         return grant
 
@@ -341,9 +350,11 @@ class RedisStore(LimitStore):
             self._local.release_nowait(grant, settle)
         if entry[2]:  # granted locally: Redis never charged it, so charge what it used
             settle = grant.charges + settle
-        await self._release_id(grant.request_id, self._encoder.charges(settle))
+        used = "" if grant.used is None else repr(float(grant.used))
+        await self._release_id(grant.request_id, self._encoder.charges(settle), used=used)
 
-    async def _release_id(self, rid: str, settle: str, refund: bool = False) -> None:
+    async def _release_id(self, rid: str, settle: str, refund: bool = False,
+                          used: str = "") -> None:
         """Release (or withdraw from the queue) one request in Redis, now or once it answers."""
         if self._degraded or self._scripts is None or self._pipe is None or self._shut:
             if not self._shut:
@@ -351,7 +362,7 @@ class RedisStore(LimitStore):
             return
         try:
             reply = await self._pipe.call(self._scripts.release, self._keys, [
-                self.host_id, rid, settle, self._tomb_ms, "1" if refund else ""])
+                self.host_id, rid, settle, self._tomb_ms, "1" if refund else "", used])
         except STORE_ERRORS as exc:
             self._orphans[rid] = (settle, refund)
             self._enter_degraded(exc)
@@ -372,8 +383,11 @@ class RedisStore(LimitStore):
     # -- waking waiters ------------------------------------------------------------------------
 
     def _reading(self) -> bool:
-        """The grants reader runs while this host has waiters in Redis."""
-        return bool(self._waiters) and not self._degraded
+        """The grants reader runs while this host has waiters queued in Redis (an admit still
+        on the wire is not one: a blocking read started for it would outlive it by seconds)."""
+        if self._degraded:
+            return False
+        return any(w.score is not None for w in self._waiters.values())
 
     def _hand_over(self, rid: str, option: int, queued_ms: float) -> None:
         waiter = self._waiters.get(rid)

@@ -21,12 +21,14 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from .base import Charge, Demand, LimitSpec
+from .base import Charge, Demand, Fairness, LimitSpec
 
 KEY_NAMES = (
     "meta", "inflight", "leases", "hosts", "hostn", "tombs", "queue", "waiters", "queued",
-    "blocked", "buckets", "grants", "hold", "config",
+    "blocked", "buckets", "grants", "hold", "config", "units", "fq", "fair",
 )
+#: the fairness mode as the scripts spell it
+FAIRNESS_CODES = {Fairness.TOKENS: "t", Fairness.REQUESTS: "r", Fairness.FIFO: "f"}
 SCRIPT_NAMES = ("admit", "release", "cancel", "scan", "heartbeat", "register", "leave",
                 "snapshot")
 #: bounds the cache of encoded resource parts (resource names can be made at run time)
@@ -78,14 +80,14 @@ class DemandEncoder:
         self._parts: dict[tuple[Any, ...], str] = {}
 
     def demand(self, demand: Demand) -> str:
-        key = (demand.priority, demand.resources, demand.options)
+        key = (demand.priority, demand.resources, demand.options, demand.flow, demand.weight)
         part = self._parts.get(key)
         if part is None:
             part = self._static_part(demand)
             if len(self._parts) >= ENCODED_CACHE_SIZE:
                 self._parts.clear()
             self._parts[key] = part
-        return f'{part},"c":{self.charges(demand.charges) or "[]"}}}'
+        return f'{part},"n":{demand.cost!r},"c":{self.charges(demand.charges) or "[]"}}}'
 
     def _static_part(self, demand: Demand) -> str:
         caps: dict[str, int] = {}
@@ -101,6 +103,10 @@ class DemandEncoder:
             "r": list(demand.resources),
             "o": [list(option.resources) for option in demand.options],
             "k": caps,
+            "f": demand.flow,
+            "w": demand.weight,
+            "cw": self.spec.class_weights.get(demand.priority, 1.0),
+            "m": FAIRNESS_CODES[self.spec.fairness],
         }, separators=(",", ":"))
         # An empty Python dict or list must still decode as a Lua table: JSON gives that.
         return body[:-1]

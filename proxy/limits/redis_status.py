@@ -12,6 +12,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from .base import BucketSpec, BucketState, LimitSpec, ResourceState, Snapshot
+from .fairness import flow_states
 from .redis_scripts import load_script, pairs, pool_keys
 
 
@@ -43,7 +44,17 @@ def snapshot_from_reply(reply: Sequence[Any], spec: LimitSpec, *, degraded: bool
             elapsed_s = max(0.0, now_ms - updated) / 1000
             level = min(bucket.capacity, stored + elapsed_s * bucket.rate_per_s)
         buckets[name] = BucketState(level, bucket.capacity, bucket.rate_per_s)
+    counters: dict[tuple[int, str], float] = {}
+    waiting: dict[tuple[int, str], int] = {}
+    served: dict[tuple[int, str], float] = {}
+    tables: dict[str, dict[tuple[int, str], Any]] = {"f": counters, "n": waiting, "s": served}
+    for field, value in pairs(reply[10] if len(reply) > 10 else []).items():
+        table = tables.get(field[:1])
+        priority, sep, flow = field[1:].partition("\x1f")
+        if table is not None and sep and priority.isdigit():
+            table[(int(priority), flow)] = (int(value) if field[0] == "n" else float(value))
     return Snapshot(
+        flows=flow_states(counters, waiting, served),
         resources=resources,
         buckets=buckets,
         queue_depth=int(reply[1]),

@@ -25,7 +25,7 @@ from loadtest.scenario import (
     scenario_files,
 )
 
-EXPECTED = {"overhead", "streaming", "overload", "priority", "multihost"}
+EXPECTED = {"overhead", "streaming", "overload", "priority", "multihost", "fairness"}
 
 
 def _one_phase(scenario: Scenario, name: str) -> Scenario:
@@ -219,6 +219,19 @@ async def test_multihost_smoke(tmp_path: Path) -> None:
                                 log=lambda _: None)
     assert result.skipped is None
     assert analyze(result).failed == []
+
+
+@pytest.mark.slow
+async def test_fairness_smoke_shares_tokens_by_weight(tmp_path: Path) -> None:
+    """The weighted client (c, weight 2) gets more tokens than a (weight 1, long requests)
+    through the proxy, while fifo hands them out by request count."""
+    result = await run_scenario(load_scenario("fairness"), tmp_path, smoke=True,
+                                log=lambda _: None)
+    findings: Findings = analyze(result)
+    assert findings.failed == []
+    numbers = findings.numbers
+    assert numbers["batch.proxy.c.tokens_per_s"] > numbers["batch.proxy.a.tokens_per_s"]
+    assert numbers["flood.proxy.batch_share"] > numbers["flood.fifo.batch_share"]
 
 
 async def test_multihost_skips_cleanly_without_the_redis_store(tmp_path: Path) -> None:

@@ -2,13 +2,15 @@
 --
 -- KEYS: the pool's keys (see lib.lua).
 -- ARGV: epoch the host knows, host, request id, demand JSON, max wait (ms), max queue depth,
---       recovery pause (ms, used only when this call finds the store empty).
+--       recovery pause (ms, used only when this call finds the store empty), '1' when the max
+--       wait is the request's own (then a wait the queue predicts longer is refused at once).
 -- Replies:
 --   {'G', option, queued_ms}            granted (also when this request was granted already)
 --   {'Q', score, stream_id, wake_ms}    queued; grants after stream_id concern it; wake_ms >= 0
 --                                       when only buckets block it (rescan then)
 --   {'R', wait_ms}                      a bucket could not serve it within max wait: refused
 --   {'F', retry_ms}                     the queue is full: refused
+--   {'T', wait_ms}                      cannot start within the request's own max wait: refused
 --   {'E', epoch, pause_ms}              the store's epoch differs: re-register, then retry
 --   {'P', pause_ms}                     admissions paused while hosts re-register
 --   {'X'}                               this request id was released already (a late retry)
@@ -17,6 +19,7 @@
 
 local epoch_arg, host, rid, raw = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local max_wait, max_depth, pause_ms = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local own_wait = ARGV[8] == '1'
 local now = clock()
 
 -- one read for the meta fields the fast path needs (every call saved is ~3 us of Redis time)
@@ -61,6 +64,7 @@ prefetch_inflight(touched(d))
 local opt, missing, _ = try(d, is_blocked, now)
 if opt then
   take(rid, host, d, opt, now, 0)
+  charge_fair(d, false)
   return {'G', opt, '0'}
 end
 
@@ -68,6 +72,10 @@ local solo = charges_wait(d, now)
 if solo > max_wait then return {'R', fmt(solo)} end
 if redis.call('ZCARD', K.queue) >= max_depth then
   return {'F', fmt(estimate(d, now, max_wait))}
+end
+if own_wait then
+  local ahead = estimate(d, now, math.huge, true)
+  if ahead > max_wait then return {'T', fmt(ahead)} end
 end
 
 local score = next_score(d.p)
@@ -80,8 +88,11 @@ for _, m in ipairs(missing) do
   -- later arrivals of this priority or lower must not pass it on what it lacks
   if not stored[m] then
     stored[m] = true
+    -- fifo: later arrivals of this priority or lower; fair: any class may be owed the turn
+    local mark = d.p
+    if not fifo(d) then mark = 0 end
     local p = redis.call('HGET', K.blocked, m)
-    if p == false or tonumber(p) > d.p then redis.call('HSET', K.blocked, m, d.p) end
+    if p == false or tonumber(p) > mark then redis.call('HSET', K.blocked, m, mark) end
   end
 end
 local wake = -1

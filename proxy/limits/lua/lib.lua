@@ -9,28 +9,44 @@
 --   KEYS[4]  hosts     zset    host -> lease deadline (ms); renewed by the host's heartbeat
 --   KEYS[5]  hostn     hash    host -> how many leases it holds
 --   KEYS[6]  tombs     zset    request id -> expiry (ms): released, never to be re-registered
---   KEYS[7]  queue     zset    request id -> priority * PRIORITY_SPAN + arrival (us)
---   KEYS[8]  waiters   hash    request id -> JSON {h, t, x, u, d} (host, enqueued ms,
---                              deadline ms, resources it touches, demand)
+--   KEYS[7]  queue     zset    request id -> priority * PRIORITY_SPAN + arrival (us): depth,
+--                              arrival order (kept across data loss by register.lua)
+--   KEYS[8]  waiters   hash    request id -> JSON {h, t, x, u, g, m, d} (host, enqueued ms,
+--                              deadline ms, resources it touches, its unit, its fq member,
+--                              demand)
 --   KEYS[9]  queued    hash    resource -> waiters that could need it
 --   KEYS[10] blocked   hash    resource -> lowest priority class with a waiter lacking it
 --   KEYS[11] buckets   hash    bucket -> "level updated_ms"
 --   KEYS[12] grants    stream  hand-offs to queued waiters: h host, r request id, o option, q ms
 --   KEYS[13] hold      hash    resource -> average permit hold time (ms), for retry-after
 --   KEYS[14] config    hash    caps and bucket specs, for readers that run no proxy
+--   KEYS[15] units     hash    unit -> waiters in it. A unit is "priority US flow US needs"
+--                              (US = \31; needs: every resource and bucket, comma-joined):
+--                              its waiters need the same things, so only its head matters
+--   KEYS[16] fq        zset    every waiter, score 0, member "unit RS score RS request id"
+--                              (RS = \30, score zero-padded): a unit's head is one
+--                              ZRANGEBYLEX ... LIMIT 0 1, O(log n) at any queue length
+--   KEYS[17] fair      hash    the fair-share counters (proxy/limits/fairness.py):
+--                              f<p>US<flow> counter, n<p>US<flow> waiting, s<p>US<flow> tokens
+--                              served, c<p> class counter, k<p> class waiting, v<p> virtual
+--                              time of class p, V virtual time between classes
 --
 -- Invariant kept by every script: inflight[r] is the number of leases listing r. Counts only
 -- change together with the lease that explains them, inside one script.
 --
 -- A demand (JSON from the host) is {p: priority, r: [resources], o: [[option resources]...],
--- c: [[bucket, amount, capacity, rate_per_s]...], k: {resource: cap}}: caps and bucket specs
--- travel with the demand, so a queued waiter carries everything a later hand-off must check.
+-- c: [[bucket, amount, capacity, rate_per_s]...], k: {resource: cap}, f: flow, w: flow weight,
+-- cw: class weight, m: fairness ('t' tokens, 'r' requests, 'f' fifo), n: cost (tokens)}: caps,
+-- bucket specs and weights travel with the demand, so a queued waiter carries everything a
+-- later hand-off must check.
 
 local K = {
   meta = KEYS[1], inflight = KEYS[2], leases = KEYS[3], hosts = KEYS[4], hostn = KEYS[5],
   tombs = KEYS[6], queue = KEYS[7], waiters = KEYS[8], queued = KEYS[9], blocked = KEYS[10],
   buckets = KEYS[11], grants = KEYS[12], hold = KEYS[13], config = KEYS[14],
+  units = KEYS[15], fq = KEYS[16], fair = KEYS[17],
 }
+local US, RS = '\31', '\30'
 
 local PRIORITY_SPAN = 4e15  -- above any arrival time in us until the year 2096
 local HOLD_DEFAULT_MS = 1000
@@ -40,6 +56,8 @@ local STREAM_MAXLEN = 10000
 local EXPIRED_WAITER_GRACE_MS = 5000
 
 local NOW_US = 0
+-- the fair hash is pruned past this many fields (see charge_fair)
+local FAIR_FIELDS_MAX = 12288
 
 -- Redis TIME is the only clock: hosts' clocks never enter a decision.
 local function clock()
@@ -209,7 +227,9 @@ local function take(rid, host, d, opt, now, queued_ms)
   for _, r in ipairs(d.o[opt]) do held[#held + 1] = r end
   for _, r in ipairs(held) do add_inflight(r, 1) end
   for _, c in ipairs(d.c) do charge(c, now) end
-  redis.call('HSET', K.leases, rid, cjson.encode({host, now, held, opt, queued_ms, d.c}))
+  -- [7]: what the release needs to correct the fair-share counters with the real usage
+  local fair = {d.p, d.f or '', d.w or 1, d.cw or 1, d.n or 1, d.m or 't'}
+  redis.call('HSET', K.leases, rid, cjson.encode({host, now, held, opt, queued_ms, d.c, fair}))
   redis.call('HINCRBY', K.hostn, host, 1)
 end
 
@@ -246,18 +266,142 @@ local function next_score(priority)
   return priority * PRIORITY_SPAN + us
 end
 
+-- -- fair share (mirrors proxy/limits/fairness.py) --------------------------------------------
+
+local function fifo(d) return d.m == 'f' end
+
+local function cost_of(d)
+  if d.m == 't' then return d.n or 1 end
+  return 1
+end
+
+local function flow_of(d)
+  if fifo(d) then return '' end
+  return d.f or ''
+end
+
+local function needs_of(d)
+  local out = touched(d)
+  for _, c in ipairs(d.c) do out[#out + 1] = c[1] end
+  return table.concat(out, ',')
+end
+
+local function unit_of(d)
+  return tostring(d.p) .. US .. flow_of(d) .. US .. needs_of(d)
+end
+
+local function fnum(field, default)
+  return num(redis.call('HGET', K.fair, field), default)
+end
+
+-- A flow at or behind its class's virtual time would be lifted anyway: nothing to remember.
+local function forget_if_idle(p, flow)
+  local fkey = 'f' .. p .. US .. flow
+  if fnum(fkey, 0) <= fnum('v' .. p, 0) then redis.call('HDEL', K.fair, fkey) end
+end
+
+-- A waiter comes in; a flow (or class) back from idle is lifted: no banked credit.
+local function join(d)
+  local p, flow = d.p, flow_of(d)
+  if redis.call('HINCRBY', K.fair, 'n' .. p .. US .. flow, 1) == 1 then
+    local fkey = 'f' .. p .. US .. flow
+    local lifted = math.max(fnum(fkey, 0), fnum('v' .. p, 0))
+    redis.call('HSET', K.fair, fkey, string.format('%.17g', lifted))
+  end
+  if redis.call('HINCRBY', K.fair, 'k' .. p, 1) == 1 then
+    local lifted = math.max(fnum('c' .. p, 0), fnum('V', 0))
+    redis.call('HSET', K.fair, 'c' .. p, string.format('%.17g', lifted))
+  end
+end
+
+local function leave(d)
+  local p, flow = d.p, flow_of(d)
+  local nkey = 'n' .. p .. US .. flow
+  if redis.call('HINCRBY', K.fair, nkey, -1) <= 0 then
+    redis.call('HDEL', K.fair, nkey)
+    forget_if_idle(p, flow)
+  end
+  if redis.call('HINCRBY', K.fair, 'k' .. p, -1) <= 0 then redis.call('HDEL', K.fair, 'k' .. p) end
+end
+
+-- A grant charges its flow and class (``queued``: served from the queue, which moves the
+-- virtual times). Returns nothing; one HMGET and one HSET.
+local function charge_fair(d, queued)
+  if fifo(d) then return end
+  local p, flow = d.p, flow_of(d)
+  local fkey, skey, ckey = 'f' .. p .. US .. flow, 's' .. p .. US .. flow, 'c' .. p
+  local v = redis.call('HMGET', K.fair, fkey, 'v' .. p, skey, ckey, 'n' .. p .. US .. flow)
+  local counter = num(v[1], nil) or num(v[2], 0)
+  local class_counter = num(v[4], 0)
+  local cost = cost_of(d)
+  local fields = {}
+  if queued then
+    fields = {'v' .. p, string.format('%.17g', counter), 'V', string.format('%.17g', class_counter)}
+  end
+  local idle = not queued and v[5] == false and counter + cost / (d.w or 1) <= num(v[2], 0)
+  if not idle then
+    fields[#fields + 1] = fkey
+    fields[#fields + 1] = string.format('%.17g', counter + cost / (d.w or 1))
+  end
+  fields[#fields + 1] = skey
+  fields[#fields + 1] = string.format('%.17g', num(v[3], 0) + cost)
+  fields[#fields + 1] = ckey
+  fields[#fields + 1] = string.format('%.17g', class_counter + cost / (d.cw or 1))
+  redis.call('HSET', K.fair, unpack(fields))
+  -- bounded: past FAIR_FIELDS_MAX (many distinct flows), forget tokens served and the
+  -- counters of flows with nobody waiting (once per that many new flows: O(1) amortized)
+  if redis.call('HLEN', K.fair) > FAIR_FIELDS_MAX then
+    local names = redis.call('HKEYS', K.fair)
+    local waiting = {}
+    for _, name in ipairs(names) do
+      if string.sub(name, 1, 1) == 'n' then waiting[string.sub(name, 2)] = true end
+    end
+    for _, name in ipairs(names) do
+      local kind = string.sub(name, 1, 1)
+      if kind == 's' or (kind == 'f' and not waiting[string.sub(name, 2)]) then
+        redis.call('HDEL', K.fair, name)
+      end
+    end
+  end
+end
+
+-- The release knows the real usage: move the counters by (used - reserved).
+local function settle_fair(fair, used)
+  if not fair or fair[6] ~= 't' then return end
+  local delta = used - fair[5]
+  if delta == 0 then return end
+  local p, flow = fair[1], fair[2]
+  local fkey = 'f' .. p .. US .. flow
+  if redis.call('HEXISTS', K.fair, fkey) == 1 then
+    redis.call('HINCRBYFLOAT', K.fair, fkey, string.format('%.17g', delta / fair[3]))
+  end
+  redis.call('HINCRBYFLOAT', K.fair, 'c' .. p, string.format('%.17g', delta / fair[4]))
+  redis.call('HINCRBYFLOAT', K.fair, 's' .. p .. US .. flow, string.format('%.17g', delta))
+end
+
 -- Queue a waiter; ``raw`` is the demand's JSON exactly as the host sent it.
 local function add_waiter(rid, host, d, raw, score, enqueued, deadline)
   local u = touched(d)
-  local head = cjson.encode({h = host, t = enqueued, x = deadline, u = u})
+  local g = unit_of(d)
+  local m = g .. RS .. string.format('%020.0f', score) .. RS .. rid
+  local head = cjson.encode({h = host, t = enqueued, x = deadline, u = u, g = g, m = m})
   redis.call('HSET', K.waiters, rid, string.sub(head, 1, -2) .. ',"d":' .. raw .. '}')
   redis.call('ZADD', K.queue, string.format('%.0f', score), rid)
+  redis.call('ZADD', K.fq, 0, m)
+  redis.call('HINCRBY', K.units, g, 1)
+  join(d)
   for _, r in ipairs(u) do redis.call('HINCRBY', K.queued, r, 1) end
 end
 
 local function drop_waiter(rid, w)
   redis.call('ZREM', K.queue, rid)
   redis.call('HDEL', K.waiters, rid)
+  if w.m then
+    if redis.call('ZREM', K.fq, w.m) == 1 then
+      if redis.call('HINCRBY', K.units, w.g, -1) <= 0 then redis.call('HDEL', K.units, w.g) end
+      leave(w.d)
+    end
+  end
   for _, r in ipairs(w.u) do
     if redis.call('HINCRBY', K.queued, r, -1) <= 0 then redis.call('HDEL', K.queued, r) end
   end
@@ -275,43 +419,137 @@ local function stream_last_id()
   return last[1][1]
 end
 
--- Serve waiters in order (priority, then arrival); each one not served blocks only what it
--- lacks for those behind it. Mirrors MemoryStore._scan. Returns ms until a bucket-blocked
--- waiter could be served (or nil). Skipped during a recovery pause (marked for later).
+-- The head of unit ``g``: its fq member, its score and its request id (or nil: empty).
+local function unit_head(g)
+  local first = redis.call('ZRANGEBYLEX', K.fq, '[' .. g .. RS, '(' .. g .. '\31', 'LIMIT', 0, 1)
+  if #first == 0 then return nil end
+  local m = first[1]
+  local score, rid = string.match(string.sub(m, #g + 2), '^(%d+)\30(.*)$')
+  return m, tonumber(score), rid
+end
+
+-- Serve unit heads in fair order (fairness.py: the class with the smallest counter, then the
+-- flow with the smallest counter, then the oldest head; fifo: priority, then arrival). Each
+-- head not served blocks what it lacks for every unit after it, and its unit sits the round
+-- out. Cost: O(units + grants), not O(waiters). Mirrors FairQueue.serve + MemoryStore._scan.
+-- Returns ms until a bucket-blocked waiter could be served (or nil). Skipped during a
+-- recovery pause (marked for later).
 local function scan(now)
   if pause_left(now) > 0 then
     redis.call('HSET', K.meta, 'rescan', '1')
     return nil
   end
   redis.call('HDEL', K.meta, 'rescan')
+  local flat = redis.call('HGETALL', K.units)
+  local by_class = {}
+  for i = 1, #flat, 2 do
+    local g = flat[i]
+    local p, flow = string.match(g, '^(%d+)\31([^\31]*)\31')
+    p = tonumber(p)
+    if by_class[p] == nil then by_class[p] = {} end
+    local list = by_class[p]
+    list[#list + 1] = {g = g, p = p, flow = flow}
+  end
   local blocked, first_priority = {}, {}
   local function is_blocked(name) return blocked[name] == true end
   local next_wake = nil
-  for _, rid in ipairs(redis.call('ZRANGE', K.queue, 0, -1)) do
-    local raw = redis.call('HGET', K.waiters, rid)
-    if not raw then
-      redis.call('ZREM', K.queue, rid)
-    else
-      local w = cjson.decode(raw)
-      if w.x + EXPIRED_WAITER_GRACE_MS < now then
-        drop_waiter(rid, w)
+  local counters, class_counters = {}, {}
+  local is_fifo = nil
+  local function flow_counter(p, flow)
+    local key = p .. US .. flow
+    local c = counters[key]
+    if c == nil then
+      c = fnum('f' .. key, 0)
+      counters[key] = c
+    end
+    return c
+  end
+  local function class_counter(p)
+    local c = class_counters[p]
+    if c == nil then
+      c = fnum('c' .. p, 0)
+      class_counters[p] = c
+    end
+    return c
+  end
+  -- load a unit's head (and its waiter); false when the unit is empty
+  local function load(unit)
+    while true do
+      local m, score, rid = unit_head(unit.g)
+      if m == nil then
+        redis.call('HDEL', K.units, unit.g)
+        return false
+      end
+      local raw = redis.call('HGET', K.waiters, rid)
+      if not raw then
+        redis.call('ZREM', K.fq, m)  -- its waiter went without its fq entry: drop the entry
       else
-        local opt, missing, wait = try(w.d, is_blocked, now)
-        if opt then
+        local w = cjson.decode(raw)
+        if w.x + EXPIRED_WAITER_GRACE_MS < now then
           drop_waiter(rid, w)
-          local queued_ms = now - w.t
-          take(rid, w.h, w.d, opt, now, queued_ms)
-          redis.call('XADD', K.grants, 'MAXLEN', '~', STREAM_MAXLEN, '*',
-            'h', w.h, 'r', rid, 'o', opt, 'q', string.format('%.3f', queued_ms))
         else
-          if wait > 0 and (next_wake == nil or wait < next_wake) then next_wake = wait end
-          for _, m in ipairs(missing) do
-            if not blocked[m] then
-              blocked[m] = true
-              first_priority[m] = w.d.p
-            end
+          unit.rid, unit.w, unit.score = rid, w, score
+          if is_fifo == nil then is_fifo = fifo(w.d) end
+          return true
+        end
+      end
+    end
+  end
+  while true do
+    local best_p, best_pkey = nil, nil
+    for p, list in pairs(by_class) do
+      if #list > 0 then
+        local key
+        if is_fifo then key = p else key = class_counter(p) end
+        if best_p == nil or key < best_pkey or (key == best_pkey and p < best_p) then
+          best_p, best_pkey = p, key
+        end
+      end
+    end
+    if best_p == nil then break end
+    local list = by_class[best_p]
+    local best_i, best_c, best_s = nil, nil, nil
+    local i = 1
+    while i <= #list do
+      local unit = list[i]
+      if unit.w == nil and not load(unit) then
+        table.remove(list, i)
+      else
+        local c = 0
+        if not is_fifo then c = flow_counter(unit.p, unit.flow) end
+        if best_i == nil or c < best_c or (c == best_c and unit.score < best_s) then
+          best_i, best_c, best_s = i, c, unit.score
+        end
+        i = i + 1
+      end
+    end
+    if best_i ~= nil then
+      local unit = list[best_i]
+      local w, rid = unit.w, unit.rid
+      local opt, missing, wait = try(w.d, is_blocked, now)
+      if opt then
+        drop_waiter(rid, w)
+        local queued_ms = now - w.t
+        take(rid, w.h, w.d, opt, now, queued_ms)
+        charge_fair(w.d, true)
+        if not is_fifo then
+          local key = unit.p .. US .. unit.flow
+          counters[key] = nil
+          class_counters[unit.p] = nil
+        end
+        redis.call('XADD', K.grants, 'MAXLEN', '~', STREAM_MAXLEN, '*',
+          'h', w.h, 'r', rid, 'o', opt, 'q', string.format('%.3f', queued_ms))
+        unit.w, unit.rid, unit.score = nil, nil, nil
+      else
+        if wait > 0 and (next_wake == nil or wait < next_wake) then next_wake = wait end
+        for _, name in ipairs(missing) do
+          if not blocked[name] then
+            blocked[name] = true
+            -- fifo: later arrivals of this priority or lower wait behind it; fair: all do
+            if is_fifo then first_priority[name] = w.d.p else first_priority[name] = 0 end
           end
         end
+        table.remove(list, best_i)  -- holds its turn: nobody behind it in the unit passes
       end
     end
   end
@@ -331,15 +569,19 @@ local function scan(now)
 end
 
 -- Expected wait before ``d`` could be served: queue ahead x hold time / cap, or the bucket.
-local function estimate(d, now, max_wait)
+-- ``observed_only``: count only resources whose hold time was measured (no guesses).
+local function estimate(d, now, max_wait, observed_only)
   local est = charges_wait(d, now)
   for _, r in ipairs(touched(d)) do
     local cap = d.k[r]
     if cap and cap > 0 then
-      local hold = num(redis.call('HGET', K.hold, r), HOLD_DEFAULT_MS)
-      local ahead = num(redis.call('HGET', K.queued, r), 0) + 1
-      local e = hold * ahead / cap
-      if e > est then est = e end
+      local hold = num(redis.call('HGET', K.hold, r), nil)
+      if hold == nil and not observed_only then hold = HOLD_DEFAULT_MS end
+      if hold ~= nil then
+        local ahead = num(redis.call('HGET', K.queued, r), 0) + 1
+        local e = hold * ahead / cap
+        if e > est then est = e end
+      end
     end
   end
   return math.min(math.max(est, 1), max_wait)

@@ -3,7 +3,8 @@
 -- KEYS: the pool's keys (see lib.lua).
 -- ARGV: host, request id, settle JSON ([[bucket, amount, capacity, rate_per_s]...] or ''),
 --       tombstone lifetime (ms), refund ('1': the host never used this grant, e.g. the
---       admit's answer was lost; give its charges back too).
+--       admit's answer was lost; give its charges back too), tokens really used ('' unknown:
+--       corrects the flow's fair-share counter).
 -- Also forgets a request still queued (a waiter whose host gave up on it), so one call cleans
 -- up whatever state a request left.
 -- Replies: {'OK', wake_ms} (wake_ms >= 0: rescan then for bucket waiters), {'D'} if done before.
@@ -12,6 +13,7 @@
 -- wire from re-registering the lease.
 
 local host, rid, settle, tomb_ms, refund = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local used = tonumber(ARGV[6] or '')
 local now = clock()
 if redis.call('ZADD', K.tombs, 'NX', fmt(now + tomb_ms), rid) == 0 then return {'D'} end
 
@@ -20,6 +22,7 @@ local dropped_waiter = false
 if lease then
   lease = cjson.decode(lease)
   drop_lease(rid, lease, now, refund ~= '1')
+  if used then settle_fair(lease[7], used) end
   if refund == '1' and lease[6] then
     for _, c in ipairs(lease[6]) do charge({c[1], -c[2], c[3], c[4]}, now) end
   end

@@ -3,7 +3,8 @@
 -- KEYS: the pool's keys (see lib.lua).  ARGV: none.  Writes nothing.
 -- Replies: {now_ms, queue_depth, oldest_wait_ms, live_hosts, pause_ms,
 --           inflight (flat pairs), queued (flat pairs), oldest wait per resource (flat pairs),
---           buckets (flat pairs of "level updated_ms"), config (flat pairs)}
+--           buckets (flat pairs of "level updated_ms"), config (flat pairs),
+--           fair-share counters (flat pairs, see lib.lua)}
 -- In-flight counts leave out the leases of hosts past their deadline (not yet reaped), so a
 -- reader sees what the next heartbeat will leave.
 
@@ -52,4 +53,5 @@ return {
   redis.call('ZCOUNT', K.hosts, fmt(now), '+inf'), fmt(pause_left(now)),
   inflight_out, redis.call('HGETALL', K.queued), oldest_out,
   redis.call('HGETALL', K.buckets), redis.call('HGETALL', K.config),
+  redis.call('HGETALL', K.fair),
 }

@@ -1,0 +1,270 @@
+"""Fair share of the queue: weighted virtual token counters between flows and between classes.
+
+Theory of operation
+-------------------
+A *flow* is who is served: the client, or the attribution value under a client
+(``Demand.flow``), so agent profiles sharing one key share fairly. A *class* is the priority
+class (interactive, batch). Waiters are kept in *units*: one FIFO per (class, flow, needs),
+where "needs" is every resource and bucket the demand could touch. All waiters of a unit need
+the same things, so when a unit's head cannot be served, nobody behind it in the unit could be
+served without passing it: a release looks only at unit heads, never at the whole queue.
+
+Who goes next (``Fairness.TOKENS``, after the Virtual Token Counter of Sheng et al., "Fairness
+in Serving Large Language Models", OSDI 2024):
+
+1. Each backlogged class has a counter: tokens served / class weight
+   (``queue.class_weights``, default interactive 9, batch 1). The class with the smallest
+   counter goes next; when one class is idle the other takes everything (work-conserving).
+2. Within the class, each flow has a counter: tokens served / flow weight
+   (``clients.<name>.weight``). The unit whose flow has the smallest counter goes next; ties go
+   to the oldest head.
+3. A grant charges its reservation (prompt estimate + max tokens) to both counters at once;
+   the release corrects them with the real usage (``Grant.used``), so a client sending long
+   requests is charged for them, not for the number of requests.
+4. No banked credit: a flow (or class) that was idle is lifted to the class's *virtual time*,
+   the counter of the flow last served from the queue (the smallest backlogged one then), when
+   it queues again. Lifting happens only on the way in, so an idle flow costs nothing.
+5. No barging, no deadlock: a head that cannot be served blocks what it lacks for every unit
+   after it in this round (its turn for that resource is kept), and its unit sits the round
+   out; units needing none of it go ahead. Nothing is held while waiting.
+
+``Fairness.REQUESTS`` is the same with every request costing 1. ``Fairness.FIFO`` is the old
+order: strict priority, then arrival (flows and weights are ignored).
+
+Cost: a round costs O(units + grants) (units: distinct flows x routes, not waiters).
+The Redis store runs the same rules in ``lua/lib.lua``; one contract test covers both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Generic, Protocol, TypeVar
+
+from .base import DEFAULT_CLASS_WEIGHTS, Demand, Fairness, FlowState, Priority
+
+#: flows a snapshot reports (the most queued, then the most served)
+MAX_REPORTED_FLOWS = 100
+#: flows remembered while idle (those ahead of virtual time); the oldest are forgotten beyond
+MAX_IDLE_FLOWS = 4096
+
+
+class Queued(Protocol):
+    """What the queue needs of a waiter."""
+
+    demand: Demand
+    seq: int
+    gone: bool
+
+
+W = TypeVar("W", bound=Queued)
+
+
+def needs_of(demand: Demand) -> tuple[str, ...]:
+    """Every resource and bucket a demand could touch, in a stable order."""
+    seen = dict.fromkeys(demand.resources)
+    for option in demand.options:
+        seen.update(dict.fromkeys(option.resources))
+    seen.update(dict.fromkeys(c.bucket for c in demand.charges))
+    return tuple(seen)
+
+
+def flow_states(counters: Mapping[tuple[int, str], float], waiting: Mapping[tuple[int, str], int],
+                served: Mapping[tuple[int, str], float]) -> dict[str, FlowState]:
+    """The busiest flows as "<class>:<flow>" -> state, at most MAX_REPORTED_FLOWS."""
+    keys = {k for k in (*counters, *waiting, *served) if k[1]}
+    busiest = sorted(keys, key=lambda k: (-waiting.get(k, 0), -served.get(k, 0.0)))
+    return {
+        f"{Priority(p).name.lower()}:{flow}": FlowState(
+            waiting.get((p, flow), 0), round(counters.get((p, flow), 0.0), 3),
+            round(served.get((p, flow), 0.0), 1))
+        for p, flow in busiest[:MAX_REPORTED_FLOWS]
+    }
+
+
+def cost_of(demand: Demand, mode: Fairness) -> float:
+    return demand.cost if mode is Fairness.TOKENS else 1.0
+
+
+class _Unit(Generic[W]):
+    __slots__ = ("flow", "key", "live", "priority", "waiters")
+
+    def __init__(self, key: tuple[int, str, tuple[str, ...]], priority: Priority, flow: str):
+        self.key = key
+        self.priority = priority
+        self.flow = flow
+        self.waiters: deque[W] = deque()
+        self.live = 0  # waiters not gone
+
+
+class FairQueue(Generic[W]):
+    """Units of waiters and the counters that order them (the memory store's queue)."""
+
+    def __init__(self, mode: Fairness = Fairness.TOKENS,
+                 class_weights: Mapping[Priority, float] | None = None):
+        self.mode = mode
+        weights = dict(DEFAULT_CLASS_WEIGHTS)
+        weights.update(class_weights or {})
+        self.class_weights = {p: float(weights.get(p, 1.0)) for p in Priority}
+        self._units: dict[tuple[int, str, tuple[str, ...]], _Unit[W]] = {}
+        #: (class, flow) -> counter; (class, flow) -> waiters queued
+        self.counters: dict[tuple[int, str], float] = {}
+        self._waiting: dict[tuple[int, str], int] = {}
+        self.class_counters = [0.0 for _ in Priority]
+        self._class_waiting = [0 for _ in Priority]
+        #: per class: the counter of the flow last served from the queue
+        self.vtime = [0.0 for _ in Priority]
+        self._class_vtime = 0.0
+        #: tokens (or requests) served per flow since start, for status and metrics
+        self.served: dict[tuple[int, str], float] = {}
+
+    def _flow_of(self, demand: Demand) -> str:
+        return "" if self.mode is Fairness.FIFO else demand.flow
+
+    # -- in and out ----------------------------------------------------------------------------
+
+    def push(self, waiter: W) -> None:
+        demand = waiter.demand
+        flow = self._flow_of(demand)
+        key = (int(demand.priority), flow, needs_of(demand))
+        unit = self._units.get(key)
+        if unit is None:
+            unit = self._units[key] = _Unit[W](key, demand.priority, flow)
+        unit.waiters.append(waiter)
+        unit.live += 1
+        self._join(demand.priority, flow)
+
+    def _join(self, priority: Priority, flow: str) -> None:
+        """Count a waiter in; a flow or class coming back from idle is lifted (no banked credit)."""
+        fkey = (int(priority), flow)
+        count = self._waiting.get(fkey, 0)
+        if count == 0:
+            self.counters[fkey] = max(self.counters.get(fkey, 0.0), self.vtime[priority])
+        self._waiting[fkey] = count + 1
+        if self._class_waiting[priority] == 0:
+            self.class_counters[priority] = max(self.class_counters[priority], self._class_vtime)
+        self._class_waiting[priority] += 1
+
+    def _leave(self, priority: Priority, flow: str) -> None:
+        fkey = (int(priority), flow)
+        left = self._waiting[fkey] - 1
+        if left:
+            self._waiting[fkey] = left
+        else:
+            del self._waiting[fkey]
+            self._forget_if_idle(fkey)
+        self._class_waiting[priority] -= 1
+
+    def _forget_if_idle(self, fkey: tuple[int, str]) -> None:
+        # A flow at or behind virtual time would be lifted anyway: nothing to remember.
+        if self.counters.get(fkey, 0.0) <= self.vtime[fkey[0]]:
+            self.counters.pop(fkey, None)
+        elif len(self.counters) > MAX_IDLE_FLOWS + len(self._waiting):
+            for old in [k for k in self.counters if k not in self._waiting]:
+                del self.counters[old]
+
+    def remove(self, waiter: W) -> None:
+        """A waiter gave up (timed out, cancelled): count it out; its entry is skipped later."""
+        if waiter.gone:
+            return
+        waiter.gone = True
+        demand = waiter.demand
+        flow = self._flow_of(demand)
+        unit = self._units.get((int(demand.priority), flow, needs_of(demand)))
+        if unit is not None:
+            unit.live -= 1
+            if unit.live == 0:
+                del self._units[unit.key]
+        self._leave(demand.priority, flow)
+
+    def __len__(self) -> int:
+        return sum(self._class_waiting)
+
+    def flow_states(self) -> dict[str, FlowState]:
+        return flow_states(self.counters, self._waiting, self.served)
+
+    def waiters(self) -> Iterable[W]:
+        for unit in self._units.values():
+            for waiter in unit.waiters:
+                if not waiter.gone:
+                    yield waiter
+
+    # -- charging ----------------------------------------------------------------------------------
+
+    def charge(self, demand: Demand, cost: float, queued: bool) -> None:
+        """A grant: charge its flow and class (``queued``: served from the queue)."""
+        if self.mode is Fairness.FIFO:
+            return
+        fkey = (int(demand.priority), demand.flow)
+        counter = self.counters.get(fkey)
+        if counter is None:  # served at once, not backlogged: start at virtual time
+            counter = self.vtime[demand.priority]
+        if queued:
+            self.vtime[demand.priority] = counter
+            self._class_vtime = self.class_counters[demand.priority]
+        self.counters[fkey] = counter + cost / max(demand.weight, 1e-9)
+        self.class_counters[demand.priority] += cost / self.class_weights[demand.priority]
+        self.served[fkey] = self.served.get(fkey, 0.0) + cost
+        if not queued and fkey not in self._waiting:
+            self._forget_if_idle(fkey)
+
+    def settle(self, priority: Priority, flow: str, weight: float, delta: float) -> None:
+        """The real usage differs from the reservation by ``delta`` tokens."""
+        if self.mode is not Fairness.TOKENS or not delta:
+            return
+        fkey = (int(priority), flow)
+        if fkey in self.counters:
+            self.counters[fkey] += delta / max(weight, 1e-9)
+        self.class_counters[priority] += delta / self.class_weights[priority]
+        self.served[fkey] = max(0.0, self.served.get(fkey, 0.0) + delta)
+        if len(self.served) > MAX_IDLE_FLOWS:
+            self.served.clear()
+
+    # -- serving -----------------------------------------------------------------------------------
+
+    def serve(self, attempt: Callable[[W], list[str] | None]) -> None:
+        """One round: offer unit heads in fair order to ``attempt``.
+
+        ``attempt(waiter)`` returns None when it granted the waiter (it leaves the queue), or
+        what the waiter lacks: its unit then sits out the rest of the round.
+        """
+        if not self._units:
+            return
+        by_class: list[list[_Unit[W]]] = [[] for _ in Priority]
+        for unit in self._units.values():
+            by_class[unit.priority].append(unit)
+        fifo = self.mode is Fairness.FIFO
+        while True:
+            live = [p for p in Priority if by_class[p]]
+            if not live:
+                return
+            if fifo:
+                priority = live[0]
+            else:
+                priority = min(live, key=lambda p: (self.class_counters[p], p))
+            units = by_class[priority]
+            unit = min(units, key=self._unit_order)
+            head = unit.waiters[0]
+            if head.gone:
+                unit.waiters.popleft()
+                if not unit.waiters:
+                    units.remove(unit)
+                continue
+            if attempt(head) is not None:
+                units.remove(unit)  # holds its turn: nobody behind it in the unit passes
+                continue
+            unit.waiters.popleft()
+            head.gone = True
+            unit.live -= 1
+            if unit.live == 0:
+                self._units.pop(unit.key, None)
+                units.remove(unit)
+            self._leave(unit.priority, unit.flow)
+
+    def _unit_order(self, unit: _Unit[W]) -> tuple[float, int]:
+        head = unit.waiters[0]
+        if self.mode is Fairness.FIFO:
+            return (0.0, -1 if head.gone else head.seq)
+        counter = self.counters.get((int(unit.priority), unit.flow), 0.0)
+        return (-math.inf if head.gone else counter, head.seq)

@@ -1,0 +1,445 @@
+"""One keep-alive connection to an upstream: exactly one final response per request.
+
+Theory of operation. An ``UpstreamConnection`` is an asyncio protocol that serves one request
+at a time; ``Exchange`` says where it is, and every parser callback first asks that::
+
+    IDLE --send--> AWAITING --1xx head--> INTERIM --its end--> AWAITING   (1xx skipped)
+                   AWAITING --final head--> BODY --end of message--> DONE --finish--> IDLE
+    any state --error, leftover bytes, reset, timeout, abort--> CLOSED
+
+Only the final head of the exchange becomes the ``UpstreamResponse``: interim answers (100,
+102, 103 Early Hints) are read and dropped, trailers never join the headers, and anything
+after the final message -- a second response, garbage, a byte on an idle connection -- is
+never parsed into an answer: the parser is stopped at the first such byte and the connection
+is closed instead of pooled. That is what keeps one client's bytes from reaching another on a
+reused connection. A body delimited by the connection closing ends cleanly only on a FIN; a
+reset cuts it (the relay then ends the stream with an error event).
+
+Bounds: the head (all interim heads and the final one) is at most ``MAX_HEAD_BYTES`` and
+``MAX_HEADERS`` fields; a body read whole (``UpstreamResponse.read``, not pumped to a
+client) is at most ``max_body_bytes``. Past either the exchange fails with a 502 and the
+connection closes, so the proxy never holds more than one read beyond the bound.
+
+The body is queued for ``read`` (reading pauses past ``HIGH_WATER`` queued bytes) or, once a
+relay calls ``pump``, handed to its sink from the parser callback itself, so a streamed chunk
+reaches the client without a task switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import httptools
+from multidict import CIMultiDict
+
+from .errors import UpstreamError, UpstreamTimeout
+from .flow_control import FlowControl, ReadPause
+from .upstream_framing import (
+    MAX_HEAD_BYTES,
+    MAX_HEADERS,
+    MAX_INTERIM,
+    NO_BODY_STATUS,
+    Exchange,
+    framing_doubt,
+)
+from .upstream_response import UpstreamResponse
+
+log = logging.getLogger("llm_throttle.upstream")
+
+HIGH_WATER = 1 << 20
+class StaleConnection(Exception):
+    """A reused connection closed after the request was written, before any answer byte."""
+
+
+class _StopParsing(Exception):
+    """Raised in a parser callback to stop at a byte that belongs to no exchange."""
+
+
+class ConnectionOwner(Protocol):
+    """What a connection needs from its pool."""
+
+    name: str
+    loop: asyncio.AbstractEventLoop
+    max_body_bytes: int
+
+    def put_back(self, conn: UpstreamConnection) -> None: ...
+
+    def forget(self, conn: UpstreamConnection) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to an upstream, serving one request at a time."""
+
+    def __init__(self, owner: ConnectionOwner):
+        self.owner = owner
+        self.loop = owner.loop
+        self.transport: asyncio.Transport | None = None
+        self.flow: FlowControl | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.state = Exchange.IDLE
+        #: at least one exchange ended cleanly on it (a close before answering may be stale)
+        self.reused = False
+        #: when it went back to the pool (idle connections expire)
+        self.idle_since = 0.0
+        self._expect_no_body = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._head: asyncio.Future[UpstreamResponse] | None = None
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._head_bytes = 0  # bytes received while no final head was complete
+        self._header_bytes = 0  # header fields, over the interim heads and the final one
+        self._interim = 0
+        self._got_bytes = False
+        self._complete = False
+        self._error: Exception | None = None
+        self._stop: Exception | None = None  # why a callback stopped the parser
+        self._waiter: asyncio.Future[None] | None = None
+        self._keep_alive = True
+        self._sink: Callable[[bytes, bool], bool] | None = None
+        self._end_delivered = False
+        self._eof_body = False
+        #: when bytes last came (or the request went out): the pool's sweep times out silence
+        self.last_activity = 0.0
+
+    @property
+    def closed(self) -> bool:
+        return self.state is Exchange.CLOSED
+
+    # -- asyncio protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.flow = FlowControl(self.transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state is Exchange.IDLE or state is Exchange.DONE:
+            # Unsolicited bytes (idle) or bytes after the message: never an answer.
+            self._close_leftover(state)
+            return
+        if state is Exchange.CLOSED:
+            return
+        self._got_bytes = True
+        self.last_activity = self.loop.time()
+        head_pending = state is not Exchange.BODY
+        if head_pending:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            stop = self._stop
+            if stop is None:  # a bug in a callback
+                log.error("upstream response handling failed", exc_info=exc.__context__)
+                self._fail(self._bad(f"upstream '{self.owner.name}' response could not be "
+                                     "relayed"))
+            elif isinstance(stop, _StopParsing):
+                self._close_leftover(self.state)
+            else:
+                self._fail(stop)
+            return
+        except httptools.HttpParserUpgrade:
+            self._fail(self._bad(f"upstream '{self.owner.name}' tried to switch protocols"))
+            return
+        except httptools.HttpParserError:
+            if self.state is Exchange.DONE:
+                self._close_leftover(Exchange.DONE)  # garbage after a complete answer
+            else:
+                self._fail(self._bad(f"upstream '{self.owner.name}' sent a malformed response"))
+            return
+        if head_pending and self.state in (Exchange.AWAITING, Exchange.INTERIM) \
+                and self._head_bytes > MAX_HEAD_BYTES:
+            self._fail(self._too_large(f"a response head over {MAX_HEAD_BYTES} bytes"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        state = self.state
+        self.state = Exchange.CLOSED
+        if self.flow is not None:
+            self.flow.connection_lost()
+        self.owner.forget(self)
+        if state is Exchange.BODY:
+            if self._eof_body and exc is None:
+                self._message_done()  # a body delimited by the connection closing (a FIN)
+            elif self._eof_body:
+                self._fail(UpstreamError(
+                    f"upstream '{self.owner.name}' reset the connection mid-response"))
+            else:
+                self._fail(UpstreamError(
+                    f"upstream '{self.owner.name}' closed the connection mid-response"))
+        elif state is Exchange.AWAITING or state is Exchange.INTERIM:
+            if self.reused and not self._got_bytes:
+                self._fail(StaleConnection())
+            else:
+                self._fail(UpstreamError(
+                    f"upstream '{self.owner.name}' closed the connection before answering"))
+
+    def pause_writing(self) -> None:  # request bodies are small; nothing to throttle
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- httptools callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.state is not Exchange.AWAITING:  # a second message: not ours to read
+            self._stop = _StopParsing()
+            raise self._stop
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.state is not Exchange.AWAITING:
+            return  # trailers: never headers of the answer
+        self._header_bytes += len(name) + len(value) + 4
+        self._raw_headers.append((name, value))
+        if len(self._raw_headers) > MAX_HEADERS:
+            self._stop = self._too_large(f"more than {MAX_HEADERS} response headers")
+            raise self._stop
+        if self._header_bytes > MAX_HEAD_BYTES:  # also when the head came in one read
+            self._stop = self._too_large(f"a response head over {MAX_HEAD_BYTES} bytes")
+            raise self._stop
+
+    def on_headers_complete(self) -> None:
+        if self.state is not Exchange.AWAITING:
+            return
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer: the real one follows
+            self._interim += 1
+            if status == 101 or self._interim > MAX_INTERIM:
+                self._stop = self._bad(
+                    f"upstream '{self.owner.name}' sent {self._interim} interim answers"
+                    if status != 101 else
+                    f"upstream '{self.owner.name}' tried to switch protocols")
+                raise self._stop
+            self.state = Exchange.INTERIM
+            self._raw_headers = []  # the count is per head, the bytes over all of them
+            return
+        self.state = Exchange.BODY
+        self._keep_alive = self.parser.should_keep_alive()
+        raw = self._raw_headers
+        headers: CIMultiDict[str] = CIMultiDict(
+            [(n.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for n, v in raw])
+        doubt = framing_doubt(self.parser.get_http_version(), headers)
+        if doubt is not None:
+            self._stop = self._bad(f"upstream '{self.owner.name}' sent {doubt}")
+            raise self._stop
+        no_body = status in NO_BODY_STATUS or self._expect_no_body
+        self._eof_body = (
+            not no_body and "Content-Length" not in headers
+            and "chunked" not in headers.get("Transfer-Encoding", "").lower()
+        )
+        # The reason phrase is not read (no on_status callback): it carries no meaning (RFC
+        # 9110 section 15) and the client gets the standard one for the status.
+        response = UpstreamResponse(self, status, "", headers, raw)
+        if status == 204 and ("Transfer-Encoding" in headers
+                              or headers.get("Content-Length", "0") != "0"):
+            # A 204 announcing a body (RFC 9110 s. 8.6 forbids it): if those bytes come,
+            # they come after the message. Not reused.
+            self._keep_alive = False
+        if self._expect_no_body:
+            # After HEAD a body length may be announced but never sent: don't reuse.
+            self._keep_alive = False
+            self.state = Exchange.DONE
+            self._complete = True
+        if self._head is not None and not self._head.done():
+            self._head.set_result(response)
+
+    def on_body(self, body: bytes) -> None:
+        if self.state is not Exchange.BODY:
+            return  # bytes after a HEAD answer: dropped (the connection is not reused)
+        sink = self._sink
+        if sink is not None:  # pumping: straight to the relay, no queue, no wake-up
+            if not sink(body, False):
+                self._pause_for_sink()
+            return
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and self.flow is not None:
+            self.flow.pause_reading(ReadPause.BUFFER)
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        state = self.state
+        if state is Exchange.INTERIM:
+            self.state = Exchange.AWAITING
+        elif state is Exchange.BODY:
+            self._message_done()
+
+    def _message_done(self) -> None:
+        if self.state is not Exchange.CLOSED:
+            self.state = Exchange.DONE
+        self._complete = True
+        sink = self._sink
+        if sink is not None:
+            self._end_delivered = True
+            sink(b"", True)  # the relay ends its body in this same callback
+        self._wake()
+
+    # -- used by the pool and the response ---------------------------------------------------------
+
+    def send(self, data: bytes, expect_no_body: bool) -> asyncio.Future[UpstreamResponse]:
+        """Write one request (the connection must be IDLE and open)."""
+        assert self.transport is not None and self.state is Exchange.IDLE
+        self._reset()
+        self._expect_no_body = expect_no_body
+        self._head = head = self.loop.create_future()
+        self.state = Exchange.AWAITING
+        self.last_activity = self.loop.time()
+        self.transport.write(data)
+        return head
+
+    @property
+    def usable(self) -> bool:
+        """Idle and open: a request written now is certainly on a live connection's turn."""
+        return (self.state is Exchange.IDLE and self.transport is not None
+                and not self.transport.is_closing())
+
+    @property
+    def busy(self) -> bool:
+        """A request is out and its answer is not complete (the read timeout applies)."""
+        return self.state in (Exchange.AWAITING, Exchange.INTERIM, Exchange.BODY)
+
+    @property
+    def body_ready(self) -> bool:
+        return bool(self._chunks) or self._complete
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.owner.max_body_bytes
+
+    def read_now(self) -> bytes | None:
+        """The whole body if it has all arrived already (the usual case for small answers)."""
+        if not self._complete or self._error is not None:
+            return None
+        return self._take_chunks()
+
+    async def next_chunk(self) -> bytes | None:
+        while True:
+            if self._chunks:
+                # Hand over everything that has arrived: one write downstream, not one each.
+                return self._take_chunks()
+            if self._error is not None:
+                raise self._error
+            if self._complete:
+                return None
+            await self._wait()
+
+    def _take_chunks(self) -> bytes:
+        """Everything queued, as one piece; reading resumes if the queue had paused it."""
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self.flow is not None:
+            self.flow.resume_reading(ReadPause.BUFFER)
+        return data
+
+    async def _wait(self) -> None:
+        """Until the next body bytes, the end, an error, or a pause for the sink."""
+        self._waiter = self.loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def pump(self, sink: Callable[[bytes, bool], bool],
+                   wait_ready: Callable[[], Awaitable[None]]) -> None:
+        self._sink = sink
+        flow = self.flow
+        assert flow is not None
+        try:
+            if self._chunks or self._complete:  # what came with the head
+                self._deliver()
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if self._complete:
+                    if not self._end_delivered:  # a body that ended with the connection
+                        self._deliver()
+                    return
+                if flow.paused_for(ReadPause.CONSUMER):
+                    await wait_ready()
+                    flow.resume_reading(ReadPause.CONSUMER)
+                    if self._chunks:
+                        self._deliver()
+                    continue
+                await self._wait()
+        finally:
+            self._sink = None
+
+    def _deliver(self) -> None:
+        """What arrived before pumping began, to the sink in one call (with the end when it
+        came too: the relay writes its last chunk and its terminator in one write)."""
+        assert self._sink is not None
+        data = self._take_chunks()
+        end = self._complete
+        self._end_delivered = end
+        if not self._sink(data, end) and not end:
+            self._pause_for_sink()
+
+    def _pause_for_sink(self) -> None:
+        assert self.flow is not None
+        if not self.flow.paused_for(ReadPause.CONSUMER):
+            self.flow.pause_reading(ReadPause.CONSUMER)  # the pump waits, then resumes
+            self._wake()
+
+    def finish(self) -> None:
+        """The reader is done: reuse the connection if the exchange ended cleanly."""
+        if (self.state is Exchange.DONE and self._keep_alive and self._error is None
+                and not self._chunks and self.flow is not None):
+            # Reading resumes: whatever arrives now is a leftover and closes the connection.
+            self.flow.resume_reading(ReadPause.CONSUMER | ReadPause.BUFFER)
+            self._head = None
+            self.state = Exchange.IDLE
+            self.reused = True
+            self.idle_since = self.loop.time()
+            self.owner.put_back(self)
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        if self.transport is not None and self.state is not Exchange.CLOSED:
+            self.state = Exchange.CLOSED
+            self.transport.abort()  # tells the upstream to stop generating
+        self.owner.forget(self)
+
+    def _close_leftover(self, state: Exchange) -> None:
+        """Bytes that belong to no exchange: the answer (if any) stands, the connection goes."""
+        if state is Exchange.DONE or state is Exchange.IDLE:
+            log.debug("upstream '%s' sent bytes outside an exchange; closing", self.owner.name)
+        self._keep_alive = False
+        self.abort()
+
+    def _fail(self, error: Exception) -> None:
+        if self._error is None and not self._complete:
+            self._error = error
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(error)
+        self._wake()
+        self.abort()
+
+    def _bad(self, message: str) -> UpstreamError:
+        return UpstreamError(message, code="upstream_bad_response")
+
+    def _too_large(self, what: str) -> UpstreamError:
+        return UpstreamError(f"upstream '{self.owner.name}' sent {what}",
+                             code="upstream_response_too_large")
+
+    def body_too_large(self, limit: int) -> UpstreamError:
+        """A body read whole went past ``limit``: the connection goes (502 for the client)."""
+        self.abort()
+        return self._too_large(f"a response body over {limit} bytes")
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def time_out(self, read_timeout: float) -> None:
+        where = "mid-response" if self.state is Exchange.BODY else "before answering"
+        self._fail(UpstreamTimeout(
+            f"upstream '{self.owner.name}' sent nothing for {read_timeout:g}s {where}"))
