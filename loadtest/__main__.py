@@ -26,6 +26,8 @@ def _subcommands() -> tuple[tuple[str, str, str], ...]:
         ("chaos", "loadtest.chaos", "Redis chaos soak: 3 hosts, one Redis, a random fault each period"),
         ("sweep", "loadtest.sweep", "step concurrency against an engine, find its knee"),
         ("adaptive", "loadtest.adaptive", "adaptive caps vs static caps on the mock (benchmark)"),
+        ("dispatch-bench", "loadtest.dispatch_bench",
+         "llm-throttle dispatch against a cron wrapper, with real hermes workers"),
         ("cpu-compare", "loadtest.cpu_compare",
          "CPU per request of two proxy source trees, in the same run"),
     )

@@ -86,6 +86,7 @@ async def test_dashboard_selectors_and_groupings_use_exported_labels(mock_llm, m
     """Hazard: renaming a label (``resource`` -> ``kind``/``name``) leaves dashboard panels
     silently empty: every label a panel selects or groups by must exist on its metric."""
     samples = _samples(await _scrape_after_traffic(mock_llm, make_proxy, openai_client))
+    samples.update(_samples(_dispatcher_scrape_after_a_tick()))
     assert DASHBOARDS
     for path in DASHBOARDS:
         for panel in json.loads(path.read_text())["panels"]:
@@ -105,6 +106,21 @@ async def test_dashboard_selectors_and_groupings_use_exported_labels(mock_llm, m
                             assert label in labels, f"{panel['title']}: by {label}"
 
 
+def _dispatcher_scrape_after_a_tick() -> str:
+    """The dispatcher's exposition after one tick over one board (every labelled series)."""
+    from proxy.dispatcher.loop import BoardTick, TickReport
+    from proxy.dispatcher.metrics import DispatcherMetrics
+
+    metrics = DispatcherMetrics()
+    board = BoardTick(running=1, ready=2, todo=0, spawned=("t1",), reclaimed=1,
+                      failures={"crashed": 1}, by_status={"ready": 2, "running": 1},
+                      oldest_ready_s=3.0, max_arg=2)
+    metrics.observe(TickReport(number=1, at=0.0, backlog=0, cap=3, in_flight=1, target=6,
+                               tasks_per_slot=2.0, boards={"b": board}))
+    metrics.hermes_failures.labels(command="boards").inc()
+    return metrics.render().decode()
+
+
 def test_dispatcher_metrics_pass_promtool():
     """Hazard: the alert rules query the dispatcher's series too; they must be well formed."""
     from prometheus_client.exposition import generate_latest
@@ -112,6 +128,7 @@ def test_dispatcher_metrics_pass_promtool():
     from proxy.dispatcher.metrics import DispatcherMetrics
 
     text = generate_latest(DispatcherMetrics().registry).decode()
-    assert "llm_throttle_dispatch_holding" in text  # alerts.yml: LlmThrottleDispatcherHoldingLong
+    assert "llm_throttle_dispatch_holding" in text
+    text = _dispatcher_scrape_after_a_tick()  # with every labelled series  # alerts.yml: LlmThrottleDispatcherHoldingLong
     code, output = run_promtool("check", "metrics", stdin=text)
     assert code == 0, output

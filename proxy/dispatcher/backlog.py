@@ -16,9 +16,15 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from ..config import WILDCARD_MODEL
+
 
 class BacklogError(Exception):
     """The backlog could not be read or understood; the tick must not spawn on a guess."""
+
+
+class ProxyUnreachable(BacklogError):
+    """Nothing answered: connection refused, timed out, or the shared store is down."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,10 +33,28 @@ class Backlog:
     queued: int
     #: per watched model; empty when reading the total queue depth
     per_model: Mapping[str, int] = field(default_factory=dict)
-    #: watched models the proxy does not report (counted as 0; likely a typo in --models)
+    #: watched models the proxy does not serve, not even through ``"*"``: the backlog of
+    #: those is unknown, so the loop must not spawn on this reading
     missing: tuple[str, ...] = ()
     #: the proxy says its shared store is unreachable and limits are local approximations
     degraded: bool = False
+    #: watched name -> the proxy route that serves it (itself, or ``"*"``)
+    routes: Mapping[str, str] = field(default_factory=dict)
+    #: sum of the effective caps of the routes serving the watched models (adaptive caps
+    #: included, as the status reports them); None: some route is uncapped
+    cap: int | None = None
+    #: requests in flight on those routes
+    in_flight: int = 0
+    #: requests in flight or queued that carry an attribution (the workers' own requests);
+    #: None when the status has no attributed entries at all
+    attributed_open: int | None = None
+    #: of those, the ones in flight (a queued request may not show on its attribution)
+    attributed_in_flight: int | None = None
+
+    @property
+    def free_capacity(self) -> int | None:
+        """Slots under the cap; None when there is no cap to be under."""
+        return None if self.cap is None else max(self.cap - self.in_flight, 0)
 
 
 class BacklogSource(Protocol):
@@ -45,39 +69,94 @@ def _count(value: Any, where: str) -> int:
     return int(value)
 
 
+def resolve_route(name: str, table: Mapping[str, Any]) -> str | None:
+    """The proxy's route for a model name, as its admission does: exact, else ``"*"``."""
+    if name in table:
+        return name
+    if WILDCARD_MODEL in table:
+        return WILDCARD_MODEL
+    return None
+
+
+def _entry(table: Mapping[str, Any], route: str) -> Mapping[str, Any]:
+    entry = table.get(route)
+    if not isinstance(entry, Mapping) or "queued" not in entry:
+        raise BacklogError(f"status entry models.{route} has no 'queued'")
+    return entry
+
+
+def _attributed(doc: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(in flight + queued, in flight) over the attributed entries; None: there are none."""
+    table = doc.get("attributed")
+    if not isinstance(table, Mapping) or not table:
+        return None, None
+    total = in_flight = 0
+    for name, entry in table.items():
+        if isinstance(entry, Mapping):
+            n = _count(entry.get("in_flight", 0), f"attributed.{name}.in_flight")
+            in_flight += n
+            total += n + _count(entry.get("queued", 0), f"attributed.{name}.queued")
+    return total, in_flight
+
+
 def backlog_from_status(doc: Any, models: Sequence[str] | None = None) -> Backlog:
-    """Sum ``models.<m>.queued`` over ``models``; without models, the total ``queue.depth``."""
+    """Sum ``models.<route>.queued`` over the routes serving ``models`` (a model the proxy
+    serves through ``"*"`` counts ``"*"``'s queue, once however many names map to it);
+    without models, the total ``queue.depth``. Capacity (cap, in flight) comes with it."""
     if not isinstance(doc, Mapping):
         raise BacklogError("status document is not a JSON object")
     degraded = bool(doc.get("degraded", False))
     if doc.get("hosts") == 0:
         # A pool no proxy has registered in (a wrong Redis URL or key prefix) reads as empty.
         raise BacklogError("no proxy host in the status (hosts: 0): wrong Redis URL or prefix?")
+    table = doc.get("models")
+    if models and not isinstance(table, Mapping):
+        raise BacklogError("status document has no models table")
+    table = table if isinstance(table, Mapping) else {}
+    attributed, attributed_in_flight = _attributed(doc)
+    routes: dict[str, str] = {}
+    missing: list[str] = []
+    if models:
+        for name in models:
+            route = resolve_route(name, table)
+            if route is None:
+                missing.append(name)
+            else:
+                routes[name] = route
+        watched = list(dict.fromkeys(routes.values()))
+    else:
+        watched = list(table)
+    cap: int | None = 0
+    in_flight = 0
+    per_route: dict[str, int] = {}
+    for route in watched:
+        entry = _entry(table, route)
+        per_route[route] = _count(entry["queued"], f"models.{route}.queued")
+        in_flight += _count(entry.get("in_flight", 0), f"models.{route}.in_flight")
+        route_cap = entry.get("cap")
+        if route_cap is None or cap is None:
+            cap = None
+        else:
+            cap += _count(route_cap, f"models.{route}.cap")
+    if models and not watched:
+        cap = None
     if not models:
         queue = doc.get("queue")
         if not isinstance(queue, Mapping) or "depth" not in queue:
             raise BacklogError("status document has no queue.depth")
-        return Backlog(queued=_count(queue["depth"], "queue.depth"), degraded=degraded)
-    table = doc.get("models")
-    if not isinstance(table, Mapping):
-        raise BacklogError("status document has no models table")
-    per_model: dict[str, int] = {}
-    missing: list[str] = []
-    for name in models:
-        entry = table.get(name)
-        if entry is None:
-            # A model nobody has asked for yet may be absent; it has nothing queued.
-            missing.append(name)
-            per_model[name] = 0
-            continue
-        if not isinstance(entry, Mapping) or "queued" not in entry:
-            raise BacklogError(f"status entry models.{name} has no 'queued'")
-        per_model[name] = _count(entry["queued"], f"models.{name}.queued")
+        return Backlog(queued=_count(queue["depth"], "queue.depth"), degraded=degraded,
+                       cap=cap if watched else None, in_flight=in_flight,
+                       attributed_open=attributed, attributed_in_flight=attributed_in_flight)
     return Backlog(
-        queued=sum(per_model.values()),
-        per_model=per_model,
+        queued=sum(per_route.values()),
+        per_model={name: per_route[route] for name, route in routes.items()},
         missing=tuple(missing),
         degraded=degraded,
+        routes=routes,
+        cap=cap,
+        in_flight=in_flight,
+        attributed_open=attributed,
+        attributed_in_flight=attributed_in_flight,
     )
 
 
@@ -113,7 +192,9 @@ class HttpStatusBacklog:
                 doc = await resp.json(content_type=None)
         except BacklogError:
             raise
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise ProxyUnreachable(f"GET {self.url}: {type(exc).__name__}: {exc}") from exc
+        except (aiohttp.ClientError, ValueError) as exc:
             raise BacklogError(f"GET {self.url}: {type(exc).__name__}: {exc}") from exc
         return backlog_from_status(doc, self.models)
 
@@ -142,8 +223,8 @@ class RedisStatusBacklog:
         try:
             doc = await asyncio.wait_for(
                 read_status_document(self.url, key_prefix=self.key_prefix), self.timeout_s)
-        except Exception as exc:  # whatever Redis says, the backlog is unknown
-            raise BacklogError(f"redis status: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # whatever Redis says, nothing usable answered
+            raise ProxyUnreachable(f"redis status: {type(exc).__name__}: {exc}") from exc
         return backlog_from_status(doc, self.models)
 
     async def close(self) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .backlog import BacklogSource, HttpStatusBacklog, RedisStatusBacklog
+from .backlog import BacklogError, BacklogSource, HttpStatusBacklog, RedisStatusBacklog
 from .hermes import BoardProbe, HermesCLI, MaxSemantics, SQLiteProbe, kanban_root
 from .lock import (
     GATEWAY_LOCK,
@@ -33,6 +33,7 @@ from .lock import (
 from .loop import Dispatcher, DispatchSettings
 from .metrics import status_app
 from .policy import Watermarks
+from .ratio import RatioSettings
 
 log = logging.getLogger("llm_throttle.dispatch")
 
@@ -65,6 +66,20 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _regex(text: str) -> re.Pattern[str]:
     try:
         return re.compile(text)
@@ -94,14 +109,28 @@ def add_dispatch_arguments(parser: argparse.ArgumentParser) -> None:
     pol = parser.add_argument_group("policy")
     pol.add_argument("--boards", default="all", metavar="all|A,B",
                      help="boards to dispatch (default: all, new boards included)")
-    pol.add_argument("--max-running", type=_positive_int, required=True, metavar="N",
-                     help="cap on running tasks summed over the boards")
+    pol.add_argument("--max-running", type=_positive_int, metavar="N",
+                     help="optional ceiling on running tasks summed over the boards; "
+                     "without it the target is the models' cap x tasks per slot")
+    pol.add_argument("--tasks-per-slot", type=_ratio, default=2.0, metavar="X",
+                     help="running tasks per busy GPU slot to assume until it is learned "
+                     "from the running tasks (default: %(default)s)")
+    pol.add_argument("--max-tasks-per-slot", type=_ratio, default=3.0, metavar="X",
+                     help="upper bound of the learned ratio (default: %(default)s)")
     pol.add_argument("--high-watermark", type=_positive_int, default=8, metavar="N",
                      help="hold when the backlog reaches N (default: %(default)s)")
     pol.add_argument("--low-watermark", type=_non_negative_int, default=2, metavar="N",
                      help="resume when the backlog falls below N (default: %(default)s)")
     pol.add_argument("--interval", type=_seconds, default=10.0, metavar="S",
-                     help="seconds between ticks (default: %(default)s)")
+                     help="seconds between full ticks when nothing happens; a freed slot is "
+                     "filled sooner, see --react-interval (default: %(default)s)")
+    pol.add_argument("--react-interval", type=_non_negative_float, default=0.5, metavar="S",
+                     help="read the proxy (and, with --probe sqlite, the boards) every S "
+                     "seconds between ticks and tick at once when a worker would start; 0 "
+                     "turns it off (default: %(default)s)")
+    pol.add_argument("--ramp-after", type=_non_negative_float, default=30.0, metavar="S",
+                     help="after an outage of the proxy, or a hold of S seconds, resume "
+                     "slowly: 1, 2, 4, ... spawns per second (default: %(default)s)")
     pol.add_argument("--maintenance-interval", type=_seconds, default=60.0, metavar="S",
                      help="a board not dispatched for S seconds gets a `dispatch --max 0` "
                      "pass, holding or not (default: %(default)s)")
@@ -114,9 +143,11 @@ def add_dispatch_arguments(parser: argparse.ArgumentParser) -> None:
                      help="HERMES_HOME for the hermes calls (default: inherited)")
     her.add_argument("--hermes-timeout", type=_seconds, default=60.0, metavar="S",
                      help="kill a hermes call after S seconds (default: %(default)s)")
-    her.add_argument("--probe", choices=("cli", "sqlite"), default="cli",
-                     help="count tasks with `hermes kanban boards list --json` (cli) or by "
-                     "reading the board databases read-only (sqlite) (default: %(default)s)")
+    her.add_argument("--probe", choices=("cli", "sqlite"), default="sqlite",
+                     help="count tasks by reading the board databases read-only (sqlite: "
+                     "cheap, so free slots are seen between ticks; also gives the oldest "
+                     "ready task's age) or with `hermes kanban boards list --json` (cli) "
+                     "(default: %(default)s)")
     her.add_argument("--max-semantics", choices=("auto", "running", "spawns"), default="auto",
                      help="what `dispatch --max N` means: caps running tasks (Hermes >= "
                      "0.13.0) or spawns per pass (older); auto asks `hermes --version`")
@@ -141,6 +172,9 @@ def add_dispatch_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("running")
     run.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                      help="serve /metrics, /status and /healthz here; 'off' to disable "
+                     "(default: %(default)s)")
+    run.add_argument("--unhealthy-after", type=_positive_int, default=3, metavar="N",
+                     help="/healthz answers 503 after N failed reads of the proxy in a row "
                      "(default: %(default)s)")
     run.add_argument("--once", action="store_true", help="run one tick and exit (status 1 if "
                      "the tick failed)")
@@ -176,6 +210,11 @@ def settings_from_args(args: argparse.Namespace) -> DispatchSettings:
         raise SystemExit(f"llm-throttle dispatch: {exc}") from None
     semantics = None if args.max_semantics == "auto" else MaxSemantics(args.max_semantics)
     boards = None if args.boards.strip().lower() == "all" else _csv(args.boards)
+    try:
+        ratio = RatioSettings(prior=args.tasks_per_slot,
+                              high=max(args.max_tasks_per_slot, args.tasks_per_slot))
+    except ValueError as exc:
+        raise SystemExit(f"llm-throttle dispatch: {exc}") from None
     return DispatchSettings(
         max_running=args.max_running,
         marks=marks,
@@ -184,7 +223,34 @@ def settings_from_args(args: argparse.Namespace) -> DispatchSettings:
         boards=boards,
         dry_run=args.dry_run,
         semantics=semantics,
+        react_s=args.react_interval,
+        unhealthy_after=args.unhealthy_after,
+        ramp_after_s=args.ramp_after,
+        ratio=ratio,
     )
+
+
+async def check_models(backlog: BacklogSource, models: tuple[str, ...],
+                       max_running: int | None) -> str | None:
+    """At start: a --models name the proxy does not serve, or nothing to aim at, is an error
+    (the message); an unreachable proxy is not (the ticks say so until it answers)."""
+    try:
+        first = await backlog.read()
+    except BacklogError as exc:
+        log.warning("cannot read the proxy at start (%s); not spawning until it answers", exc)
+        return None
+    if first.missing:
+        served = ", ".join(sorted(set(first.routes.values()))) or "none of the others"
+        return (f"--models {','.join(first.missing)}: the proxy serves no such model and has "
+                f"no '*' route (matched: {served})")
+    for name, route in first.routes.items():
+        if route != name:
+            log.info("--models %s is served by the proxy's %r route: counting its queue",
+                     name, route)
+    if first.cap is None and max_running is None:
+        return ("the watched models have no max_in_flight in the proxy and --max-running is "
+                "not given: there is nothing to aim at")
+    return None
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -223,6 +289,15 @@ async def _main(args: argparse.Namespace) -> int:
                       "kanban.dispatch_in_gateway: false", gateway_lock.path)
             return 2
 
+    problem = await check_models(backlog, tuple(args.models), settings.max_running)
+    if problem is not None:
+        log.error("%s", problem)
+        await backlog.close()
+        if gateway_lock is not None:
+            await gateway_lock.release()
+        if redis_client is not None:
+            await redis_client.aclose()
+        return 2
     dispatcher = Dispatcher(settings, hermes=hermes, probe=probe, backlog=backlog, locks=locks)
     for message in gateway_dispatch_warnings(root, holding_gateway_lock=gateway_lock is not None):
         dispatcher.add_warning(message)

@@ -40,6 +40,11 @@ LIVE_CAP_SINCE = (0, 13, 0)
 SPAWNABLE = ("ready", "review")
 #: statuses that still need the dispatcher (reclaim, promotion, spawning)
 UNFINISHED = ("todo", "ready", "review", "running", "blocked", "scheduled", "triage")
+#: statuses always exported on /metrics (0 when a board has none)
+REPORTED = ("triage", "todo", "ready", "running", "blocked", "done", "archived")
+#: fields of ``dispatch --json`` that name workers that failed: died, ran past their limit,
+#: or were blocked after too many failures
+WORKER_FAILURES = ("crashed", "timed_out", "auto_blocked")
 
 _VERSION_RE = re.compile(r"\bv?(\d+)\.(\d+)\.(\d+)\b")
 _STDERR_EXCERPT = 300
@@ -116,6 +121,9 @@ class BoardCounts:
     #: (the CLI does not say, the SQLite probe does)
     promotable: int | None = None
     db_path: str | None = None
+    #: Unix time since which the oldest ready task is ready; None: unknown (the CLI does not
+    #: say) or nothing ready
+    oldest_ready_at: float | None = None
 
     @property
     def running(self) -> int:
@@ -144,6 +152,17 @@ class DispatchOutcome:
     crashed: tuple[str, ...]
     promoted: int
     raw: Mapping[str, Any]
+    #: worker failures the pass found, by kind (see :data:`WORKER_FAILURES`)
+    failures: Mapping[str, int] = field(default_factory=dict)
+
+
+def _how_many(value: Any) -> int:
+    """A count Hermes reports as a list of task ids or as a number; 0 when malformed."""
+    if isinstance(value, list | tuple):
+        return len(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(value, 0)
+    return 0
 
 
 class BoardProbe(Protocol):
@@ -250,8 +269,10 @@ class HermesCLI:
         except (TypeError, ValueError):
             # The spawns happened; a malformed side field must not hide them.
             reclaimed, promoted, crashed = 0, 0, ()
+        failures = {kind: _how_many(doc.get(kind)) for kind in WORKER_FAILURES}
         return DispatchOutcome(board=board, max_arg=max_spawn, spawned=spawned,
-                               reclaimed=reclaimed, crashed=crashed, promoted=promoted, raw=doc)
+                               reclaimed=reclaimed, crashed=crashed, promoted=promoted, raw=doc,
+                               failures=failures)
 
     def command_line(self, args: Sequence[str]) -> str:
         return " ".join(self._argv(args))
@@ -328,6 +349,9 @@ class SQLiteProbe:
     dispatch pass will promote and may start at once.
     """
 
+    #: cheap enough for the watcher to read between ticks (no process is started)
+    cheap = True
+
     def __init__(self, root: Path, *, busy_timeout_s: float = 2.0) -> None:
         self.root = root
         self.busy_timeout_s = busy_timeout_s
@@ -366,6 +390,12 @@ class SQLiteProbe:
                 " SELECT 1 FROM task_links l JOIN tasks p ON p.id = l.parent_id"
                 " WHERE l.child_id = t.id AND p.status NOT IN ('done', 'archived'))"
             ).fetchone()[0]
+            # A ready task became ready when it was created or when its last parent finished.
+            oldest = conn.execute(
+                "SELECT MIN(MAX(t.created_at, COALESCE((SELECT MAX(p.completed_at)"
+                " FROM task_links l JOIN tasks p ON p.id = l.parent_id"
+                " WHERE l.child_id = t.id), 0))) FROM tasks t WHERE t.status = 'ready'"
+            ).fetchone()[0]
         except sqlite3.Error as exc:
             waited = time.monotonic() - started
             raise HermesError(["sqlite", str(db)], f"read failed after {waited:.1f}s: {exc}") \
@@ -377,6 +407,7 @@ class SQLiteProbe:
             by_status={str(status): int(n) for status, n in rows},
             promotable=int(promotable),
             db_path=str(db),
+            oldest_ready_at=None if oldest is None else float(oldest),
         )
 
 

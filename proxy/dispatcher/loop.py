@@ -2,13 +2,16 @@
 
 One tick, in order:
 
-1. read the backlog from the proxy; if that fails nothing is spawned this tick (a missing
-   number must not read as "the GPUs are idle"), but maintenance still runs;
+1. read the backlog and the capacity from the proxy; if that fails, or a watched model matches
+   no route of the proxy, nothing is spawned this tick (a missing number must not read as
+   "the GPUs are idle"), but maintenance still runs;
 2. count tasks per board (``hermes kanban boards list --json`` or the read-only SQLite probe);
    if that fails the tick ends there and the next one retries;
 3. renew or take the per-board locks; boards another companion holds still count against
    ``--max-running`` but are never dispatched by us;
-4. :func:`policy.decide`: hold or not (hysteresis) and the fair grants;
+4. :func:`policy.decide`: hold or not (hysteresis), whether the GPUs want more work (free
+   slots, queue below the low watermark), the target (cap x learned tasks per slot, under
+   ``--max-running``), a slow-start ramp after an outage or a long hold, and the fair grants;
 5. one ``hermes kanban --board B dispatch --max N --json`` per board with a grant. A board not
    passed over for ``maintenance_interval_s`` gets ``--max 0`` (reclaims crashed workers,
    promotes finished parents' children, starts nothing) -- whether holding or not, since a
@@ -16,6 +19,11 @@ One tick, in order:
 6. one log line, metrics, and the report kept for ``/status``.
 
 A failing ``hermes`` call fails that board's step only; it is logged and retried next tick.
+
+Between ticks a watcher reads the proxy every ``react_s`` (and the boards too, when the probe is
+the cheap read-only SQLite one) and runs the same pure decision on what it saw: when that would
+spawn (a slot freed, a task finished, the ramp grew), it starts a tick at once. ``interval_s``
+is only the cadence of the full maintenance tick.
 """
 
 from __future__ import annotations
@@ -27,10 +35,10 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from .backlog import BacklogError, BacklogSource
+from .backlog import Backlog, BacklogError, BacklogSource, ProxyUnreachable
 from .hermes import (
     BoardCounts,
     BoardProbe,
@@ -42,15 +50,27 @@ from .hermes import (
 )
 from .lock import BoardLocks
 from .metrics import DispatcherMetrics
-from .policy import BoardLoad, Decision, Watermarks, decide
+from .policy import (
+    BoardLoad,
+    Decision,
+    HoldReason,
+    Watermarks,
+    blocked,
+    decide,
+    ramp_allowance,
+)
+from .ratio import RatioSettings, TasksPerSlot
+from .report import BoardTick, TickReport
+from .signals import open_requests, outside_requests, pending_workers
 
 log = logging.getLogger("llm_throttle.dispatch")
 
 
 @dataclass(frozen=True, slots=True)
 class DispatchSettings:
-    max_running: int
     marks: Watermarks
+    #: optional ceiling on running tasks summed over the selected boards
+    max_running: int | None = None
     interval_s: float = 10.0
     maintenance_interval_s: float = 60.0
     #: boards to manage; None: every board Hermes lists (new ones are picked up)
@@ -58,100 +78,27 @@ class DispatchSettings:
     dry_run: bool = False
     #: None: from the installed Hermes version at start
     semantics: MaxSemantics | None = None
+    #: seconds between the watcher's cheap reads; 0: no watcher, ticks only
+    react_s: float = 0.5
+    #: failed proxy reads in a row after which /healthz answers 503
+    unhealthy_after: int = 3
+    #: a hold at least this long (or any outage) ends in a slow-start ramp
+    ramp_after_s: float = 30.0
+    ratio: RatioSettings = field(default_factory=RatioSettings)
 
     def __post_init__(self) -> None:
-        if self.max_running < 1:
+        if self.max_running is not None and self.max_running < 1:
             raise ValueError("--max-running must be at least 1")
         if self.interval_s <= 0 or self.maintenance_interval_s <= 0:
             raise ValueError("intervals must be positive")
-
-
-@dataclass(slots=True)
-class BoardTick:
-    running: int
-    ready: int
-    todo: int
-    grant: int = 0
-    #: the --max passed to (or, in a dry run, meant for) `dispatch`; None: not dispatched
-    max_arg: int | None = None
-    maintenance: bool = False
-    spawned: tuple[str, ...] = ()
-    reclaimed: int = 0
-    promoted: int = 0
-    error: str | None = None
-    #: why the board was left alone, e.g. another companion holds its lock
-    skipped: str | None = None
-
-
-@dataclass(slots=True)
-class TickReport:
-    number: int
-    at: float
-    backlog: int | None = None
-    holding: bool = False
-    decision: str = ""
-    free_slots: int = 0
-    boards: dict[str, BoardTick] = field(default_factory=dict)
-    error: str | None = None
-    dry_run: bool = False
-    duration_s: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and not any(b.error for b in self.boards.values())
-
-    @property
-    def spawned(self) -> int:
-        return sum(len(b.spawned) for b in self.boards.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["ok"] = self.ok
-        doc["spawned_total"] = self.spawned
-        return doc
-
-    def log_line(self) -> str:
-        """The one line per tick: running per board, backlog, decision, spawned."""
-
-        def per_board(pick: Callable[[BoardTick], object]) -> str:
-            items = [f"{slug}:{pick(b)}" for slug, b in sorted(self.boards.items())]
-            return ",".join(items) or "-"
-
-        running = sum(b.running for b in self.boards.values())
-        spawned = ",".join(
-            f"{slug}:{len(b.spawned)}" for slug, b in sorted(self.boards.items()) if b.spawned
-        ) or "0"
-        passes = ",".join(
-            f"{slug}:{b.max_arg}" for slug, b in sorted(self.boards.items())
-            if b.max_arg is not None and not b.maintenance
-        ) or "-"
-        maintenance = ",".join(
-            slug for slug, b in sorted(self.boards.items()) if b.maintenance
-        ) or "-"
-        backlog = "?" if self.backlog is None else str(self.backlog)
-        parts = [
-            f"tick={self.number}",
-            f"backlog={backlog}",
-            f"hold={'yes' if self.holding else 'no'}",
-            f"running={per_board(lambda b: b.running)} total={running}",
-            f"ready={per_board(lambda b: b.ready)}",
-            f'decision="{self.decision}"',
-            f"{'would_dispatch' if self.dry_run else 'dispatch'}_max={passes}",
-            f"spawned={spawned}",
-            f"maintenance={maintenance}",
-            f"took={self.duration_s:.1f}s",
-        ]
-        problems = [self.error] if self.error else []
-        problems += [f"{slug}: {b.error}" for slug, b in sorted(self.boards.items()) if b.error]
-        problems += [f"{slug}: {b.skipped}" for slug, b in sorted(self.boards.items())
-                     if b.skipped]
-        if problems:
-            parts.append('problems="' + "; ".join(problems).replace('"', "'") + '"')
-        return " ".join(parts)
+        if self.react_s < 0 or self.ramp_after_s < 0 or self.unhealthy_after < 1:
+            raise ValueError("--react-interval and --ramp-after must not be negative, "
+                             "--unhealthy-after at least 1")
 
 
 class Dispatcher:
-    """Ticks every ``interval_s``; never starts a worker that would take the boards over cap."""
+    """Ticks every ``interval_s``, and at once when a cheap read says a worker would start;
+    never starts a worker the policy did not grant (see :mod:`.policy`)."""
 
     def __init__(
         self,
@@ -173,14 +120,29 @@ class Dispatcher:
         self.metrics = metrics or DispatcherMetrics()
         self.clock = clock
         self.wall_clock = wall_clock
+        #: the backlog hysteresis (held at the high watermark until below the low one)
         self.holding = False
+        #: why spawning is held now, whatever the cause; None: not holding
+        self.hold_reason: HoldReason | None = None
         self.semantics = settings.semantics
         self.version: HermesVersion | None = None
         self.warnings: list[str] = []
         self.last: TickReport | None = None
         self.recent: deque[TickReport] = deque(maxlen=30)
+        self.ratio = TasksPerSlot(settings.ratio)
+        #: proxy reads that failed in a row (ticks and watcher alike)
+        self.failed_reads = 0
         self._ticks = 0
         self._last_pass: dict[str, float] = {}
+        self._blocked_since: float | None = None
+        self._outage = False
+        self._ramp_started: float | None = None
+        self._ramp_spawned = 0
+        self._owned: set[str] = set()
+        self._last_counts: dict[str, BoardCounts] = {}
+        self._last_seen: Backlog | None = None
+        self._wake = asyncio.Event()
+        self._ticking = False
 
     async def start(self) -> None:
         """Learn what ``--max`` means for the installed Hermes, unless told."""
@@ -203,41 +165,77 @@ class Dispatcher:
         log.warning("%s", message)
         self.warnings.append(message)
 
-    # -- one tick -------------------------------------------------------------------------------
+    @property
+    def healthy(self) -> bool:
+        return self.failed_reads < self.settings.unhealthy_after
 
-    async def tick(self) -> TickReport:
+    # -- reading the proxy ------------------------------------------------------------------
+
+    async def read_backlog(self) -> Backlog:
+        """One read of the proxy, counted for /healthz and fed to the ratio estimate."""
+        try:
+            backlog = await self.backlog.read()
+        except BacklogError:
+            self.failed_reads += 1
+            self.metrics.read_failures.inc()
+            raise
+        self.failed_reads = 0
+        running = sum(b.running for b in self._loads(self._last_counts, set()).values())
+        self.ratio.observe(self.clock(), running, open_requests(backlog))
+        return backlog
+
+    # -- one tick ---------------------------------------------------------------------------
+
+    async def tick(self, trigger: str = "interval") -> TickReport:
+        self._ticking = True
         self._ticks += 1
         started = self.clock()
-        report = TickReport(number=self._ticks, at=self.wall_clock(),
-                            holding=self.holding, dry_run=self.settings.dry_run)
+        report = TickReport(number=self._ticks, at=self.wall_clock(), holding=self.holding,
+                            dry_run=self.settings.dry_run, trigger=trigger)
         try:
             await self._tick(report, started)
         finally:
             report.duration_s = self.clock() - started
+            self._ticking = False
             self.last = report
             self.recent.append(report)
-            self.metrics.observe(report)
+            self.metrics.observe(report, self)
             (log.info if report.ok else log.warning)("%s", report.log_line())
         return report
 
     async def _tick(self, report: TickReport, now: float) -> None:
-        backlog_error: str | None = None
+        block: Decision | None = None
+        backlog: Backlog | None = None
         try:
-            backlog = await self.backlog.read()
-            report.backlog = backlog.queued
-            if backlog.missing:
-                log.debug("models not in the proxy status (nothing queued): %s",
-                          ",".join(backlog.missing))
+            backlog = await self.read_backlog()
+        except ProxyUnreachable as exc:
+            report.error = f"backlog: {exc}"
+            block = blocked(HoldReason.PROXY_UNREACHABLE,
+                            f"proxy unreachable: not spawning ({exc})")
         except BacklogError as exc:
-            backlog_error = f"backlog: {exc}"
-            report.error = backlog_error
+            report.error = f"backlog: {exc}"
+            block = blocked(HoldReason.BACKLOG_UNKNOWN, f"backlog unknown: not spawning ({exc})")
+        if backlog is not None:
+            self._last_seen = backlog
+            report.backlog, report.cap, report.in_flight = \
+                backlog.queued, backlog.cap, backlog.in_flight
+            if backlog.missing:
+                known = ", ".join(sorted(set(backlog.routes.values()))) or "none"
+                note = (f"--models {','.join(backlog.missing)} matches no model the proxy "
+                        f"serves (routes matched: {known}); their backlog is unknown")
+                log.warning("%s", note)
+                report.error = note
+                block = blocked(HoldReason.BACKLOG_UNKNOWN,
+                                "backlog unknown: " + ",".join(backlog.missing) +
+                                " not served by the proxy")
         try:
             counts = await self.probe.board_counts()
         except HermesError as exc:
-            report.error = "; ".join(filter(None, [backlog_error, f"boards: {exc}"]))
+            report.error = "; ".join(filter(None, [report.error, f"boards: {exc}"]))
             report.decision = "no board counts: skipped"
             self.metrics.hermes_failures.labels(command="boards").inc()
             return
+        self._last_counts = dict(counts)
         selected = self._select(counts, report)
         try:
             owned, taken = await self.locks.claim(selected)
@@ -245,18 +243,26 @@ class Dispatcher:
             report.error = "; ".join(filter(None, [report.error, f"locks: {exc}"]))
             report.decision = "board locks unavailable: skipped"
             return
+        self._owned = set(owned)
+        wall = self.wall_clock()
         for slug in selected:
             c = counts[slug]
-            report.boards[slug] = BoardTick(running=c.running, ready=c.ready, todo=c.todo)
+            report.boards[slug] = BoardTick(
+                running=c.running, ready=c.ready, todo=c.todo, by_status=dict(c.by_status),
+                oldest_ready_s=None if c.oldest_ready_at is None
+                else max(wall - c.oldest_ready_at, 0.0))
             if slug in taken:
                 report.boards[slug].skipped = "another dispatcher holds its lock"
-        loads = {
-            slug: BoardLoad(running=counts[slug].running,
-                            ready=counts[slug].ready if slug in owned else 0)
-            for slug in selected
-        }
-        decision = self._decide(report, loads, owned)
+        if block is None and taken and not any(counts[s].ready for s in owned) \
+                and any(counts[s].ready for s in taken):
+            ready_elsewhere = sum(counts[s].ready for s in taken)
+            block = blocked(HoldReason.LOCKED_OUT,
+                            f"locked out: {ready_elsewhere} ready on boards another "
+                            f"dispatcher holds ({','.join(sorted(taken))})")
+        decision = self._decide(report, counts, owned, block, backlog, now)
         await self._dispatch(report, decision, counts, owned, now)
+        if self._ramp_started is not None:
+            self._ramp_spawned += report.spawned
 
     def _select(self, counts: Mapping[str, BoardCounts], report: TickReport) -> list[str]:
         wanted = self.settings.boards
@@ -268,26 +274,71 @@ class Dispatcher:
             report.error = f"{report.error}; {note}" if report.error else note
         return [slug for slug in wanted if slug in counts]
 
-    def _decide(self, report: TickReport, loads: Mapping[str, BoardLoad],
-                owned: set[str]) -> Decision:
+    def _loads(self, counts: Mapping[str, BoardCounts], owned: set[str]) -> dict[str, BoardLoad]:
+        selected = self.settings.boards or tuple(counts)
+        return {slug: BoardLoad(running=counts[slug].running,
+                                ready=counts[slug].ready if slug in owned else 0)
+                for slug in selected if slug in counts}
+
+    def _order(self, owned: set[str]) -> list[str]:
         order = sorted(owned)
         if order:
             shift = self._ticks % len(order)
             order = order[shift:] + order[:shift]
-        if report.backlog is None:
-            decision = Decision(holding=self.holding,
-                                reason="backlog unknown: not spawning")
+        return order
+
+    def _allowance(self, now: float) -> int | None:
+        """The ramp's allowance now. A ramp runs once spawning resumes after an outage or a
+        hold of ``ramp_after_s`` (1, 2, 4, ... per second); None: no ramp limits the grant."""
+        if self._ramp_started is not None:
+            return ramp_allowance(now - self._ramp_started, self._ramp_spawned)
+        if self._blocked_since is not None and (
+                self._outage or now - self._blocked_since >= self.settings.ramp_after_s):
+            return ramp_allowance(0.0, 0)
+        return None
+
+    def _policy(self, backlog: Backlog, counts: Mapping[str, BoardCounts], owned: set[str],
+                now: float) -> Decision:
+        return decide(
+            holding=self.holding, backlog=backlog.queued, marks=self.settings.marks,
+            boards=self._loads(counts, owned), max_running=self.settings.max_running,
+            cap=backlog.cap, outside=outside_requests(backlog), in_flight=backlog.in_flight,
+            pending=pending_workers(backlog, counts, self._loads(counts, owned)),
+            tasks_per_slot=self.ratio.value(now), allowance=self._allowance(now),
+            tiebreak=self._order(owned))
+
+    def _decide(self, report: TickReport, counts: Mapping[str, BoardCounts], owned: set[str],
+                block: Decision | None, backlog: Backlog | None, now: float) -> Decision:
+        if block is not None or backlog is None:
+            decision = block or blocked(HoldReason.BACKLOG_UNKNOWN, "backlog unknown")
         else:
-            decision = decide(holding=self.holding, backlog=report.backlog,
-                              marks=self.settings.marks, max_running=self.settings.max_running,
-                              boards=loads, tiebreak=order)
+            decision = self._policy(backlog, counts, owned, now)
             if decision.holding != self.holding:
                 self.metrics.hold_transitions.labels(
                     to="hold" if decision.holding else "release").inc()
             self.holding = decision.holding
+        if decision.holding:
+            if self._blocked_since is None:
+                self._blocked_since = now
+            self._outage |= decision.hold_reason is HoldReason.PROXY_UNREACHABLE
+            self._ramp_started = None
+        elif decision.grants:
+            if self._ramp_started is None and self._allowance(now) is not None:
+                self._ramp_started, self._ramp_spawned = now, 0  # resuming: slow start
+            self._blocked_since, self._outage = None, False
+        elif decision.free_slots == 0:
+            self._blocked_since, self._outage = None, False  # at target: nothing to ramp
+        if self._ramp_started is not None and decision.target is not None and \
+                (1 << min(int(now - self._ramp_started) + 1, 30)) - 1 >= decision.target:
+            self._ramp_started = None  # the ramp no longer limits anything
+        self.hold_reason = decision.hold_reason
         report.holding = decision.holding
+        report.hold_reason = decision.hold_reason.value if decision.hold_reason else None
         report.decision = decision.reason
         report.free_slots = decision.free_slots
+        report.target = decision.target
+        report.tasks_per_slot = self.ratio.value(now)
+        report.ramp_allowance = self._allowance(now)
         return decision
 
     async def _dispatch(self, report: TickReport, decision: Decision,
@@ -310,6 +361,11 @@ class Dispatcher:
             if not await self.locks.still_owned(slug):
                 board.skipped, board.max_arg = "lock lost before dispatch", None
                 continue
+            if board.grant > 0 and await self._backlog_reached_high():
+                # a dispatch call takes seconds: a burst may have arrived since we decided
+                board.skipped, board.max_arg, board.grant = \
+                    "backlog reached the high mark before dispatch", None, 0
+                continue
             try:
                 outcome = await self.hermes.dispatch(slug, board.max_arg)
             except HermesError as exc:
@@ -320,34 +376,123 @@ class Dispatcher:
             board.spawned = outcome.spawned
             board.reclaimed = outcome.reclaimed + len(outcome.crashed)
             board.promoted = outcome.promoted
+            board.failures = {k: v for k, v in outcome.failures.items() if v}
 
-    # -- the long run ---------------------------------------------------------------------------
+    async def _backlog_reached_high(self) -> bool:
+        """A fresh look right before a spawning call; an unreadable proxy counts as high."""
+        try:
+            backlog = await self.read_backlog()
+        except BacklogError:
+            return True
+        self._last_seen = backlog
+        return backlog.queued >= self.settings.marks.high
+
+    # -- between ticks ----------------------------------------------------------------------
+
+    async def watch_once(self) -> bool:
+        """One cheap look: would a tick now start a worker? (Sets the wake-up if so.)"""
+        if self._ticking:
+            return False  # the tick in progress reads and decides for itself
+        before = self._last_seen
+        try:
+            backlog = await self.read_backlog()
+        except BacklogError:
+            return False
+        self._last_seen = backlog
+        if backlog.missing or self.hold_reason in (HoldReason.LOCKED_OUT,):
+            return False
+        counts = self._last_counts
+        if getattr(self.probe, "cheap", False):
+            try:
+                counts = await self.probe.board_counts()
+            except HermesError:
+                return False
+            self._last_counts = dict(counts)
+        elif before is not None and not self.holding and (
+                backlog.in_flight < before.in_flight
+                or open_requests(backlog) < open_requests(before)):
+            # A request of a worker ended: its task may have finished. The counts we have are
+            # from the last tick, so let the tick count again.
+            self._wake.set()
+            return True
+        if not counts:
+            return False
+        decision = self._policy(backlog, counts, self._owned, self.clock())
+        if decision.grants or decision.holding != self.holding:
+            self._wake.set()
+            return True
+        return False
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.watch_once()
+            except Exception:  # a bug in the watcher must not end the companion
+                log.exception("dispatch watcher failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.react_s)
+
+    # -- the long run -----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick until ``stop`` is set; a tick that raises is logged and the loop goes on."""
-        while not stop.is_set():
-            started = self.clock()
-            try:
-                await self.tick()
-            except Exception:  # a bug in one tick must not end the companion
-                log.exception("dispatch tick failed")
-            delay = max(self.settings.interval_s - (self.clock() - started), 0.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+        """Tick until ``stop`` is set: every ``interval_s``, or when the watcher wakes us.
+        A tick that raises is logged and the loop goes on."""
+        watcher = None
+        if self.settings.react_s > 0:
+            watcher = asyncio.create_task(self._watch(stop))
+        trigger = "interval"
+        try:
+            while not stop.is_set():
+                started = self.clock()
+                self._wake.clear()
+                try:
+                    await self.tick(trigger)
+                except Exception:  # a bug in one tick must not end the companion
+                    log.exception("dispatch tick failed")
+                delay = max(self.settings.interval_s - (self.clock() - started), 0.0)
+                trigger = await self._sleep(stop, delay)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+
+    async def _sleep(self, stop: asyncio.Event, delay: float) -> str:
+        """Wait for the next tick; returns what ends the wait."""
+        waits = {asyncio.ensure_future(stop.wait()): "stop",
+                 asyncio.ensure_future(self._wake.wait()): "watch"}
+        done, pending = await asyncio.wait(waits, timeout=delay,
+                                           return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        for task in done:
+            return waits[task]
+        return "interval"
 
     def status(self) -> dict[str, Any]:
         s = self.settings
+        now = self.clock()
         return {
-            "holding": self.holding,
+            "holding": self.hold_reason is not None,
+            "hold_reason": self.hold_reason.value if self.hold_reason else None,
+            "healthy": self.healthy,
+            "failed_reads": self.failed_reads,
             "dry_run": s.dry_run,
             "settings": {
                 "max_running": s.max_running,
                 "high_watermark": s.marks.high,
                 "low_watermark": s.marks.low,
                 "interval_s": s.interval_s,
+                "react_s": s.react_s,
                 "maintenance_interval_s": s.maintenance_interval_s,
+                "unhealthy_after": s.unhealthy_after,
+                "ramp_after_s": s.ramp_after_s,
                 "boards": list(s.boards) if s.boards is not None else "all",
             },
+            "tasks_per_slot": {"value": round(self.ratio.value(now), 3),
+                               "learned": self.ratio.learned,
+                               "prior": s.ratio.prior},
+            "ramping": self._ramp_started is not None,
             "hermes": {
                 "executable": self.hermes.executable,
                 "version": str(self.version) if self.version else None,
@@ -359,7 +504,7 @@ class Dispatcher:
             "last_tick": self.last.to_dict() if self.last else None,
             "recent": [
                 {"tick": r.number, "at": r.at, "backlog": r.backlog, "holding": r.holding,
-                 "spawned": r.spawned, "ok": r.ok,
+                 "hold_reason": r.hold_reason, "spawned": r.spawned, "ok": r.ok,
                  "running": sum(b.running for b in r.boards.values())}
                 for r in self.recent
             ],

@@ -10,8 +10,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .hermes import REPORTED, WORKER_FAILURES
+from .policy import HoldReason
+
 if TYPE_CHECKING:
-    from .loop import Dispatcher, TickReport
+    from .loop import Dispatcher
+    from .report import TickReport
 
 
 class DispatcherMetrics:
@@ -26,8 +30,9 @@ class DispatcherMetrics:
                                       buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120))
         self.last_tick = Gauge(p + "last_tick_timestamp_seconds",
                                "Unix time of the last tick.", registry=r)
-        self.holding = Gauge(p + "holding", "1 while holding for the backlog to drain.",
-                             registry=r)
+        self.holding = Gauge(p + "holding", "1 while spawning is held, by reason "
+                             "(backlog_high, backlog_unknown, proxy_unreachable, locked_out).",
+                             ["reason"], registry=r)
         self.hold_transitions = Counter(p + "hold_transitions", "Hold state changes.", ["to"],
                                         registry=r)
         self.backlog = Gauge(p + "backlog", "Requests queued at the proxy for the watched "
@@ -44,19 +49,61 @@ class DispatcherMetrics:
         self.hermes_failures = Counter(p + "hermes_failures",
                                        "Failed `hermes` calls (bad output, stderr, timeout).",
                                        ["command"], registry=r)
+        self.read_failures = Counter(p + "proxy_read_failures",
+                                     "Failed reads of the proxy's status (or the store).",
+                                     registry=r)
+        self.failed_reads = Gauge(p + "proxy_failed_reads", "Failed proxy reads in a row; "
+                                  "/healthz answers 503 from --unhealthy-after on.", registry=r)
+        self.target = Gauge(p + "target_running", "Running tasks aimed at: cap x tasks per "
+                            "slot, under --max-running (NaN when there is none).", registry=r)
+        self.tasks_per_slot = Gauge(p + "tasks_per_slot", "Learned running tasks per open "
+                                    "request of those tasks.", registry=r)
+        self.capacity = Gauge(p + "capacity", "The watched routes' cap and in flight "
+                              "(NaN when unknown).", ["kind"], registry=r)
+        self.tasks = Gauge(p + "tasks", "Tasks per board and status.", ["board", "status"],
+                           registry=r)
+        self.oldest_ready = Gauge(p + "oldest_ready_age_seconds", "How long the oldest ready "
+                                  "task of a board has waited (NaN: the probe cannot tell; 0: "
+                                  "nothing ready).", ["board"], registry=r)
+        self.reclaimed = Counter(p + "reclaimed", "Tasks Hermes reclaimed from dead or stale "
+                                 "workers in our passes.", ["board"], registry=r)
+        self.worker_failures = Counter(p + "worker_failures", "Worker failures our passes "
+                                       "found, by kind.", ["board", "kind"], registry=r)
+        for reason in HoldReason:
+            self.holding.labels(reason=reason.value).set(0)
 
-    def observe(self, report: TickReport) -> None:
+    def observe(self, report: TickReport, dispatcher: Dispatcher | None = None) -> None:
+        nan = float("nan")
         self.ticks.labels(outcome="ok" if report.ok else "failed").inc()
         self.tick_seconds.observe(report.duration_s)
         self.last_tick.set(report.at)
-        self.holding.set(1 if report.holding else 0)
-        self.backlog.set(float("nan") if report.backlog is None else report.backlog)
+        for reason in HoldReason:
+            self.holding.labels(reason=reason.value).set(
+                1 if report.holding and report.hold_reason == reason.value else 0)
+        self.backlog.set(nan if report.backlog is None else report.backlog)
         self.free_slots.set(report.free_slots)
+        self.target.set(nan if report.target is None else report.target)
+        if report.tasks_per_slot is not None:
+            self.tasks_per_slot.set(report.tasks_per_slot)
+        self.capacity.labels(kind="cap").set(nan if report.cap is None else report.cap)
+        self.capacity.labels(kind="in_flight").set(
+            nan if report.in_flight is None else report.in_flight)
+        if dispatcher is not None:
+            self.failed_reads.set(dispatcher.failed_reads)
         for slug, board in report.boards.items():
             self.running.labels(board=slug).set(board.running)
             self.ready.labels(board=slug).set(board.ready)
+            for status in dict.fromkeys((*REPORTED, *board.by_status)):
+                self.tasks.labels(board=slug, status=status).set(board.by_status.get(status, 0))
+            self.oldest_ready.labels(board=slug).set(
+                nan if board.oldest_ready_s is None else board.oldest_ready_s)
             if board.spawned:
                 self.spawned.labels(board=slug).inc(len(board.spawned))
+            if board.reclaimed:
+                self.reclaimed.labels(board=slug).inc(board.reclaimed)
+            for kind in WORKER_FAILURES:
+                if board.failures.get(kind):
+                    self.worker_failures.labels(board=slug, kind=kind).inc(board.failures[kind])
             if board.max_arg is not None and not report.dry_run and board.error is None \
                     and board.skipped is None:
                 kind = "maintenance" if board.maintenance else "spawn"
@@ -80,15 +127,21 @@ async def _status(request: web.Request) -> web.Response:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    """200 while ticks keep coming; 503 once none came for three intervals."""
+    """200 while ticks keep coming and the proxy can be read; 503 once no tick came for three
+    intervals, or ``--unhealthy-after`` reads of the proxy failed in a row."""
     dispatcher = request.app[STATUS_APP_KEY]
     last = dispatcher.last
     age = None if last is None else time.time() - last.at
     limit = 3 * dispatcher.settings.interval_s + dispatcher.hermes.timeout_s
-    fresh = age is not None and age <= limit
-    body: dict[str, Any] = {"status": "ok" if fresh else "stale", "last_tick_age_s": age,
-                            "last_tick_ok": last.ok if last else None}
-    return web.json_response(body, status=200 if fresh or last is None else 503)
+    fresh = age is None or age <= limit
+    healthy = fresh and dispatcher.healthy
+    status = "ok" if healthy else ("stale" if not fresh else "proxy_unreadable")
+    body: dict[str, Any] = {"status": status, "last_tick_age_s": age,
+                            "last_tick_ok": last.ok if last else None,
+                            "failed_reads": dispatcher.failed_reads,
+                            "hold_reason": dispatcher.hold_reason.value
+                            if dispatcher.hold_reason else None}
+    return web.json_response(body, status=200 if healthy else 503)
 
 
 def status_app(dispatcher: Dispatcher) -> web.Application:

@@ -1,28 +1,55 @@
 """The dispatcher's decision, as pure functions: hold or spawn, and how many on which board.
 
-Theory of operation. Every tick the loop observes two things: the proxy's backlog (requests
-queued for the models the boards use) and, per board, how many tasks run and how many are
-ready. From those alone, :func:`decide` says
+Theory of operation. The loop observes the proxy (requests queued for the models the boards
+use, and the capacity of the routes serving them: in flight against the effective cap) and,
+per board, how many tasks run and how many are ready. From those alone, :func:`decide` says
 
 1. whether to hold: hysteresis between two watermarks. Holding starts when the backlog reaches
    ``high`` and ends only when it falls below ``low``, so a backlog hovering around one value
    never flaps between spawning and holding;
-2. if not holding, how many new workers each board may start: the free slots under the global
-   ``max_running`` cap, handed out one at a time to the board with the fewest tasks running
-   (counting the grants so far) that still has ready work. That is max-min fairness over
-   running tasks: boards with ready work converge to equal shares of the cap, and a board
-   that grew alone while others were idle receives nothing until the others catch up (its
-   workers are never stopped). Ties go by ``tiebreak`` order, which the loop rotates every tick
-   so no board always wins the odd slot.
+2. while not holding, how many running tasks the GPUs want. A worker spends part of its life
+   off the GPU (starting, running tools, its own thinking), so the GPUs stay busy only with more
+   running tasks than slots -- some requests already waiting when a slot frees, since a worker
+   needs seconds from spawn to its first request. The free capacity for the tasks is the cap
+   less what outside traffic holds (``outside``: requests on the routes not from the tasks),
+   and the target is ``ceil(free capacity * tasks_per_slot)``, where ``tasks_per_slot`` is
+   learned from the running tasks (:mod:`.ratio`); ``max_running``, when given, is a ceiling;
+3. how many new workers each board may start: the room under the target, under the
+   ``allowance`` of a ramp after an outage, and under the queue's room: the queue the workers
+   would make if every running task without an open request (``pending``: starting, running a
+   tool) sent one now must stay below ``high``, so the workers do not hold themselves. That
+   room is handed out one at a time to the board with the
+   fewest tasks running (counting the grants so far) that still has ready work. That is
+   max-min fairness over running tasks: boards with ready work converge to equal shares, and
+   a board that grew alone while others were idle receives nothing until the others catch up
+   (its workers are never stopped). Ties go by ``tiebreak`` order, which the loop rotates every
+   tick so no board always wins the odd slot.
 
-Guarantee: the grants never take the sum of running tasks plus grants over ``max_running``,
-and never exceed a board's ready count.
+Guarantee: no grant while holding (so none from the moment the backlog reaches ``high`` until
+it is below ``low``); the grants never take the sum of running tasks plus grants over the
+target nor over ``max_running``, never exceed ``allowance``, nor the queue's room, nor a
+board's ready count.
 """
 
 from __future__ import annotations
 
+import enum
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+
+class HoldReason(enum.Enum):
+    """Why nothing is spawned although there may be work: shown on /status and /metrics."""
+
+    #: the proxy's queue reached the high watermark (held until below the low one)
+    BACKLOG_HIGH = "backlog_high"
+    #: the proxy answered, but not with a backlog for the watched models
+    BACKLOG_UNKNOWN = "backlog_unknown"
+    #: the proxy's status could not be read at all
+    PROXY_UNREACHABLE = "proxy_unreachable"
+    #: another dispatcher holds the lock of every board with ready work
+    LOCKED_OUT = "locked_out"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +81,17 @@ class Decision:
     reason: str
     #: new workers each board may start this tick (boards with no grant are absent)
     grants: Mapping[str, int] = field(default_factory=dict)
-    #: slots under the global cap before granting
+    #: room under the target before granting (what the ramp or ready work may leave unused)
     free_slots: int = 0
+    #: set while holding
+    hold_reason: HoldReason | None = None
+    #: running tasks aimed at (None: no cap and no --max-running)
+    target: int | None = None
+
+
+def blocked(reason: HoldReason, text: str) -> Decision:
+    """A hold the loop decides before the policy runs (no usable reading, no lock)."""
+    return Decision(holding=True, reason=text, hold_reason=reason)
 
 
 def next_holding(holding: bool, backlog: int, marks: Watermarks) -> bool:
@@ -86,35 +122,82 @@ def fair_grants(
     return grants
 
 
+def target_running(cap: int | None, tasks_per_slot: float, max_running: int | None,
+                   outside: int = 0) -> int | None:
+    """Running tasks that keep the slots outside traffic leaves busy, under the ceiling;
+    None: nothing to aim at."""
+    target = None if cap is None else math.ceil(max(cap - outside, 0) * tasks_per_slot - 1e-9)
+    if max_running is not None:
+        target = max_running if target is None else min(target, max_running)
+    return target
+
+
+def queue_room_for(marks: Watermarks, backlog: int, cap: int | None, in_flight: int,
+                   pending: int) -> int:
+    """New workers that fit before the queue would reach ``high``, if the ``pending`` workers
+    (running, no request open) all asked now; unbounded (a large number) without a cap."""
+    if cap is None:
+        return 1 << 30
+    # free slots absorb requests first; what is left queues behind the backlog
+    return max(cap - in_flight - pending + marks.high - 1 - backlog, 0)
+
+
 def decide(
     *,
     holding: bool,
     backlog: int,
     marks: Watermarks,
-    max_running: int,
     boards: Mapping[str, BoardLoad],
+    max_running: int | None = None,
+    cap: int | None = None,
+    outside: int = 0,
+    in_flight: int = 0,
+    pending: int = 0,
+    tasks_per_slot: float = 1.0,
+    allowance: int | None = None,
     tiebreak: Sequence[str] = (),
 ) -> Decision:
     """The whole tick decision; see the module docstring."""
     now_holding = next_holding(holding, backlog, marks)
+    target = target_running(cap, tasks_per_slot, max_running, outside)
     if now_holding:
         if holding:
             why = f"hold: backlog {backlog} >= low {marks.low}"
         else:
             why = f"hold: backlog {backlog} >= high {marks.high}"
-        return Decision(holding=True, reason=why)
+        return Decision(holding=True, reason=why, hold_reason=HoldReason.BACKLOG_HIGH,
+                        target=target)
+    prefix = f"resume: backlog {backlog} < low {marks.low}; " if holding else ""
     running = sum(b.running for b in boards.values())
-    free = max(max_running - running, 0)
     ready = sum(b.ready for b in boards.values())
-    grants = fair_grants(free, boards, tiebreak)
-    if holding:
-        prefix = f"resume: backlog {backlog} < low {marks.low}; "
-    else:
-        prefix = ""
-    if ready == 0:
+    room = 0 if target is None else max(target - running, 0)
+    if target is None:
+        why = "no target: the models are uncapped and no --max-running is given"
+    elif ready == 0:
         why = "nothing ready"
-    elif free == 0:
-        why = f"at cap: {running} running of {max_running}"
+    elif room == 0:
+        why = f"at target: {running} running of {target}"
+    elif (queue_room := queue_room_for(marks, backlog, cap, in_flight, pending)) == 0:
+        why = f"queue full soon: {pending} starting would queue behind {in_flight} in flight"
     else:
-        why = f"spawn {sum(grants.values())}: {free} free of {max_running}"
-    return Decision(holding=False, reason=prefix + why, grants=grants, free_slots=free)
+        free = room if allowance is None else min(room, max(allowance, 0))
+        free = min(free, queue_room)
+        grants = fair_grants(free, boards, tiebreak)
+        why = f"spawn {sum(grants.values())}: {room} below target {target}"
+        if allowance is not None and allowance < room:
+            why += f" (ramp allows {max(allowance, 0)})"
+        elif queue_room < room:
+            why += f" (queue room {queue_room})"
+        return Decision(holding=False, reason=prefix + why, grants=grants, free_slots=room,
+                        target=target)
+    return Decision(holding=False, reason=prefix + why, free_slots=room, target=target)
+
+
+def ramp_allowance(elapsed_s: float, spawned: int) -> int:
+    """Slow start: up to 1 spawn in the first second of a ramp, 2 in the next, then 4, ...
+
+    ``spawned`` is what the ramp already started; the allowance is what it may start now.
+    """
+    second = max(int(elapsed_s), 0)
+    cumulative = (1 << min(second + 1, 30)) - 1
+    return max(cumulative - spawned, 0)

@@ -7,6 +7,7 @@ import copy
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -14,6 +15,7 @@ from aiohttp.test_utils import TestServer
 from proxy.dispatcher.backlog import (
     BacklogError,
     HttpStatusBacklog,
+    ProxyUnreachable,
     RedisStatusBacklog,
     backlog_from_status,
 )
@@ -45,9 +47,46 @@ def test_sum_over_the_watched_models() -> None:
     assert b.queued == 5 and b.per_model == {"qwen": 3, "llama": 2}
 
 
-def test_a_model_not_yet_seen_counts_zero_and_is_reported() -> None:
+def test_a_model_the_proxy_does_not_serve_is_reported_missing() -> None:
+    """The proxy lists every configured route; a name matching none has an unknown backlog."""
     b = backlog_from_status(STATUS, ["qwen", "mistral"])
-    assert b.queued == 3 and b.missing == ("mistral",)
+    assert b.missing == ("mistral",) and b.routes == {"qwen": "qwen"}
+
+
+WILDCARD: dict[str, Any] = {
+    **STATUS,
+    "models": {"*": {"in_flight": 3, "cap": 3, "queued": 5, "oldest_wait_s": 2.0,
+                     "saturated": True}},
+}
+
+
+def test_a_model_served_by_the_wildcard_counts_the_wildcard_queue() -> None:
+    """Hazard: with the proxy routing through "*", --models stub-model read a backlog of 0
+    while 5 requests were queued, which silently turned backpressure off."""
+    b = backlog_from_status(WILDCARD, ["stub-model"])
+    assert b.queued == 5 and b.missing == () and b.routes == {"stub-model": "*"}
+    assert (b.cap, b.in_flight, b.free_capacity) == (3, 3, 0)
+
+
+def test_two_names_on_one_route_count_its_queue_once() -> None:
+    b = backlog_from_status(WILDCARD, ["a", "b"])
+    assert b.queued == 5 and b.cap == 3
+
+
+def test_capacity_sums_the_watched_routes_and_an_uncapped_one_makes_it_unknown() -> None:
+    b = backlog_from_status(STATUS, ["qwen"])
+    assert (b.cap, b.in_flight, b.free_capacity) == (4, 4, 0)
+    b = backlog_from_status(STATUS, ["qwen", "llama"])
+    assert b.cap is None and b.in_flight == 5 and b.free_capacity is None
+
+
+def test_attributed_requests_are_the_workers_open_requests() -> None:
+    doc = {**STATUS, "attributed": {
+        "workers/t_1": {"in_flight": 1, "cap": 1, "queued": 0},
+        "workers/t_2": {"in_flight": 0, "cap": 1, "queued": 1}}}
+    b = backlog_from_status(doc, ["qwen"])
+    assert (b.attributed_open, b.attributed_in_flight) == (2, 1)
+    assert backlog_from_status(STATUS, ["qwen"]).attributed_open is None
 
 
 def test_degraded_is_passed_on() -> None:
@@ -182,7 +221,7 @@ async def test_http_timeout_raises(status_server: StatusServer) -> None:
 async def test_connection_refused_raises(unused_tcp_port: int) -> None:
     source = HttpStatusBacklog(f"http://127.0.0.1:{unused_tcp_port}/throttle/status")
     try:
-        with pytest.raises(BacklogError):
+        with pytest.raises(ProxyUnreachable):
             await source.read()
     finally:
         await source.close()
@@ -209,3 +248,34 @@ async def test_redis_source_failures_raise(dispatch_redis_url: str) -> None:
     for url in (dispatch_redis_url, "redis://127.0.0.1:9/0"):
         with pytest.raises(BacklogError):
             await RedisStatusBacklog(url, timeout_s=2).read()
+
+
+async def test_a_real_proxy_routing_through_the_wildcard(make_proxy: Any, mock_llm: Any) -> None:
+    """End to end against a real proxy whose only route is "*": the queue of a model it serves
+    through "*" is counted, and its cap and in-flight come with it."""
+    upstream = await mock_llm()
+    proxy = await make_proxy({"upstreams": {"up": {"url": upstream.url}},
+                              "models": {"*": {"upstreams": ["up"], "max_in_flight": 1}}})
+    source = HttpStatusBacklog(proxy.url + "/throttle/status", ["stub-model"])
+
+    async def hanging() -> None:
+        body = {"model": "stub-model", "messages": [{"role": "user", "content": "x"}]}
+        async with aiohttp.ClientSession() as session, session.post(
+                proxy.url + "/v1/chat/completions", json=body,
+                headers={"x-mock-fault": "hang"}) as resp:
+            await resp.read()
+
+    load = [asyncio.create_task(hanging()) for _ in range(3)]
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            b = await source.read()
+            if b.queued == 2 or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        assert (b.queued, b.cap, b.in_flight, b.routes) == (2, 1, 1, {"stub-model": "*"})
+    finally:
+        for task in load:
+            task.cancel()
+        await asyncio.gather(*load, return_exceptions=True)
+        await source.close()

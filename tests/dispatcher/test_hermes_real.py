@@ -85,6 +85,12 @@ async def test_cli_counts_match_the_read_only_probe_which_writes_nothing(
     # "child of a" can be promoted (a is done); "child of a and b" waits for b.
     assert alpha.promotable == 1 and alpha.ready == 2
     assert cli_counts["alpha"].promotable is None and cli_counts["alpha"].ready == 1
+    # The oldest ready task ("parent b") has been ready since it was created; the CLI's
+    # counts cannot tell.
+    with contextlib.closing(sqlite3.connect(hh.db_path("alpha"))) as conn:
+        created_b = conn.execute("SELECT created_at FROM tasks WHERE id = ?", (b,)).fetchone()[0]
+    assert alpha.oldest_ready_at == float(created_b)
+    assert cli_counts["alpha"].oldest_ready_at is None
 
 
 async def test_errors_exit_zero_and_are_caught(hermes_home: HermesHome) -> None:

@@ -13,90 +13,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from proxy.dispatcher.backlog import Backlog, BacklogError
-from proxy.dispatcher.hermes import (
-    BoardCounts,
-    DispatchOutcome,
-    HermesError,
-    HermesVersion,
-    MaxSemantics,
-)
+from proxy.dispatcher.hermes import MaxSemantics
 from proxy.dispatcher.lock import BoardLocks, NullLock
 from proxy.dispatcher.loop import Dispatcher, DispatchSettings
 from proxy.dispatcher.metrics import status_app
 from proxy.dispatcher.policy import Watermarks
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeHermes:
-    """Records dispatch calls; boards are plain dicts of status counts the test edits."""
-
-    executable = "hermes"
-    timeout_s = 5.0
-
-    def __init__(self, boards: dict[str, dict[str, int]], version: str = "0.19.0") -> None:
-        self.boards = boards
-        self.calls: list[tuple[str, int]] = []
-        self.fail_boards: set[str] = set()
-        self.fail_counts = False
-        self._version = version
-
-    async def version(self) -> HermesVersion:
-        if self._version == "broken":
-            raise HermesError(["hermes", "--version"], "printed no version")
-        return HermesVersion.parse(self._version)
-
-    async def board_counts(self) -> dict[str, BoardCounts]:
-        if self.fail_counts:
-            raise HermesError(["hermes", "kanban", "boards", "list"], "printed non-JSON output")
-        return {slug: BoardCounts(slug, dict(c)) for slug, c in self.boards.items()}
-
-    async def dispatch(self, board: str, max_spawn: int) -> DispatchOutcome:
-        self.calls.append((board, max_spawn))
-        if board in self.fail_boards:
-            raise HermesError(["hermes", "kanban", "dispatch"], "wrote to stderr", "boom")
-        c = self.boards[board]
-        start = max(max_spawn - c.get("running", 0), 0) if max_spawn else 0
-        n = min(start, c.get("ready", 0))
-        c["ready"] = c.get("ready", 0) - n
-        c["running"] = c.get("running", 0) + n
-        return DispatchOutcome(board, max_spawn, tuple(f"t{i}" for i in range(n)), 0, (), 0, {})
-
-    def command_line(self, args: Any) -> str:
-        return "hermes " + " ".join(args)
-
-
-class FakeBacklog:
-    def __init__(self, queued: int = 0) -> None:
-        self.queued: int | None = queued
-
-    async def read(self) -> Backlog:
-        if self.queued is None:
-            raise BacklogError("GET http://proxy/throttle/status: ClientConnectorError")
-        return Backlog(queued=self.queued)
-
-    async def close(self) -> None:
-        return None
-
-
-class HeldElsewhere:
-    description = "held by another companion"
-
-    async def acquire(self) -> bool:
-        return False
-
-    async def renew(self) -> bool:
-        return False
-
-    async def release(self) -> None:
-        return None
+from .fakes import FakeBacklog, FakeClock, FakeHermes, HeldElsewhere
 
 
 def make(
@@ -177,7 +100,7 @@ async def test_holding_spawns_nothing_but_maintains_once_a_minute() -> None:
     source.queued = 1  # below low: resume
     report = await d.tick()
     assert not report.holding and report.decision.startswith("resume")
-    assert hermes.calls[-1] == ("a", 6)
+    assert hermes.calls[-1] == ("a", 3)  # after a 70 s hold the ramp starts with one spawn
 
 
 async def test_idle_boards_with_running_tasks_get_maintenance_while_spawning_elsewhere() -> None:
@@ -198,12 +121,12 @@ async def test_unreadable_backlog_spawns_nothing() -> None:
     await d.start()
     report = await d.tick()
     assert not report.ok and "backlog" in (report.error or "")
-    assert report.backlog is None and "backlog unknown" in report.decision
+    assert report.backlog is None and "proxy unreachable" in report.decision
     assert hermes.calls == [("a", 0)]  # maintenance only
     source.queued = 0
     clock.now += 10
     report = await d.tick()
-    assert report.ok and hermes.calls[-1] == ("a", 5)
+    assert report.ok and hermes.calls[-1] == ("a", 1)  # back after an outage: slow start
 
 
 async def test_unreadable_board_counts_end_the_tick_and_the_next_retries() -> None:
@@ -278,15 +201,15 @@ async def test_only_the_named_boards() -> None:
 
 
 async def test_log_line_has_everything(caplog: pytest.LogCaptureFixture) -> None:
-    d, _, _, _ = make({"a": {"running": 1, "ready": 2}, "b": {"ready": 1}}, backlog=3)
+    d, _, _, _ = make({"a": {"running": 1, "ready": 2}, "b": {"ready": 1}}, backlog=1)
     await d.start()
     with caplog.at_level(logging.INFO, logger="llm_throttle.dispatch"):
         await d.tick()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("tick=")]
     assert len(lines) == 1
     line = lines[0]
-    for part in ("backlog=3", "hold=no", "running=a:1,b:0", "total=1", "ready=a:2,b:1",
-                 'decision="spawn 3: 5 free of 6"', "spawned=a:2,b:1"):
+    for part in ("backlog=1", "hold=no", "running=a:1,b:0", "total=1", "ready=a:2,b:1",
+                 "target=6", 'decision="spawn 3: 5 below target 6"', "spawned=a:2,b:1"):
         assert part in line, line
 
 
@@ -298,7 +221,7 @@ async def test_each_dispatcher_has_its_own_registry() -> None:
         await d.tick()
     text = d1.metrics.render().decode()
     assert 'llm_throttle_dispatch_spawned_total{board="a"} 1.0' in text
-    assert "llm_throttle_dispatch_holding 0.0" in text
+    assert 'llm_throttle_dispatch_holding{reason="backlog_high"} 0.0' in text
 
 
 async def test_status_endpoints(aiohttp_client: Any) -> None:

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.dispatcher.policy import BoardLoad, Watermarks, decide, fair_grants, next_holding
+from proxy.dispatcher.policy import (
+    BoardLoad,
+    HoldReason,
+    Watermarks,
+    decide,
+    fair_grants,
+    next_holding,
+    ramp_allowance,
+    target_running,
+)
 
 MARKS = Watermarks(high=8, low=2)
 
@@ -86,7 +97,7 @@ def test_decide_resumes_below_low_and_fills_the_cap() -> None:
 def test_decide_at_cap() -> None:
     d = decide(holding=False, backlog=0, marks=MARKS, max_running=4,
                boards={"a": BoardLoad(5, 5)})
-    assert d.grants == {} and d.free_slots == 0 and "at cap" in d.reason
+    assert d.grants == {} and d.free_slots == 0 and "at target" in d.reason
 
 
 def test_boards_without_ready_work_still_count_against_the_cap() -> None:
@@ -114,8 +125,8 @@ def test_never_over_the_cap(boards: dict[str, BoardLoad], cap: int, backlog: int
         assert 0 < n <= boards[slug].ready
     if d.holding:
         assert granted == 0
-    # Work-conserving: while not holding, a slot stays free only when nothing is ready.
-    if not d.holding:
+    # Work-conserving: below the low mark, a slot stays free only when nothing is ready.
+    if not d.holding and backlog < MARKS.low:
         ready = sum(b.ready for b in boards.values())
         assert granted == min(max(cap - running, 0), ready)
 
@@ -130,3 +141,113 @@ def test_max_min_fair(boards: dict[str, BoardLoad], free: int) -> None:
             for t, n in grants.items():
                 if n:
                     assert after[t] <= after[s] + 1
+
+
+# -- control on what the GPU needs -----------------------------------------------------------
+
+LOW_MARKS = Watermarks(high=4, low=1)
+
+
+def test_the_target_is_cap_times_tasks_per_slot() -> None:
+    """Hazard: a task cap equal to the GPU cap leaves slots idle while workers start or run
+    tools; aiming at cap x tasks-per-slot keeps the GPU busy."""
+    d = decide(holding=False, backlog=0, marks=LOW_MARKS, cap=3, tasks_per_slot=2.0,
+               boards={"a": BoardLoad(2, 10)})
+    assert d.target == 6 and d.grants == {"a": 4}
+    assert target_running(3, 1.5, None) == 5 and target_running(3, 2.0, 4) == 4
+    assert target_running(None, 2.0, 4) == 4 and target_running(None, 2.0, None) is None
+
+
+def test_max_running_is_a_ceiling_on_the_target() -> None:
+    d = decide(holding=False, backlog=0, marks=LOW_MARKS, cap=3, tasks_per_slot=3.0,
+               max_running=5, boards={"a": BoardLoad(0, 10)})
+    assert d.target == 5 and d.grants == {"a": 5}
+
+
+def test_outside_traffic_leaves_the_tasks_less_capacity() -> None:
+    """Requests on the routes that are not the workers' (an outside burst) take slots: the
+    target shrinks to what they leave, times tasks per slot."""
+    d = decide(holding=False, backlog=0, marks=LOW_MARKS, cap=3, outside=2,
+               tasks_per_slot=2.0, boards={"a": BoardLoad(0, 10)})
+    assert d.target == 2 and d.grants == {"a": 2}
+    d = decide(holding=False, backlog=0, marks=LOW_MARKS, cap=3, outside=5,
+               tasks_per_slot=2.0, boards={"a": BoardLoad(0, 10)})
+    assert d.target == 0 and d.grants == {}
+
+
+def test_while_spawning_workers_may_wait_in_the_queue_below_the_high_mark() -> None:
+    """A worker needs seconds to its first request: below the target, spawning goes on with
+    every slot busy and a short queue, so the next request is there when a slot frees."""
+    d = decide(holding=False, backlog=2, marks=LOW_MARKS, cap=3, tasks_per_slot=2.0,
+               boards={"a": BoardLoad(4, 10)})
+    assert not d.holding and d.grants == {"a": 2}
+    d = decide(holding=True, backlog=2, marks=LOW_MARKS, cap=3, tasks_per_slot=2.0,
+               boards={"a": BoardLoad(4, 10)})
+    assert d.holding and d.grants == {}  # but a hold lasts until below the low mark
+
+
+def test_workers_about_to_ask_leave_less_room_in_the_queue() -> None:
+    """Hazard: the workers' own requests pushed the queue to the high mark, and the hold that
+    followed drained the pipeline to nothing (the GPU idle while new workers started)."""
+    # 3 in flight, 1 queued, 2 running workers without a request yet: if they ask now the
+    # queue is 3, one below the high mark: nothing more.
+    d = decide(holding=False, backlog=1, marks=LOW_MARKS, cap=3, in_flight=3, pending=2,
+               tasks_per_slot=3.0, boards={"a": BoardLoad(6, 10)})
+    assert d.grants == {} and "queue full soon" in d.reason
+    d = decide(holding=False, backlog=0, marks=LOW_MARKS, cap=3, in_flight=2, pending=1,
+               tasks_per_slot=3.0, boards={"a": BoardLoad(5, 10)})
+    assert d.grants == {"a": 3}  # one free slot... taken by the pending one; 3 may queue
+
+
+def test_the_ramp_allowance_limits_the_grant() -> None:
+    d = decide(holding=False, backlog=0, marks=LOW_MARKS, cap=3, tasks_per_slot=2.0,
+               allowance=2, boards={"a": BoardLoad(0, 10), "b": BoardLoad(0, 10)})
+    assert sum(d.grants.values()) == 2 and "ramp allows 2" in d.reason
+
+
+def test_uncapped_models_without_a_ceiling_spawn_nothing() -> None:
+    d = decide(holding=False, backlog=0, marks=LOW_MARKS, boards={"a": BoardLoad(0, 10)})
+    assert d.grants == {} and d.target is None and "no target" in d.reason
+
+
+def test_holding_names_its_reason() -> None:
+    d = decide(holding=False, backlog=4, marks=LOW_MARKS, cap=3, boards={"a": BoardLoad(0, 1)})
+    assert d.holding and d.hold_reason is HoldReason.BACKLOG_HIGH
+
+
+def test_slow_start_doubles_every_second() -> None:
+    """After an outage: 1 spawn in the first second, 2 more in the next, then 4, ..."""
+    spawned = 0
+    per_second = []
+    for second in range(5):
+        allowed = ramp_allowance(second + 0.5, spawned)
+        per_second.append(allowed)
+        spawned += allowed
+    assert per_second == [1, 2, 4, 8, 16]
+    assert ramp_allowance(0.9, 1) == 0  # used up within the second
+
+
+@given(loads, st.integers(0, 20), st.integers(0, 25), st.integers(0, 6),
+       st.floats(1.0, 4.0), st.one_of(st.none(), st.integers(1, 20)),
+       st.one_of(st.none(), st.integers(0, 10)), st.booleans(), st.integers(0, 25),
+       st.integers(0, 12))
+def test_the_guarantee(boards: dict[str, BoardLoad], cap: int, outside: int, backlog: int,
+                       ratio: float, max_running: int | None, allowance: int | None,
+                       holding: bool, in_flight: int, pending: int) -> None:
+    d = decide(holding=holding, backlog=backlog, marks=LOW_MARKS, boards=boards, cap=cap,
+               outside=outside, tasks_per_slot=ratio, max_running=max_running,
+               allowance=allowance, in_flight=in_flight, pending=pending)
+    running = sum(b.running for b in boards.values())
+    granted = sum(d.grants.values())
+    if d.holding or backlog >= LOW_MARKS.high or (holding and backlog >= LOW_MARKS.low):
+        assert granted == 0 and d.holding
+    free = max(cap - outside, 0)
+    assert running + granted <= max(math.ceil(free * ratio - 1e-9), running)
+    if max_running is not None:
+        assert running + granted <= max(max_running, running)
+    if allowance is not None:
+        assert granted <= allowance
+    # if every pending worker and every new one asked now, the queue stays below high
+    assert backlog + max(in_flight + pending + granted - cap, 0) < LOW_MARKS.high or not granted
+    for slug, n in d.grants.items():
+        assert 0 < n <= boards[slug].ready

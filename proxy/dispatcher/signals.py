@@ -1,0 +1,35 @@
+"""What the proxy's reading says about the workers: their open requests, the outside traffic,
+and the running tasks about to ask (pure functions of one reading and the board counts)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .backlog import Backlog
+from .hermes import BoardCounts
+from .policy import BoardLoad
+
+
+def open_requests(backlog: Backlog) -> int:
+    """The workers' open requests: attributed ones, else everything on the watched routes."""
+    if backlog.attributed_open is not None:
+        return backlog.attributed_open
+    return backlog.in_flight + backlog.queued
+
+
+def outside_requests(backlog: Backlog) -> int:
+    """Slots held by requests that are not the workers' (0 when nothing is attributed: then all
+    of them count as the workers'). Queued outside requests are the watermarks' business."""
+    if backlog.attributed_in_flight is None:
+        return 0
+    return max(backlog.in_flight - backlog.attributed_in_flight, 0)
+
+
+def pending_workers(backlog: Backlog, counts: Mapping[str, BoardCounts],
+                    loads: Mapping[str, BoardLoad]) -> int:
+    """Running tasks with no request open (starting, running a tool): each may ask the GPU
+    any moment. 0 when requests are not attributed (then they cannot be told apart)."""
+    if backlog.attributed_open is None:
+        return 0
+    running = sum(load.running for load in loads.values())
+    return max(running - backlog.attributed_open, 0)

@@ -1,0 +1,227 @@
+"""The loop's control on what the GPU needs: hold reasons, the ramp, health, reacting between
+ticks, and the Hermes counts on /metrics. Stand-ins for hermes and the proxy; fake time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from proxy.dispatcher.hermes import MaxSemantics
+from proxy.dispatcher.lock import BoardLocks, NullLock
+from proxy.dispatcher.loop import Dispatcher, DispatchSettings
+from proxy.dispatcher.metrics import status_app
+from proxy.dispatcher.policy import Watermarks
+
+from .fakes import FakeBacklog, FakeClock, FakeHermes, HeldElsewhere
+
+
+class CheapHermes(FakeHermes):
+    """Counts as cheap as the SQLite probe: the watcher reads the boards between ticks."""
+
+    cheap = True
+
+
+def make(boards: dict[str, dict[str, int]], *, cap: int | None = 3, in_flight: int = 0,
+         max_running: int | None = None, taken: set[str] = frozenset(),  # type: ignore[assignment]
+         cheap: bool = False, **settings: Any) -> tuple[Dispatcher, FakeHermes, FakeBacklog,
+                                                       FakeClock]:
+    hermes = (CheapHermes if cheap else FakeHermes)(boards)
+    source, clock = FakeBacklog(0), FakeClock()
+    source.extra = {"cap": cap, "in_flight": in_flight}
+    locks = BoardLocks(lambda slug: HeldElsewhere() if slug in taken else NullLock())
+    s = DispatchSettings(marks=Watermarks(high=4, low=1), max_running=max_running,
+                         semantics=MaxSemantics.RUNNING, **settings)
+    d = Dispatcher(s, hermes=hermes, probe=hermes, backlog=source,  # type: ignore[arg-type]
+                   locks=locks, clock=clock)
+    return d, hermes, source, clock
+
+
+async def test_spawns_up_to_cap_times_tasks_per_slot_without_max_running() -> None:
+    d, hermes, _, _ = make({"a": {"ready": 20}}, cap=3)
+    report = await d.tick()
+    assert report.target == 6 and hermes.calls == [("a", 6)]
+
+
+async def test_a_locked_out_instance_says_so() -> None:
+    """Hazard: a second instance whose boards are all locked logged "nothing ready" while
+    20 tasks were ready."""
+    d, hermes, _, _ = make({"a": {"ready": 20}}, taken={"a"})
+    report = await d.tick()
+    assert report.holding and report.hold_reason == "locked_out"
+    assert "locked out: 20 ready" in report.decision and hermes.calls == []
+    assert d.status()["holding"] is True and d.status()["hold_reason"] == "locked_out"
+    text = d.metrics.render().decode()
+    assert 'llm_throttle_dispatch_holding{reason="locked_out"} 1.0' in text
+
+
+async def test_proxy_down_holds_with_its_reason_and_healthz_turns_503(
+    aiohttp_client: Any,
+) -> None:
+    """Hazard: with the proxy down, `holding` read 0 on /metrics, false on /status, and
+    /healthz answered 200."""
+    d, hermes, source, clock = make({"a": {"ready": 5}}, unhealthy_after=2)
+    client: TestClient = await aiohttp_client(status_app(d))
+    source.queued = None
+    await d.tick()
+    assert (await client.get("/healthz")).status == 200  # one failed read: not yet
+    clock.now += 10
+    await d.tick()
+    resp = await client.get("/healthz")
+    assert resp.status == 503 and (await resp.json())["hold_reason"] == "proxy_unreachable"
+    doc = await (await client.get("/status")).json()
+    assert doc["holding"] is True and doc["hold_reason"] == "proxy_unreachable"
+    assert doc["last_tick"]["hold_reason"] == "proxy_unreachable"
+    text = await (await client.get("/metrics")).text()
+    assert 'llm_throttle_dispatch_holding{reason="proxy_unreachable"} 1.0' in text
+    assert 'llm_throttle_dispatch_holding{reason="backlog_high"} 0.0' in text
+    assert [c for c in hermes.calls if c[1] > 0] == []
+    source.queued = 0
+    await d.tick()
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_an_unreadable_document_is_backlog_unknown() -> None:
+    d, _, source, _ = make({"a": {"ready": 5}})
+    source.garbled = True
+    report = await d.tick()
+    assert report.hold_reason == "backlog_unknown" and report.spawned == 0
+
+
+async def test_a_model_the_proxy_does_not_serve_warns_every_tick(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Hazard: a --models name matching no route read as a backlog of 0 (DEBUG line only)."""
+    d, hermes, source, clock = make({"a": {"ready": 5}})
+    source.extra["missing"] = ("stub-model",)
+    with caplog.at_level(logging.WARNING, logger="llm_throttle.dispatch"):
+        for _ in range(3):
+            report = await d.tick()
+            clock.now += 10
+    assert report.hold_reason == "backlog_unknown" and "stub-model" in report.decision
+    warnings = [r for r in caplog.records if r.getMessage().startswith("--models stub-model")]
+    assert len(warnings) == 3 and all(r.levelno == logging.WARNING for r in warnings)
+    assert [c for c in hermes.calls if c[1] > 0] == []
+
+
+async def test_after_an_outage_the_ramp_goes_1_2_4() -> None:
+    """Hazard: after the proxy came back the dispatcher jumped straight to the full grant."""
+    d, hermes, source, clock = make({"a": {"ready": 30}}, cap=8, max_running=12)
+    source.queued = None
+    await d.tick()
+    source.queued = 0
+    spawned = []
+    for step in range(8):  # a tick every half second
+        clock.now += 0.5
+        report = await d.tick()
+        spawned.append(report.spawned)
+    # seconds 0, 1, 2, 3 after the outage: 1, 2, 4, then the rest of the 12
+    assert spawned == [1, 0, 2, 0, 4, 0, 5, 0], spawned
+    assert hermes.boards["a"]["running"] == 12
+
+
+async def test_a_short_hold_resumes_at_once_but_a_long_one_ramps() -> None:
+    d, _, source, clock = make({"a": {"ready": 30}}, cap=3, ramp_after_s=30)
+    source.queued = 5
+    await d.tick()
+    clock.now += 10
+    source.queued = 0
+    assert (await d.tick()).spawned == 6  # held 10 s: no ramp
+    d, _hermes, source, clock = make({"a": {"ready": 30}}, cap=3, ramp_after_s=30)
+    source.queued = 5
+    await d.tick()
+    clock.now += 40
+    source.queued = 0
+    assert (await d.tick()).spawned == 1  # held 40 s: slow start
+
+
+async def test_the_watcher_wakes_a_tick_when_a_slot_frees() -> None:
+    d, hermes, source, _ = make({"a": {"running": 6, "ready": 5}}, cap=3, in_flight=3,
+                                cheap=True)
+    report = await d.tick()
+    assert report.spawned == 0  # at target, GPU full
+    assert not await d.watch_once()
+    hermes.boards["a"]["running"] = 5  # a task finished
+    source.extra["in_flight"] = 2  # and its slot freed
+    assert await d.watch_once()
+
+
+async def test_without_a_cheap_probe_a_finished_request_wakes_a_tick() -> None:
+    d, _hermes, source, _ = make({"a": {"running": 6, "ready": 5}}, cap=3, in_flight=3)
+    await d.tick()
+    assert not await d.watch_once()
+    source.extra["in_flight"] = 2
+    assert await d.watch_once()
+
+
+async def test_run_fills_a_freed_slot_within_a_second_not_at_the_next_interval() -> None:
+    d, hermes, source, _ = make({"a": {"running": 6, "ready": 5}}, cap=3, in_flight=3,
+                                cheap=True, interval_s=60, react_s=0.05)
+    d.clock = asyncio.get_running_loop().time
+    stop = asyncio.Event()
+    task = asyncio.create_task(d.run(stop))
+    try:
+        await asyncio.sleep(0.3)
+        assert hermes.calls == [("a", 0)]  # the first tick: maintenance only
+        hermes.boards["a"]["running"] = 5
+        source.extra["in_flight"] = 2
+        for _ in range(100):
+            if len(hermes.calls) > 1:
+                break
+            await asyncio.sleep(0.01)
+        assert hermes.calls[1:] == [("a", 6)]
+        assert d.last is not None and d.last.trigger == "watch"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_hermes_counts_on_metrics() -> None:
+    d, hermes, _, _ = make({"a": {"ready": 2, "todo": 3, "triage": 1, "blocked": 1,
+                                  "done": 7, "running": 1}}, cap=3)
+    hermes.next_failures = {"crashed": ["t_1"], "timed_out": 2}
+    await d.tick()
+    text = d.metrics.render().decode()
+    for line in ('llm_throttle_dispatch_tasks{board="a",status="todo"} 3.0',
+                 'llm_throttle_dispatch_tasks{board="a",status="triage"} 1.0',
+                 'llm_throttle_dispatch_tasks{board="a",status="blocked"} 1.0',
+                 'llm_throttle_dispatch_tasks{board="a",status="done"} 7.0',
+                 'llm_throttle_dispatch_tasks{board="a",status="archived"} 0.0',
+                 'llm_throttle_dispatch_tasks{board="a",status="ready"} 2.0',
+                 'llm_throttle_dispatch_oldest_ready_age_seconds{board="a"} NaN',
+                 'llm_throttle_dispatch_spawned_total{board="a"} 2.0',
+                 'llm_throttle_dispatch_reclaimed_total{board="a"} 1.0',
+                 'llm_throttle_dispatch_worker_failures_total{board="a",kind="crashed"} 1.0',
+                 'llm_throttle_dispatch_worker_failures_total{board="a",kind="timed_out"} 2.0',
+                 "llm_throttle_dispatch_target_running 6.0",
+                 'llm_throttle_dispatch_capacity{kind="cap"} 3.0'):
+        assert line in text, line
+
+
+async def test_an_outside_burst_shrinks_the_target() -> None:
+    """Requests on the model that no task sent take GPU slots away from the workers."""
+    d, hermes, source, _ = make({"a": {"ready": 20}}, cap=3)
+    source.extra.update(in_flight=3, attributed_open=1, attributed_in_flight=1)  # 2 outside
+    report = await d.tick()
+    assert report.target == 2 and hermes.calls == [("a", 2)]
+
+
+async def test_no_spawn_when_a_burst_arrives_between_the_decision_and_the_call() -> None:
+    """Hazard: a dispatch call takes seconds; a burst that reached the high mark after the
+    tick decided still got a worker started."""
+    d, hermes, source, _ = make({"a": {"ready": 5}, "b": {"ready": 5}}, cap=3)
+    real_dispatch = hermes.dispatch
+
+    async def dispatch_then_burst(board: str, max_spawn: int) -> Any:
+        outcome = await real_dispatch(board, max_spawn)
+        source.queued = 9  # the burst lands while the first board is dispatched
+        return outcome
+
+    hermes.dispatch = dispatch_then_burst  # type: ignore[method-assign]
+    report = await d.tick()
+    assert len(hermes.calls) == 1 and report.spawned == 3
+    skipped = [b.skipped for b in report.boards.values() if b.skipped]
+    assert skipped == ["backlog reached the high mark before dispatch"]
