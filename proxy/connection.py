@@ -108,7 +108,7 @@ class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, runs the handler, writes the answers.
 
     Implements ``messages.Channel`` (``flow``, ``limits``, ``local_port``, ``write``,
-    ``writelines``, ``start_stream``) for its requests and ``request_parser.ParserSink``
+    ``writelines``, ``start_stream``, ``abort``) for its requests and ``request_parser.ParserSink``
     for its parser.
     """
 
@@ -433,6 +433,8 @@ class ClientConnection(asyncio.Protocol):
             self._move(ConnState.MUST_CLOSE)
 
     def abort(self) -> None:
+        """Drop the connection now, unsent output and all: a stream that cannot be ended
+        properly, or a client that does not read its answers."""
         if self.state is not ConnState.CLOSED or not self.flow.lost:
             self.state = ConnState.CLOSED
             self.transport.abort()
