@@ -57,7 +57,7 @@ class Channel(Protocol):
                      headers: bytes | Iterable[tuple[str, str]],
                      defer_head: bool) -> StreamResponse: ...
 
-    def abort(self) -> None: ...
+    def abort(self, reset: bool = False) -> None: ...
 
 
 class Response:
@@ -153,12 +153,13 @@ class StreamResponse:
     def abort(self) -> None:
         """The body cannot be completed (its source was cut after the head went): drop the
         client's connection without the end of the body, so the client sees it incomplete,
-        never whole (a chunked body lacks its last chunk). A no-op once finished."""
+        never whole: a chunked body lacks its last chunk, and a body that ends at the close
+        (HTTP/1.0) ends with a reset. A no-op once finished."""
         if self.finished:
             return
         self.finished = True
         if not self._flow.lost:
-            self._conn.abort()
+            self._conn.abort(reset=not (self._chunked or self._silent))
 
 
 class Request:

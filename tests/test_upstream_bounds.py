@@ -235,3 +235,28 @@ async def test_plain_body_cut_by_a_reset_is_cut_for_the_client(raw_upstream, mak
         assert isinstance(error, aiohttp.ClientPayloadError), (error, got)
         assert got == body  # what the upstream sent, and nothing the proxy made up
     await assert_nothing_held(proxy)
+
+
+async def test_plain_body_cut_by_a_reset_is_reset_for_an_http_1_0_client(raw_upstream,
+                                                                        make_proxy):
+    """Hazard: an HTTP/1.0 client's body ends when the connection does, so a cut relayed as
+    a plain close (FIN) would read as a whole answer: it must end with a reset."""
+    async def script(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        await cut(seen, writer, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                  b"Connection: close\r\n\r\n", b'{"ok": tr', by_reset=True)
+
+    upstream = await raw_upstream(script)
+    proxy = await make_proxy(one_model_config(upstream.url, max_in_flight=1))
+    body = json.dumps(CHAT_BODY).encode()
+    port = int(proxy.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST %s HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (CHAT.encode(), len(body), body))
+    got = bytearray()
+    with pytest.raises(ConnectionResetError):
+        async with asyncio.timeout(15):
+            while chunk := await reader.read(65536):
+                got += chunk
+    writer.close()
+    assert got.startswith(b"HTTP/1.1 200"), bytes(got)
+    await assert_nothing_held(proxy)
