@@ -108,7 +108,8 @@ async def test_chat_stream_and_native_completion(engine_proxy, openai_client):
     chunks = [c async for c in stream]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     async with aiohttp.ClientSession() as session, session.post(engine_proxy + "/completion",
-                            json={"prompt": "Once upon a time", "n_predict": 8}) as r:
+                            json={"model": "m", "prompt": "Once upon a time",
+                                  "n_predict": 8}) as r:
         assert r.status == 200
         assert (await r.json())["content"]
 
