@@ -43,6 +43,7 @@ from .errors import (
     UpstreamTimeout,
 )
 from .families import RouteFamily, admits, family_for
+from .flow_metrics import FlowCollector, FlowShares
 from .forward import (
     QUEUE_MS_HEADER,
     Exchange,
@@ -93,6 +94,9 @@ class Proxy:
         self.catalog = ModelCatalog(config, self.forwarder)
         self.metrics = ProxyMetrics()
         self.capacity_gauges = CapacityGauges(self.metrics.registry)
+        self.flow_collector = FlowCollector()
+        self.metrics.registry.register(self.flow_collector)
+        self.flow_shares = FlowShares()
         self.access_log = AccessLog(config.access_log) if config.access_log.enabled else None
         self.rates = RequestRates()
         self.saturation = SaturationTracker()
@@ -144,6 +148,9 @@ class Proxy:
         doc = status_document(snapshot, self.saturation, self.rates,
                               self.config.queue.max_depth, self.config.queue.max_wait_s)
         annotate(doc, self.capacity.status())
+        shares = self.flow_shares.shares()
+        for name, entry in doc["flows"].items():
+            entry["share_last_minute"] = shares.get(name, 0.0)
         return doc
 
     def _arrived_on_admin_port(self, request: Request) -> bool:
@@ -175,7 +182,9 @@ class Proxy:
     async def handle_metrics(self, request: Request | None) -> Response:
         if request is not None:
             self.check_admin(request)
-        self.metrics.refresh(await self.snapshot())
+        snapshot = await self.snapshot()
+        self.metrics.refresh(snapshot)
+        self.flow_collector.update(snapshot.flows)
         self.capacity_gauges.refresh(self.capacity.status())
         return Response(200, self.metrics.render(),
                         [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
@@ -303,6 +312,7 @@ class Proxy:
         finally:
             used = self._tokens_used(outcome, reserved)
             grant.used = used  # corrects the flow's fair-share counter
+            self.flow_shares.add(demand.priority.name.lower(), demand.flow, used)
             self.store.release_nowait(
                 grant, settlement(grant, reserved, used) if grant.charges else ())
             record.upstream_s, record.upstream_failure = outcome.upstream_s, outcome.failure
