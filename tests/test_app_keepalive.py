@@ -144,3 +144,19 @@ async def test_client_leaving_while_kept_alive_frees_its_queue_slot(
         await wait_for_status(proxy, lambda d: d["queue"]["depth"] == 0
                               and d["models"]["m"]["in_flight"] == 1)
         await blocker
+
+
+def test_header_overrides_the_client_setting():
+    """The request's header wins both ways; an unknown value falls back to the client's
+    setting rather than guessing."""
+    from proxy.keepalive import comment_line, wants_keepalive
+
+    assert wants_keepalive({KEEPALIVE_NAME: "1"}, False)
+    assert not wants_keepalive({KEEPALIVE_NAME: "0"}, True)
+    assert wants_keepalive({KEEPALIVE_NAME: "maybe"}, True)
+    assert not wants_keepalive({}, False)
+    assert comment_line(10.2, 12, 7.6) == b": queued 10 s, position 12, about 8 s\n\n"
+    assert comment_line(3, 1, None) == b": queued 3 s, position 1\n\n"
+
+
+KEEPALIVE_NAME = "x-llm-throttle-queue-keepalive"
