@@ -160,3 +160,36 @@ def test_header_overrides_the_client_setting():
 
 
 KEEPALIVE_NAME = "x-llm-throttle-queue-keepalive"
+
+
+async def test_shutdown_while_kept_alive_ends_with_sse_error(store_kind, request, mock_llm):
+    """Hazard: a graceful stop answers queued requests 503, which a kept-alive stream can no
+    longer send: it must end with the ``shutting_down`` SSE error event, while the admitted
+    request still finishes."""
+    from proxy.app import start_proxy
+    from proxy.config import parse_config
+
+    mock = await mock_llm(ttft_s=0, tpot_s=0, batch_size=8, output_tokens=4)
+    config = keepalive_config(mock.url, after_s=0.2, interval_s=0.2)
+    config["store"] = "memory" if store_kind == "memory" else \
+        request.getfixturevalue("redis_store_url")
+    config["shutdown_grace_s"] = 20
+    running = await start_proxy(parse_config(config, environ={}), port=0)
+    headers = {"Authorization": "Bearer client-key", **KEEPALIVE}
+    body = {"model": "m", "messages": MESSAGES, "max_tokens": 4, "stream": True}
+    try:
+        async with aiohttp.ClientSession() as session:
+            blocker = asyncio.create_task(hold_the_slot(session, running, 3))
+            await wait_for_status(running, lambda d: d["models"]["m"]["in_flight"] == 1)
+            async with session.post(running.url + CHAT, headers=headers, json=body) as response:
+                assert response.status == 200
+                first = await asyncio.wait_for(response.content.readline(), 10)
+                assert first.startswith(b": queued"), first
+                closing = asyncio.create_task(running.close())
+                rest = (await asyncio.wait_for(response.read(), 30)).decode()
+            await blocker
+            await asyncio.wait_for(closing, 30)
+    finally:
+        if not running.proxy.draining:
+            await running.close()
+    assert '"shutting_down"' in rest and rest.rstrip().endswith("}"), rest
