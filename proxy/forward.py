@@ -267,8 +267,10 @@ async def relay_stream(
     outcome: RelayOutcome, tap: UsageTap | None, clock: Callable[[], float],
     extra_headers: bytes = b"", response: StreamResponse | None = None,
 ) -> StreamResponse:
-    """Relay chunk by chunk. A failure after the first byte ends with an SSE error event.
-    ``response``: an answer already begun to relay into (its head sent)."""
+    """Relay chunk by chunk. An upstream failure after the head went ends an event stream
+    with the SSE error event; any other body (NDJSON, plain) is cut short (``abort``), so
+    the client never takes a truncated body for a whole one. ``response``: an answer already
+    begun to relay into (its head sent: a queued stream kept alive)."""
     outcome.status = upstream_response.status
     failure: ProxyError | None = None
     if response is None:
@@ -313,9 +315,13 @@ async def relay_stream(
         if tap is not None:
             outcome.usage, outcome.chunks = tap.usage, tap.chunks
     try:
-        if failure is not None:
-            response.write(failure.sse_event())
-        response.finish()
+        if failure is None:
+            response.finish()
+        elif upstream_response.headers.get("Content-Type", "").startswith("text/event-stream"):
+            response.write(failure.sse_event())  # SSE clients read errors in-band
+            response.finish()
+        else:
+            response.abort()  # no in-band error in NDJSON or a plain body: only a cut tells
     except ConnectionResetError:
         pass  # the client hung up right after the end (Hermes workers do): nothing to tell it
     return response
