@@ -43,6 +43,7 @@ from .errors import (
     UpstreamTimeout,
 )
 from .families import RouteFamily, admits, family_for
+from .flow_metrics import FlowCollector, FlowShares
 from .forward import (
     QUEUE_MS_HEADER,
     Exchange,
@@ -51,6 +52,7 @@ from .forward import (
     relay_answer,
     upstream_request_headers,
 )
+from .keepalive import KeepAlive, QueuePositions, wants_keepalive
 from .limits.base import Demand, Grant, LimitStore, Snapshot
 from .limits.memory import MemoryStore
 from .messages import Request, Response, StreamResponse
@@ -92,10 +94,14 @@ class Proxy:
         self.catalog = ModelCatalog(config, self.forwarder)
         self.metrics = ProxyMetrics()
         self.capacity_gauges = CapacityGauges(self.metrics.registry)
+        self.flow_collector = FlowCollector()
+        self.metrics.registry.register(self.flow_collector)
+        self.flow_shares = FlowShares()
         self.access_log = AccessLog(config.access_log) if config.access_log.enabled else None
         self.rates = RequestRates()
         self.saturation = SaturationTracker()
         self.clock: Callable[[], float] = time.monotonic
+        self.positions = QueuePositions(self.store.snapshot, self._admitted_rate)
         self.draining = False
         #: request ids: unique per proxy instance (random prefix) and cheap (a counter)
         self._id_prefix = uuid.uuid4().hex[:12] + "-"
@@ -142,6 +148,9 @@ class Proxy:
         doc = status_document(snapshot, self.saturation, self.rates,
                               self.config.queue.max_depth, self.config.queue.max_wait_s)
         annotate(doc, self.capacity.status())
+        shares = self.flow_shares.shares()
+        for name, entry in doc["flows"].items():
+            entry["share_last_minute"] = shares.get(name, 0.0)
         return doc
 
     def _arrived_on_admin_port(self, request: Request) -> bool:
@@ -173,7 +182,9 @@ class Proxy:
     async def handle_metrics(self, request: Request | None) -> Response:
         if request is not None:
             self.check_admin(request)
-        self.metrics.refresh(await self.snapshot())
+        snapshot = await self.snapshot()
+        self.metrics.refresh(snapshot)
+        self.flow_collector.update(snapshot.flows)
         self.capacity_gauges.refresh(self.capacity.status())
         return Response(200, self.metrics.render(),
                         [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
@@ -260,27 +271,62 @@ class Proxy:
         demand, reserved = self.policy.demand(route, identity, parsed,
                                              self._id_prefix + str(next(self._ids)),
                                              requested_max_wait(request.headers))
-        grant = await self._acquire(demand, record)
+        keepalive = None
+        if parsed.stream and wants_keepalive(request.headers,
+                                             self._keepalive_configured(identity)):
+            queue = self.config.queue
+            keepalive = KeepAlive(request, route.model.name, self.positions,
+                                  queue.keepalive_after_s, queue.keepalive_interval_s, self.clock)
+        try:
+            grant = await self._acquire(demand, record)
+        except ProxyError as exc:
+            if keepalive is None:
+                raise
+            keepalive.stop()
+            if keepalive.response is None:
+                raise
+            return _ended_with(keepalive.response, exc)  # refused after the head went
+        finally:
+            if keepalive is not None:
+                keepalive.stop()
+        started = keepalive.response if keepalive is not None else None
         upstream = self.config.upstreams[grant.option.name]
         record.upstream = upstream.name
         sent = Exchange(request.method, target,
                         upstream_request_headers(request, self.forwarder.injected[upstream.name],
                                                  identity_encoding=True),
                         parsed.body, b"%s: %.1f\r\n" % (QUEUE_MS_HEADER, grant.queued_s * 1000),
-                        family.usage, parsed.strip_usage)
+                        family.usage, parsed.strip_usage, started)
         outcome = RelayOutcome()
-        started = self.clock()
+        started_at = self.clock()
         self.capacity.started(upstream.name)
         try:
-            return await self.forwarder.exchange(request, upstream, sent, outcome, self.clock)
+            if started is None:
+                return await self.forwarder.exchange(request, upstream, sent, outcome,
+                                                     self.clock)
+            try:
+                return await self.forwarder.exchange(request, upstream, sent, outcome,
+                                                     self.clock)
+            except ProxyError as exc:  # the head is sent: tell it in-band
+                return _ended_with(started, exc)
         finally:
             used = self._tokens_used(outcome, reserved)
             grant.used = used  # corrects the flow's fair-share counter
+            self.flow_shares.add(demand.priority.name.lower(), demand.flow, used)
             self.store.release_nowait(
                 grant, settlement(grant, reserved, used) if grant.charges else ())
             record.upstream_s, record.upstream_failure = outcome.upstream_s, outcome.failure
             record.first_byte_at, record.tokens = outcome.first_byte_at, outcome.usage
-            self._sample(upstream.name, outcome, started, len(parsed.body))
+            self._sample(upstream.name, outcome, started_at, len(parsed.body))
+
+    def _keepalive_configured(self, identity: Identity) -> bool:
+        client = self.config.clients.get(identity.name)
+        return client is not None and client.queue_keepalive
+
+    def _admitted_rate(self, model: str) -> float:
+        """Requests per second this host admitted for ``model`` over the last minute."""
+        window = self.rates.admitted.get(model)
+        return window.rate() if window is not None else 0.0
 
     async def _acquire(self, demand: Demand, record: RequestRecord) -> Grant:
         """The grant (may queue); a refusal is recorded and raised."""
@@ -414,3 +460,13 @@ async def serve_forever(config: Config, host: str | None = None, port: int | Non
 
 def dumps(doc: dict) -> str:
     return json.dumps(doc, indent=2, sort_keys=True)
+
+
+def _ended_with(response: StreamResponse, error: ProxyError) -> StreamResponse:
+    """An event stream already answered 200 ends with ``error`` as its SSE error event."""
+    try:
+        response.write(error.sse_event())
+        response.finish()
+    except ConnectionResetError:
+        pass  # the client left meanwhile: nobody to tell
+    return response

@@ -92,6 +92,8 @@ class ClientConfig:
     tokens_per_minute: float | None = None
     burst_s: float = 5.0
     weight: float = 1.0  # share of the queue against other clients of its class
+    #: a queued streaming request is answered 200 with SSE comments while it waits
+    queue_keepalive: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,8 @@ class QueueConfig:
     fairness: str = "tokens"  # tokens | requests | fifo (strict priority, then arrival)
     class_weights: Mapping[str, float] = field(
         default_factory=lambda: {"interactive": 9.0, "batch": 1.0})
+    keepalive_after_s: float = 5.0  # a kept-alive stream's head goes after this long queued
+    keepalive_interval_s: float = 5.0  # then one SSE comment line this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,6 +500,7 @@ def _client(name: str, s: _Section) -> ClientConfig:
         tokens_per_minute=s.number("tokens_per_minute"),
         burst_s=s.number("burst_s", d["burst_s"]),
         weight=s.number("weight", d["weight"]),
+        queue_keepalive=s.flag("queue_keepalive", d["queue_keepalive"]),
     )
 
 
@@ -561,6 +566,8 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         max_wait_s=q.number("max_wait_s", qd["max_wait_s"]),
         fairness=q.str("fairness", qd["fairness"], choices=FAIRNESS_MODES),
         class_weights=_class_weights(q),
+        keepalive_after_s=q.number("keepalive_after_s", qd["keepalive_after_s"]),
+        keepalive_interval_s=q.number("keepalive_interval_s", qd["keepalive_interval_s"]),
     )
     q.finish()
 

@@ -18,11 +18,12 @@ upstream to stop generating.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from .config import UpstreamConfig
-from .errors import ProxyError
+from .errors import ProxyError, UpstreamError
 from .families import UsageMarkers
 from .messages import Request, Response, StreamResponse
 from .tokens import UsageTap, tap_for, usage_from_body
@@ -122,6 +123,9 @@ class Exchange:
     extra_headers: bytes  # the proxy's own response headers (``QUEUE_MS_HEADER``)
     usage: UsageMarkers | None  # None: do not read usage (pass-through)
     strip_usage: bool = False
+    #: an answer already begun (a queued stream kept alive, ``proxy/keepalive.py``): the
+    #: upstream's stream goes into it, its status and headers can no longer be sent
+    started: StreamResponse | None = None
 
 
 class Forwarder:
@@ -175,6 +179,9 @@ class Forwarder:
             status = upstream_response.status
             if status == 429 or status == 503:
                 outcome.failure = str(status)
+            if sent.started is not None:
+                return await relay_into(sent.started, request, upstream_response, outcome,
+                                        clock, sent.usage, sent.strip_usage)
             return await relay_answer(request, upstream_response, outcome, clock, sent.usage,
                                       sent.strip_usage, sent.extra_headers)
         finally:
@@ -217,21 +224,61 @@ def plain_response(
                     upstream_response.reason)
 
 
+async def relay_into(
+    response: StreamResponse, request: Request, upstream_response: UpstreamResponse,
+    outcome: RelayOutcome, clock: Callable[[], float], usage: UsageMarkers | None,
+    strip_usage: bool,
+) -> StreamResponse:
+    """Relay into an event stream already answered 200: a 2xx event stream is relayed as it
+    arrives; anything else (an error status, a body that is not a stream) is told as the
+    OpenAI-shaped SSE error event, with the upstream's own message when it has one."""
+    status = upstream_response.status
+    content_type = upstream_response.headers.get("Content-Type", "")
+    if status < 300 and content_type.startswith(STREAM_TYPES):
+        if usage is not None and "Content-Encoding" in upstream_response.headers:
+            usage = None
+        tap = tap_for(content_type, usage, strip_usage) if usage is not None else None
+        return await relay_stream(request, upstream_response, outcome, tap, clock,
+                                  response=response)
+    outcome.status = status
+    body = await upstream_response.read()
+    outcome.complete = True
+    error = UpstreamError(f"the upstream answered {status} after the request was queued"
+                          f"{_upstream_message(body)}", code="upstream_error")
+    try:
+        response.write(error.sse_event())
+        response.finish()
+    except ConnectionResetError:
+        outcome.client_gone = True
+    return response
+
+
+def _upstream_message(body: bytes) -> str:
+    """``: <message>`` from an OpenAI-shaped error body, else nothing."""
+    try:
+        message = json.loads(body)["error"]["message"]
+    except (ValueError, TypeError, KeyError):
+        return ""
+    return f": {str(message)[:500]}" if message else ""
+
+
 async def relay_stream(
     request: Request, upstream_response: UpstreamResponse,
     outcome: RelayOutcome, tap: UsageTap | None, clock: Callable[[], float],
-    extra_headers: bytes = b"",
+    extra_headers: bytes = b"", response: StreamResponse | None = None,
 ) -> StreamResponse:
     """Relay chunk by chunk. An upstream failure after the head went ends an event stream
     with the SSE error event; any other body (NDJSON, plain) is cut short (``abort``), so
-    the client never takes a truncated body for a whole one."""
+    the client never takes a truncated body for a whole one. ``response``: an answer already
+    begun to relay into (its head sent: a queued stream kept alive)."""
     outcome.status = upstream_response.status
     failure: ProxyError | None = None
-    response = request.start_stream(
-        upstream_response.status, upstream_response.reason,
-        client_response_headers(upstream_response, extra_headers), defer_head=True)
-    if not upstream_response.body_ready:
-        response.send_head()  # the body will take a while: the head goes now
+    if response is None:
+        response = request.start_stream(
+            upstream_response.status, upstream_response.reason,
+            client_response_headers(upstream_response, extra_headers), defer_head=True)
+        if not upstream_response.body_ready:
+            response.send_head()  # the body will take a while: the head goes now
 
     def sink(data: bytes, end: bool) -> bool:
         """Called from the upstream socket callback with body bytes as they arrive; returns

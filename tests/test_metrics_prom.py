@@ -73,6 +73,8 @@ async def test_metrics_pass_promtool_and_carry_the_expected_series(mock_llm, mak
     assert re.search(r'^llm_throttle_build_info\{python="[0-9.]+",version="[^"]+"\} 1\.0$',
                      text, re.MULTILINE)
     assert "process_resident_memory_bytes" in samples and "python_info" in samples
+    assert samples["llm_throttle_flow_served_tokens_total"] == {"class", "flow"}
+    assert samples["llm_throttle_flow_virtual_tokens"] == {"class", "flow"}
     answered = [line for line in text.splitlines()
                 if line.startswith("llm_throttle_requests_total{")]
     # two answered, one 429, one 401; the /healthz and /metrics calls are not in it
