@@ -37,7 +37,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fault-every", type=float, default=30.0)
     parser.add_argument("--clients", type=int, default=24)
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--policy", default="local_share", choices=("local_share", "closed"),
+    parser.add_argument("--policy", default="local_share", choices=("local_share", "local_split", "closed"),
                         help="redis.on_store_error_concurrency of the three hosts")
     parser.add_argument("--out", type=Path, default=Path("results/chaos"))
 

@@ -44,11 +44,11 @@ def config(mock_url: str, store: str, **redis: Any) -> dict[str, Any]:
             "redis": {"heartbeat_s": 0.1, "lease_ttl_s": 1.0, **redis}}
 
 
-async def test_local_share_while_down_then_shared_again(
+async def test_local_split_while_down_then_shared_again(
         redis_server: RedisServer, redis_store_url: str, mock_llm: Any, make_proxy: Any):
     mock = await mock_llm(batch_size=CAP, ttft_s=0.01, tpot_s=0.02)
-    a = await make_proxy(config(mock.url, redis_store_url))
-    b = await make_proxy(config(mock.url, redis_store_url))
+    a = await make_proxy(config(mock.url, redis_store_url, on_store_error_concurrency="local_split"))
+    b = await make_proxy(config(mock.url, redis_store_url, on_store_error_concurrency="local_split"))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
         await until(lambda: _hosts(redis_store_url, 2))
         await asyncio.sleep(0.3)  # a heartbeat or two: each host has seen the other
@@ -118,3 +118,41 @@ async def _both(flags: Any) -> bool:
 
 async def _none(flags: Any) -> bool:
     return not any(await flags)
+
+
+async def test_local_share_across_hosts_never_exceeds_the_cap(
+        redis_server: RedisServer, redis_store_url: str, mock_llm: Any, make_proxy: Any):
+    """Hazard: with ``local_share`` a host that held nothing when Redis froze admitted
+    ``cap // hosts`` on its own while another host already held the whole cap through Redis:
+    the chaos soak saw 8 in flight with cap 6 on 3 hosts. Now a host admits only into the
+    permits Redis still counts for it, so the cap holds during the fault and after it heals."""
+    mock = await mock_llm(batch_size=64, ttft_s=0.01, tpot_s=0.02)
+    cfg = {**config(mock.url, redis_store_url, lease_ttl_s=10.0), "queue": {"max_wait_s": 1.0}}
+    a, b, c = [await make_proxy(cfg) for _ in range(3)]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
+        await until(lambda: _hosts(redis_store_url, 3))
+        await asyncio.sleep(0.3)
+        held = [asyncio.create_task(chat(client, a.url, 250)) for _ in range(CAP)]
+        await mock.state.wait_until(lambda s: s.in_flight == CAP)
+        redis_server.pause()  # frozen: every host times out and degrades
+        try:
+            for proxy in (a, b, c):
+                await until(lambda p=proxy: _both(degraded_flag(client, p.url)))
+            others = await asyncio.gather(*(chat(client, u, 2) for u in (b.url, c.url)
+                                            for _ in range(3)))
+            assert mock.state.peak <= CAP, f"upstream saw {mock.state.peak}, cap {CAP}"
+            assert all(status == 429 for status, _ in others), [s for s, _ in others]
+            # a reuses its own permits as its long requests end
+            assert mock.state.in_flight == CAP  # a's long requests still running
+            await asyncio.gather(*held)
+            more = [asyncio.create_task(chat(client, a.url, 5)) for _ in range(CAP)]
+            statuses = [status for status, _ in await asyncio.gather(*more)]
+            assert statuses == [200] * CAP, statuses
+        finally:
+            redis_server.resume()
+        for proxy in (a, b, c):
+            await until(lambda p=proxy: _none(degraded_flag(client, p.url)))
+        burst = await asyncio.gather(*(chat(client, u, 5) for u in (a.url, b.url, c.url)
+                                       for _ in range(4)))
+        assert all(status == 200 for status, _ in burst)
+        assert mock.state.peak <= CAP, f"upstream saw {mock.state.peak}, cap {CAP}"
