@@ -47,8 +47,9 @@ def config(mock_url: str, store: str, **redis: Any) -> dict[str, Any]:
 async def test_local_split_while_down_then_shared_again(
         redis_server: RedisServer, redis_store_url: str, mock_llm: Any, make_proxy: Any):
     mock = await mock_llm(batch_size=CAP, ttft_s=0.01, tpot_s=0.02)
-    a = await make_proxy(config(mock.url, redis_store_url, on_store_error_concurrency="local_split"))
-    b = await make_proxy(config(mock.url, redis_store_url, on_store_error_concurrency="local_split"))
+    split = config(mock.url, redis_store_url, on_store_error_concurrency="local_split")
+    a = await make_proxy(split)
+    b = await make_proxy(split)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
         await until(lambda: _hosts(redis_store_url, 2))
         await asyncio.sleep(0.3)  # a heartbeat or two: each host has seen the other
