@@ -157,3 +157,20 @@ async def test_local_share_across_hosts_never_exceeds_the_cap(
                                        for _ in range(4)))
         assert all(status == 200 for status, _ in burst)
         assert mock.state.peak <= CAP, f"upstream saw {mock.state.peak}, cap {CAP}"
+
+
+def test_local_share_caps_are_exactly_the_permits_held():
+    """Hazard: a local cap above what the host holds per resource (a prefix-capped client,
+    a second model) lets a degraded host admit into permits Redis counts for another host."""
+    from proxy.limits.base import Grant, LimitSpec, Option
+    from proxy.limits.redis_local import share_spec
+
+    spec = LimitSpec(caps={"model:m": 6, "model:n": 6, "upstream:up": None},
+                     prefix_caps={"attr:": 2})
+    held = [Grant(f"r{i}", Option("up", ()), ("model:m", "upstream:up", "attr:x"), (), 0.0)
+            for i in range(2)]
+    local = share_spec(spec, 3, "local_share", "open", held)
+    assert [local.cap_of(r) for r in ("model:m", "model:n", "upstream:up", "attr:x", "attr:y")
+            ] == [2, 0, None, 2, 0]
+    split = share_spec(spec, 3, "local_split", "open", held)
+    assert [split.cap_of(r) for r in ("model:m", "attr:y")] == [2, 1]
