@@ -35,6 +35,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import socket
+import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -54,6 +56,8 @@ _MAX_PIPELINED = 8
 #: after an error answer, input is read and dropped this long before the close, so the
 #: client reads the answer instead of a reset (lingering close, as nginx does)
 _LINGER_S = 1.0
+#: SO_LINGER on, timeout 0: close() sends an RST
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 Handler = Callable[["Request"], Awaitable["Response | StreamResponse"]]
 
@@ -108,7 +112,7 @@ class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, runs the handler, writes the answers.
 
     Implements ``messages.Channel`` (``flow``, ``limits``, ``local_port``, ``write``,
-    ``writelines``, ``start_stream``) for its requests and ``request_parser.ParserSink``
+    ``writelines``, ``start_stream``, ``abort``) for its requests and ``request_parser.ParserSink``
     for its parser.
     """
 
@@ -432,7 +436,13 @@ class ClientConnection(asyncio.Protocol):
         elif self.state is ConnState.ACTIVE:
             self._move(ConnState.MUST_CLOSE)
 
-    def abort(self) -> None:
+    def abort(self, reset: bool = False) -> None:
+        """Drop the connection now, unsent output and all: a stream that cannot be ended
+        properly, or a client that does not read its answers. ``reset``: with an RST, not a
+        FIN (for a body that ends at the close, a FIN would read as its end)."""
         if self.state is not ConnState.CLOSED or not self.flow.lost:
             self.state = ConnState.CLOSED
+            sock = self.transport.get_extra_info("socket")
+            if reset and sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
             self.transport.abort()

@@ -222,7 +222,9 @@ async def relay_stream(
     outcome: RelayOutcome, tap: UsageTap | None, clock: Callable[[], float],
     extra_headers: bytes = b"",
 ) -> StreamResponse:
-    """Relay chunk by chunk. A failure after the first byte ends with an SSE error event."""
+    """Relay chunk by chunk. An upstream failure after the head went ends an event stream
+    with the SSE error event; any other body (NDJSON, plain) is cut short (``abort``), so
+    the client never takes a truncated body for a whole one."""
     outcome.status = upstream_response.status
     failure: ProxyError | None = None
     response = request.start_stream(
@@ -266,9 +268,13 @@ async def relay_stream(
         if tap is not None:
             outcome.usage, outcome.chunks = tap.usage, tap.chunks
     try:
-        if failure is not None:
-            response.write(failure.sse_event())
-        response.finish()
+        if failure is None:
+            response.finish()
+        elif upstream_response.headers.get("Content-Type", "").startswith("text/event-stream"):
+            response.write(failure.sse_event())  # SSE clients read errors in-band
+            response.finish()
+        else:
+            response.abort()  # no in-band error in NDJSON or a plain body: only a cut tells
     except ConnectionResetError:
         pass  # the client hung up right after the end (Hermes workers do): nothing to tell it
     return response

@@ -57,6 +57,8 @@ class Channel(Protocol):
                      headers: bytes | Iterable[tuple[str, str]],
                      defer_head: bool) -> StreamResponse: ...
 
+    def abort(self, reset: bool = False) -> None: ...
+
 
 class Response:
     """A whole answer, written in one go."""
@@ -147,6 +149,17 @@ class StreamResponse:
             conn.writelines((head, b"%x\r\n" % len(tail), tail, b"\r\n0\r\n\r\n"))
         else:
             conn.writelines((head, b"0\r\n\r\n"))
+
+    def abort(self) -> None:
+        """The body cannot be completed (its source was cut after the head went): drop the
+        client's connection without the end of the body, so the client sees it incomplete,
+        never whole: a chunked body lacks its last chunk, and a body that ends at the close
+        (HTTP/1.0) ends with a reset. A no-op once finished."""
+        if self.finished:
+            return
+        self.finished = True
+        if not self._flow.lost:
+            self._conn.abort(reset=not (self._chunked or self._silent))
 
 
 class Request:

@@ -3,8 +3,8 @@
 Heads are at most 64 KiB and 128 fields (as on the front), bodies read whole at most
 ``max_response_body_bytes``: past that the client gets an OpenAI-shaped 502 and the
 connection is closed, so the proxy holds about one read beyond the bound. A body delimited by
-the connection closing ends cleanly only on a FIN; after a reset the stream ends with the SSE
-error event and a plain answer is a 502.
+the connection closing ends cleanly only on a FIN; after a reset an event stream ends with
+the SSE error event and any other body (plain, NDJSON) is cut short for the client.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import asyncio
 import json
 import os
 
+import aiohttp
 import pytest
 
-from tests.conftest import one_model_config
-from tests.raw_upstream import Seen, answer, post, reset, sends
+from tests.conftest import assert_nothing_held, one_model_config
+from tests.raw_upstream import CHAT_BODY, Seen, answer, post, reset, sends
 
 CHAT = "/v1/chat/completions"
 STREAM = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
@@ -192,16 +193,70 @@ async def test_close_delimited_plain_body_ended_by_a_fin_is_whole(raw_upstream, 
     assert (await post(proxy.url + CHAT))[::2] == (200, b'{"ok": true}')
 
 
-@pytest.mark.xfail(strict=True, reason="a body of unknown length is now relayed as it comes; "
-                   "cutting the client's copy short needs an abort on StreamResponse "
-                   "(proxy/messages.py, issue-10-front): today it ends clean")
-async def test_close_delimited_plain_body_cut_by_a_reset_is_502(raw_upstream, make_proxy):
-    """Hazard: a plain answer cut by a reset was relayed truncated as if complete."""
+async def post_cut(url: str) -> tuple[int, bytes, BaseException | None]:
+    """One POST read to its end or to its cut: status, the body bytes received, and the
+    client's error when the body ended short (None when it ended whole)."""
+    got = bytearray()
+    async with aiohttp.ClientSession() as session, session.post(
+            url, json=CHAT_BODY, timeout=aiohttp.ClientTimeout(total=15)) as response:
+        try:
+            while chunk := await response.content.readany():
+                got += chunk
+        except aiohttp.ClientError as exc:
+            return response.status, bytes(got), exc
+        return response.status, bytes(got), None
+
+
+@pytest.mark.parametrize("content_type,body", [
+    (b"application/json", b'{"ok": tr'),
+    (b"application/x-ndjson", b'{"message": {"content": "hi"}, "done": false}\n{"mess'),
+], ids=["plain", "ndjson"])
+@pytest.mark.parametrize("framing", ["close", "chunked"])
+async def test_plain_body_cut_by_a_reset_is_cut_for_the_client(raw_upstream, make_proxy,
+                                                                content_type, body, framing):
+    """Hazard: a plain or NDJSON answer of unknown length cut by an upstream reset was
+    relayed truncated as if complete (with an SSE error line appended that such a client
+    cannot read): it must end incomplete for the client, and the permit come back."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\n" % content_type
+    if framing == "close":
+        head, sent = head + b"Connection: close\r\n\r\n", body
+    else:
+        head, sent = head + b"Transfer-Encoding: chunked\r\n\r\n", b"%x\r\n%s\r\n" % (
+            len(body), body)
+
+    async def script(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        await cut(seen, writer, head, sent, by_reset=True)
+
+    upstream = await raw_upstream(script)
+    proxy = await make_proxy(one_model_config(upstream.url, max_in_flight=1))
+    for _ in range(2):  # the permit came back: the second request is admitted at once
+        status, got, error = await post_cut(proxy.url + CHAT)
+        assert status == 200
+        assert isinstance(error, aiohttp.ClientPayloadError), (error, got)
+        assert got == body  # what the upstream sent, and nothing the proxy made up
+    await assert_nothing_held(proxy)
+
+
+async def test_plain_body_cut_by_a_reset_is_reset_for_an_http_1_0_client(raw_upstream,
+                                                                        make_proxy):
+    """Hazard: an HTTP/1.0 client's body ends when the connection does, so a cut relayed as
+    a plain close (FIN) would read as a whole answer: it must end with a reset."""
     async def script(seen: Seen, writer: asyncio.StreamWriter) -> None:
         await cut(seen, writer, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                   b"Connection: close\r\n\r\n", b'{"ok": tr', by_reset=True)
 
     upstream = await raw_upstream(script)
     proxy = await make_proxy(one_model_config(upstream.url, max_in_flight=1))
-    status, _, body = await post(proxy.url + CHAT)
-    assert status == 502 and error_code(body) == "upstream_unreachable"
+    body = json.dumps(CHAT_BODY).encode()
+    port = int(proxy.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST %s HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (CHAT.encode(), len(body), body))
+    got = bytearray()
+    with pytest.raises(ConnectionResetError):
+        async with asyncio.timeout(15):
+            while chunk := await reader.read(65536):
+                got += chunk
+    writer.close()
+    assert got.startswith(b"HTTP/1.1 200"), bytes(got)
+    await assert_nothing_held(proxy)

@@ -4,7 +4,8 @@ The source is a small interface with two implementations: one proxy's ``GET /thr
 or the same document built straight from the proxies' shared Redis store (no proxy in the
 path, the whole pool's queue). :func:`backlog_from_status` is the pure parser of
 ``GET /throttle/status``; it refuses documents it does not understand rather than reading a
-missing number as zero, because a zero backlog means "spawn".
+missing number as zero, because a zero backlog means "spawn". Failures to read it are
+told in one line (``proxy.cli_errors``), not as the HTTP client's internals.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from ..cli_errors import describe_failure, hide_password
 from ..config import WILDCARD_MODEL
 
 
@@ -193,9 +195,9 @@ class HttpStatusBacklog:
         except BacklogError:
             raise
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise ProxyUnreachable(f"GET {self.url}: {type(exc).__name__}: {exc}") from exc
+            raise ProxyUnreachable(describe_failure(exc, f"GET {self.url}")) from exc
         except (aiohttp.ClientError, ValueError) as exc:
-            raise BacklogError(f"GET {self.url}: {type(exc).__name__}: {exc}") from exc
+            raise BacklogError(describe_failure(exc, f"GET {self.url}")) from exc
         return backlog_from_status(doc, self.models)
 
     async def close(self) -> None:
@@ -224,7 +226,8 @@ class RedisStatusBacklog:
             doc = await asyncio.wait_for(
                 read_status_document(self.url, key_prefix=self.key_prefix), self.timeout_s)
         except Exception as exc:  # whatever Redis says, nothing usable answered
-            raise ProxyUnreachable(f"redis status: {type(exc).__name__}: {exc}") from exc
+            raise ProxyUnreachable(
+                describe_failure(exc, f"redis status {hide_password(self.url)}")) from exc
         return backlog_from_status(doc, self.models)
 
     async def close(self) -> None:

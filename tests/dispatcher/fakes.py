@@ -76,7 +76,8 @@ class FakeBacklog:
         if self.garbled:
             raise BacklogError("status document has no models table")
         if self.queued is None:
-            raise ProxyUnreachable("GET http://proxy/throttle/status: ClientConnectorError")
+            raise ProxyUnreachable("GET http://proxy/throttle/status: cannot connect (connection "
+                                   "refused); is the proxy running there?")
         return Backlog(queued=self.queued, **self.extra)
 
     async def close(self) -> None:

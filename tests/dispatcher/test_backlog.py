@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -212,19 +215,44 @@ async def test_http_timeout_raises(status_server: StatusServer) -> None:
 
     source = HttpStatusBacklog(await status_server(_app(handler)), timeout_s=0.2)
     try:
-        with pytest.raises(BacklogError, match="Timeout"):
+        with pytest.raises(BacklogError, match="no answer in time"):
             await source.read()
     finally:
         await source.close()
 
 
 async def test_connection_refused_raises(unused_tcp_port: int) -> None:
-    source = HttpStatusBacklog(f"http://127.0.0.1:{unused_tcp_port}/throttle/status")
+    """Hazard: the message carried aiohttp's internals (``ClientConnectorError: Cannot
+    connect to host ... ssl:default [Connect call failed ...]``) instead of saying what failed."""
+    url = f"http://127.0.0.1:{unused_tcp_port}/throttle/status"
+    source = HttpStatusBacklog(url)
     try:
-        with pytest.raises(ProxyUnreachable):
+        with pytest.raises(ProxyUnreachable) as caught:
             await source.read()
     finally:
         await source.close()
+    assert str(caught.value) == (f"GET {url}: cannot connect (connection refused); is the "
+                                 "proxy running there?")
+
+
+def test_dispatch_against_a_proxy_that_is_down_says_so_in_one_line(
+        unused_tcp_port: int, tmp_path: Path) -> None:
+    """Hazard: ``llm-throttle dispatch`` against a proxy that is down logged aiohttp's
+    exception class and its connector details rather than one plain line."""
+    url = f"http://127.0.0.1:{unused_tcp_port}/throttle/status"
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "dispatch", "--once", "--dry-run",
+         "--status-url", url, "--hermes-home", str(tmp_path), "--hermes", "/bin/false",
+         "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60, check=False)
+    output = done.stdout + done.stderr
+    start = [line for line in output.splitlines() if "cannot read the proxy at start" in line]
+    assert len(start) == 1, output
+    assert f"{url}: cannot connect (connection refused)" in start[0]
+    for internal in ("ClientConnectorError", "ssl:default", "Connect call failed", "aiohttp",
+                     "Traceback"):
+        assert internal not in output, output
+    assert "hold=yes(proxy_unreachable)" in done.stdout
 
 
 async def test_redis_source_reads_the_pool_document(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,6 +276,9 @@ async def test_redis_source_failures_raise(dispatch_redis_url: str) -> None:
     for url in (dispatch_redis_url, "redis://127.0.0.1:9/0"):
         with pytest.raises(BacklogError):
             await RedisStatusBacklog(url, timeout_s=2).read()
+    with pytest.raises(ProxyUnreachable, match=r"^redis status redis://127\.0\.0\.1:9/0: "
+                       "cannot connect to Redis"):
+        await RedisStatusBacklog("redis://:secret@127.0.0.1:9/0", timeout_s=2).read()
 
 
 async def test_a_real_proxy_routing_through_the_wildcard(make_proxy: Any, mock_llm: Any) -> None:
