@@ -37,7 +37,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fault-every", type=float, default=30.0)
     parser.add_argument("--clients", type=int, default=24)
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--policy", default="local_share", choices=("local_share", "closed"),
+    parser.add_argument("--policy", default="local_share",
+                        choices=("local_share", "local_split", "closed"),
                         help="redis.on_store_error_concurrency of the three hosts")
     parser.add_argument("--out", type=Path, default=Path("results/chaos"))
 
@@ -179,7 +180,7 @@ async def run_chaos(minutes: float, fault_every_s: float, clients: int, seed: in
         "clients": clients, "fault_every_s": fault_every_s, "seed": seed, "policy": policy,
         "served": statuses.get("200", 0), "lost": lost, "statuses": dict(statuses),
         "upstream_peak": mock.state.peak, "peak_over_cap": max(0, mock.state.peak - CAP),
-        "bound_local_share": CAP + (HOSTS - 1) * (CAP // HOSTS),
+        "bound": CAP + (HOSTS - 1) * (CAP // HOSTS) if policy == "local_split" else CAP,
         "permits_after_drain": held, "slowest_request_s": round(slowest, 2),
         "degraded_s_by_cause": dict(degraded), "faults": dict(faults.started),
     }

@@ -25,7 +25,7 @@ WILDCARD_MODEL = "*"
 DEFAULT_PASSTHROUGH_PATHS = frozenset({"/tokenize", "/detokenize", "/apply-template",
                                        "/api/show"})
 PRIORITIES = ("interactive", "batch")
-STORE_ERROR_POLICIES = ("local_share", "open", "closed")
+STORE_ERROR_POLICIES = ("local_share", "local_split", "open", "closed")
 ENGINES = ("auto", "vllm", "llamacpp", "ollama", "none")
 FAIRNESS_MODES = ("tokens", "requests", "fifo")
 ACCESS_LOG_FORMATS = ("plain", "json")

@@ -57,7 +57,7 @@ from .redis_connect import client_for, endpoint_of
 from .redis_errors import STORE_ERRORS, CallAbandoned, StoreFault, StoreMisconfigured, classify
 from .redis_grants import READ_BLOCK_MS, GrantsReader
 from .redis_health import StoreHealth
-from .redis_local import LocalShare, acquire_until, local_store, refusal
+from .redis_local import LocalShare, acquire_until, frozen_spec, local_store, refusal
 from .redis_pipeline import ScriptPipeline
 from .redis_scripts import (
     UNCAPPED,
@@ -146,6 +146,9 @@ class RedisStore(LimitStore):
         #: grants made from the local share so far: healing registers until none is missed
         self._local_grants = 0
         self._local: LocalShare | None = None
+        #: when the last call that renewed this host's leases was sent (monotonic): Redis
+        #: keeps them at least ``lease_ttl_s`` from then, so ``local_share`` may reuse them
+        self._renewed_at = clock()
         self._recovered = asyncio.Event()
         self._live_hosts = 1
         self._resync_lock = asyncio.Lock()
@@ -500,10 +503,18 @@ class RedisStore(LimitStore):
 
     async def _beat(self) -> None:
         assert self._scripts is not None
+        sent = self._clock()
         status, epoch, pause_ms, live, wake_ms = await self._scripts.heartbeat(
             keys=self._keys, args=[self._epoch, self.host_id, self._ttl_ms,
                                    len(self._held), self._pause_ms])
         self._live_hosts = max(1, int(live))
+        if status == "OK" and epoch == self._epoch:
+            self._renewed_at = sent
+        if self._degraded and self._local is not None:
+            # Healing: admit nothing more locally, so what is registered below is all there is
+            # (a local grant made between the registration and the releases sent after it
+            # would be counted nowhere).
+            await self._local.update_spec(frozen_spec(self._local.spec))
         if self._degraded or status != "OK" or epoch != self._epoch or self._orphans:
             for _ in range(HEAL_ROUNDS):
                 granted = self._local_grants
@@ -520,10 +531,11 @@ class RedisStore(LimitStore):
             self._arm_scan(float(wake_ms) / 1000)
 
     async def _resync(self) -> None:
-        """Send what failed to reach Redis, then register every lease and waiter of this host."""
+        """Register every lease and waiter of this host, then send the releases that failed to
+        reach Redis: in that order Redis never counts less than the host holds (a permit reused
+        locally is registered before the one it replaced is released)."""
         assert self._scripts is not None and self._grants is not None
         async with self._resync_lock:
-            await self._send_orphans()
             now = self._clock()
             leases = [[rid, option, list(grant.resources), grant.queued_s * 1000]
                       for rid, (grant, option, _) in self._held.items()]
@@ -535,6 +547,7 @@ class RedisStore(LimitStore):
                 json.dumps(leases) if leases else "[]", json.dumps(waiters) if waiters else "[]"])
             epoch, pause_ms, stream_id, wake_ms, live = reply[:5]
             self._live_hosts = max(1, int(live))
+            self._renewed_at = now
             if epoch != self._epoch:
                 if self._epoch:
                     log.warning("redis store lost its data (epoch %s -> %s): re-registered "
@@ -558,6 +571,7 @@ class RedisStore(LimitStore):
                 self._arm_scan(float(pause_ms) / 1000)
             elif float(wake_ms) >= 0:
                 self._arm_scan(float(wake_ms) / 1000)
+            await self._send_orphans()
 
     async def _send_orphans(self) -> None:
         """Releases Redis has not acknowledged yet, in one round trip; each stays owed until
@@ -619,7 +633,11 @@ class RedisStore(LimitStore):
                 retry_after_s=self.config.heartbeat_s)
         local = self._local
         assert local is not None
-        grant = await acquire_until(local, self._recovered, demand, deadline - self._clock())
+        until = deadline
+        if self.config.on_store_error_concurrency == "local_share":
+            # past this Redis may have taken this host's leases back and lent them out
+            until = min(deadline, self._renewed_at + self.config.lease_ttl_s)
+        grant = await acquire_until(local, self._recovered, demand, until - self._clock())
         if grant is None:
             return None
         if self._local is not local:  # recovered meanwhile: hand it back, retry in Redis

@@ -2,10 +2,17 @@
 
 Policies, per kind of limit (``redis.on_store_error_concurrency`` / ``_rates``):
 
-- ``local_share`` (concurrency default): each host enforces ``max(1, cap // live hosts)``
-  locally, counting the permits it already holds; buckets get ``1 / live hosts`` of their
-  capacity and rate. Across hosts the total stays within ``max(cap, live hosts)`` when hosts
-  hold their share evenly; it is the documented bounded exception.
+- ``local_share`` (concurrency default): a host admits only into the permits Redis still
+  counts for it: those it held when Redis went away, reused as its requests end (their
+  releases wait for Redis). Redis never lends them to another host meanwhile, so the cap
+  holds across hosts, until the host's leases may have expired (``lease_ttl_s`` after its
+  last renewal); from then on it admits nothing locally. A host that held nothing admits
+  nothing: without Redis it cannot learn what the other hosts hold.
+- ``local_split``: each host enforces ``max(1, cap // live hosts)`` alone, counting what it
+  holds. More available, but not within the cap: hosts that held unevenly add up to
+  ``cap + (live hosts - 1) x (cap // live hosts)``.
+- Buckets (rates ``local_share`` or ``local_split``) get ``1 / live hosts`` of their capacity
+  and rate.
 - ``open`` (rates default): that kind of limit is not enforced until Redis is back.
 - ``closed``: requests that need that kind of limit are refused with a 503.
 
@@ -35,23 +42,53 @@ class LocalShare(MemoryStore):
         self._held[grant.request_id] = (grant, self._clock())
 
 
-def share_spec(spec: LimitSpec, hosts: int, concurrency: str, rates: str) -> LimitSpec:
-    """The limits one host enforces alone while degraded."""
+def share_spec(spec: LimitSpec, hosts: int, concurrency: str, rates: str,
+               held: list[Grant] | None = None) -> LimitSpec:
+    """The limits one host enforces alone while degraded (``held``: what Redis counts for it)."""
     hosts = max(1, hosts)
+    caps: dict[str, int | None]
+    prefix_caps: dict[str, int]
     if concurrency == "local_share":
+        caps, prefix_caps = reuse_caps(spec, held or [])
+    elif concurrency == "local_split":
         caps = {n: None if c is None else max(1, c // hosts) for n, c in spec.caps.items()}
         prefix_caps = {p: max(1, c // hosts) for p, c in spec.prefix_caps.items()}
     else:  # open (closed refuses before reaching the local store)
         caps = {n: None for n in spec.caps}
         prefix_caps = {}
     buckets = {}
-    if rates == "local_share":
+    if rates in ("local_share", "local_split"):
         buckets = {
             n: BucketSpec(max(1.0, b.capacity / hosts), b.rate_per_s / hosts)
             for n, b in spec.buckets.items()
         }
     return LimitSpec(caps=caps, buckets=buckets, max_queue_depth=spec.max_queue_depth,
                      max_wait_s=spec.max_wait_s, prefix_caps=prefix_caps)
+
+
+def reuse_caps(spec: LimitSpec, held: list[Grant]
+               ) -> tuple[dict[str, int | None], dict[str, int]]:
+    """Caps of exactly the permits Redis counts for this host: every capped resource gets the
+    number of held grants that use it (0 when none does); uncapped ones stay uncapped."""
+    counts: dict[str, int] = {}
+    for grant in held:
+        for resource in grant.resources:
+            counts[resource] = counts.get(resource, 0) + 1
+    caps: dict[str, int | None] = {
+        n: None if c is None and n not in spec.live else counts.get(n, 0)
+        for n, c in spec.caps.items()}
+    for resource, count in counts.items():
+        if resource not in caps and (spec.cap_of(resource) is not None
+                                     or resource in spec.live):
+            caps[resource] = count
+    return caps, {p: 0 for p in spec.prefix_caps}
+
+
+def frozen_spec(spec: LimitSpec) -> LimitSpec:
+    """The local limits while a healing host registers: nothing more is admitted locally, so
+    the grants Redis is told about are all there are."""
+    return replace(spec, caps={n: 0 for n in spec.caps},
+                   prefix_caps={p: 0 for p in spec.prefix_caps}, buckets=spec.buckets)
 
 
 def refusal(spec: LimitSpec, demand: Demand, concurrency: str, rates: str) -> str | None:
@@ -69,7 +106,7 @@ def refusal(spec: LimitSpec, demand: Demand, concurrency: str, rates: str) -> st
 
 def local_store(spec: LimitSpec, hosts: int, concurrency: str, rates: str,
                 held: list[Grant]) -> LocalShare:
-    store = LocalShare(share_spec(spec, hosts, concurrency, rates), clock=time.monotonic)
+    store = LocalShare(share_spec(spec, hosts, concurrency, rates, held), clock=time.monotonic)
     for grant in held:
         store.adopt(grant)
     return store

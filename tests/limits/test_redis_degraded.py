@@ -44,11 +44,12 @@ def config(mock_url: str, store: str, **redis: Any) -> dict[str, Any]:
             "redis": {"heartbeat_s": 0.1, "lease_ttl_s": 1.0, **redis}}
 
 
-async def test_local_share_while_down_then_shared_again(
+async def test_local_split_while_down_then_shared_again(
         redis_server: RedisServer, redis_store_url: str, mock_llm: Any, make_proxy: Any):
     mock = await mock_llm(batch_size=CAP, ttft_s=0.01, tpot_s=0.02)
-    a = await make_proxy(config(mock.url, redis_store_url))
-    b = await make_proxy(config(mock.url, redis_store_url))
+    split = config(mock.url, redis_store_url, on_store_error_concurrency="local_split")
+    a = await make_proxy(split)
+    b = await make_proxy(split)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
         await until(lambda: _hosts(redis_store_url, 2))
         await asyncio.sleep(0.3)  # a heartbeat or two: each host has seen the other
@@ -118,3 +119,58 @@ async def _both(flags: Any) -> bool:
 
 async def _none(flags: Any) -> bool:
     return not any(await flags)
+
+
+async def test_local_share_across_hosts_never_exceeds_the_cap(
+        redis_server: RedisServer, redis_store_url: str, mock_llm: Any, make_proxy: Any):
+    """Hazard: with ``local_share`` a host that held nothing when Redis froze admitted
+    ``cap // hosts`` on its own while another host already held the whole cap through Redis:
+    the chaos soak saw 8 in flight with cap 6 on 3 hosts. Now a host admits only into the
+    permits Redis still counts for it, so the cap holds during the fault and after it heals."""
+    mock = await mock_llm(batch_size=64, ttft_s=0.01, tpot_s=0.02)
+    cfg = {**config(mock.url, redis_store_url, lease_ttl_s=10.0), "queue": {"max_wait_s": 1.0}}
+    a, b, c = [await make_proxy(cfg) for _ in range(3)]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
+        await until(lambda: _hosts(redis_store_url, 3))
+        await asyncio.sleep(0.3)
+        held = [asyncio.create_task(chat(client, a.url, 250)) for _ in range(CAP)]
+        await mock.state.wait_until(lambda s: s.in_flight == CAP)
+        redis_server.pause()  # frozen: every host times out and degrades
+        try:
+            for proxy in (a, b, c):
+                await until(lambda p=proxy: _both(degraded_flag(client, p.url)))
+            others = await asyncio.gather(*(chat(client, u, 2) for u in (b.url, c.url)
+                                            for _ in range(3)))
+            assert mock.state.peak <= CAP, f"upstream saw {mock.state.peak}, cap {CAP}"
+            assert all(status == 429 for status, _ in others), [s for s, _ in others]
+            # a reuses its own permits as its long requests end
+            assert mock.state.in_flight == CAP  # a's long requests still running
+            await asyncio.gather(*held)
+            more = [asyncio.create_task(chat(client, a.url, 5)) for _ in range(CAP)]
+            statuses = [status for status, _ in await asyncio.gather(*more)]
+            assert statuses == [200] * CAP, statuses
+        finally:
+            redis_server.resume()
+        for proxy in (a, b, c):
+            await until(lambda p=proxy: _none(degraded_flag(client, p.url)))
+        burst = await asyncio.gather(*(chat(client, u, 5) for u in (a.url, b.url, c.url)
+                                       for _ in range(4)))
+        assert all(status == 200 for status, _ in burst)
+        assert mock.state.peak <= CAP, f"upstream saw {mock.state.peak}, cap {CAP}"
+
+
+def test_local_share_caps_are_exactly_the_permits_held():
+    """Hazard: a local cap above what the host holds per resource (a prefix-capped client,
+    a second model) lets a degraded host admit into permits Redis counts for another host."""
+    from proxy.limits.base import Grant, LimitSpec, Option
+    from proxy.limits.redis_local import share_spec
+
+    spec = LimitSpec(caps={"model:m": 6, "model:n": 6, "upstream:up": None},
+                     prefix_caps={"attr:": 2})
+    held = [Grant(f"r{i}", Option("up", ()), ("model:m", "upstream:up", "attr:x"), (), 0.0)
+            for i in range(2)]
+    local = share_spec(spec, 3, "local_share", "open", held)
+    assert [local.cap_of(r) for r in ("model:m", "model:n", "upstream:up", "attr:x", "attr:y")
+            ] == [2, 0, None, 2, 0]
+    split = share_spec(spec, 3, "local_split", "open", held)
+    assert [split.cap_of(r) for r in ("model:m", "attr:y")] == [2, 1]

@@ -124,15 +124,16 @@ async def test_healing_a_black_hole_never_exceeds_the_cap(
     them, while the requests the host admitted on its local share are still running and not
     yet registered: the upstream saw 8 in flight with cap 4 on one host."""
     caplog.set_level(logging.WARNING)
-    mock = await mock_llm(batch_size=64, ttft_s=0.01, tpot_s=0.05)
-    proxy = await make_proxy(fault_config(mock.url, relay.url()))
+    # requests outlast the 0.5 s it takes to degrade: the host still holds them then
+    mock = await mock_llm(batch_size=64, ttft_s=0.01, tpot_s=0.3)
+    proxy = await make_proxy(fault_config(mock.url, relay.url(), lease_ttl_s=5.0))
     stop = asyncio.Event()
     load = asyncio.create_task(run_load([proxy.url], 16, stop))
-    await asyncio.sleep(0.5)
-    relay.black_hole()
-    await until(lambda: _degraded(proxy.url), timeout=20)
     await asyncio.wait_for(mock.state.wait_until(lambda s: s.in_flight >= CAP), 10)
-    await asyncio.sleep(0.3)  # the local share in use, the held calls still on the wire
+    relay.black_hole()  # local_share reuses the leases the host holds: they last 5 s
+    await until(lambda: _degraded(proxy.url), timeout=20)
+    await asyncio.wait_for(mock.state.wait_until(lambda s: s.in_flight >= 1), 10)
+    await asyncio.sleep(1.5)  # the local share in use (reused), the held calls on the wire
     relay.heal()
     await until(lambda: _healthy(proxy.url))
     await asyncio.sleep(1.0)

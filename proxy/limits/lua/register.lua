@@ -10,7 +10,8 @@
 --           attention: 'G', request id, option, queued_ms (granted) | 'X', request id (gone)}
 --          stream_id is the grants stream's end BEFORE this call's own hand-offs.
 -- Invariant: a lease is added only if the store has neither it nor its tombstone, so a
--- release racing this call is never undone, and no lease is counted twice.
+-- release racing this call is never undone, and no lease is counted twice; a registered
+-- lease's request leaves the queue, so the queue never grants it a second one.
 
 local host, ttl, pause_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local leases, waiters = cjson.decode(ARGV[4]), cjson.decode(ARGV[5])
@@ -21,6 +22,10 @@ redis.call('ZADD', K.hosts, fmt(now + ttl), host)
 local changed = false
 for _, l in ipairs(leases) do
   local rid = l[1]
+  -- the host holds it now (granted locally while degraded): a waiter of the same request
+  -- left in the queue would be granted a second lease later, counted once too many for good
+  local stale = redis.call('HGET', K.waiters, rid)
+  if stale then drop_waiter(rid, cjson.decode(stale)) end
   if not redis.call('ZSCORE', K.tombs, rid) and redis.call('HEXISTS', K.leases, rid) == 0 then
     for _, r in ipairs(l[3]) do add_inflight(r, 1) end
     redis.call('HSET', K.leases, rid, cjson.encode({host, now, l[3], l[2], l[4]}))
