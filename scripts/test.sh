@@ -14,9 +14,9 @@ echo "== fast suite"
 # (about 12 minutes on 2 cores the first time, reused after); a failed build only skips it.
 bash scripts/build-llama-server.sh >/dev/null || echo "llama-server build failed: its slow test will skip" >&2
 
-echo "== slow suite (load, multi-host, hermes end to end; bounded to ${SLOW_TIMEOUT:-900}s)"
+echo "== slow suite (load, multi-host, hermes end to end; bounded to ${SLOW_TIMEOUT:-1500}s)"
 set +e
-timeout --signal=INT --kill-after=30 "${SLOW_TIMEOUT:-900}" \
+timeout --signal=INT --kill-after=30 "${SLOW_TIMEOUT:-1500}" \
     "$PYTHON" -m pytest -q -p no:cacheprovider -m slow "$@"
 code=$?
 set -e
