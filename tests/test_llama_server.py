@@ -123,7 +123,7 @@ async def test_adaptive_cap_settles_near_the_slot_count_and_the_sweep_agrees(
         engine_proxy, llama_server, openai_client):
     """Hazard: a cap that sits at the ceiling (8) while llama-server defers everything past
     its 2 slots; a sweep whose recommendation and the adaptive cap disagree."""
-    failures = await closed_loop(openai_client(engine_proxy, timeout=120), 6, 25.0)
+    failures = await closed_loop(openai_client(engine_proxy, timeout=45), 6, 25.0)
     assert failures == []
     adaptive = (await status(engine_proxy))["upstreams"]["up"]["adaptive"]
     assert adaptive["engine"] is not None and adaptive["engine"]["engine"] == "llamacpp"
