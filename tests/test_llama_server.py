@@ -114,11 +114,12 @@ async def test_chat_stream_and_native_completion(engine_proxy, openai_client):
         assert (await r.json())["content"]
 
 
-@pytest.mark.xfail(strict=False, reason=(
+@pytest.mark.skip(reason=(
     "open (issue 13): since the merge of issue 10's upstream client, llama-server (the "
     "llama-cpp-python 0.3.36 tree) stops answering under 6 closed-loop streams through the "
-    "proxy: both slots stay busy, /slots times out, and the proxy's closed connections sit in "
-    "CLOSE-WAIT on llama-server's side; passed before that merge"))
+    "proxy: both slots stay busy, /slots times out, the proxy's closed connections sit in "
+    "CLOSE-WAIT on llama-server's side, and the test then outlasts the slow step; it passed "
+    "before that merge; remove this mark once it is fixed"))
 async def test_adaptive_cap_settles_near_the_slot_count_and_the_sweep_agrees(
         engine_proxy, llama_server, openai_client):
     """Hazard: a cap that sits at the ceiling (8) while llama-server defers everything past
