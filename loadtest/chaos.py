@@ -1,12 +1,21 @@
 """Chaos soak (``python -m loadtest chaos --minutes 20 --out results/chaos``); not run in CI.
 
 Three proxy hosts (in this process, each through its own ``RedisRelay``) share one
-``redis-server``; clients loop against all three; every ``--fault-every`` seconds one random
-fault starts and lasts a few seconds: OOM, READONLY, black hole (one host or all), SIGSTOP,
-kill -9 and empty restart, RST storm, CLIENT KILL, latency. At the end every fault is healed,
-the load stops, and the pool drains. Reported: requests served, lost (a 5xx other than the
-policy's 503, or no answer), the upstream's peak in flight against the cap, permits still
-held after the drain, and seconds degraded per cause (summed over the hosts).
+``redis-server`` that has a replica; clients loop against all three; every ``--fault-every``
+seconds one fault starts and lasts a few seconds (``chaos_faults``: every kind once per
+shuffled cycle). At the end every fault is healed, the load stops, and the pool drains.
+
+Reported, each with what it must be:
+
+- requests served, refused by the policy (429 / 503 ``store_unavailable``), lost (a 5xx
+  other than the policy's 503, or no answer: 0) and 500s (0);
+- the upstream's peak in flight against the cap (over cap: 0), overall and per fault kind,
+  during the fault and after its heal (until the next fault);
+- permits held after the drain (in flight, queued: 0);
+- the longest wait for an answer's headers against max wait + ``command_timeout_s`` (none
+  over);
+- tracebacks in the proxies' log (0), and its warning lines;
+- degraded host-seconds per cause, faults drawn per kind.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import random
 import time
 from collections import Counter
@@ -22,87 +32,104 @@ from typing import Any
 
 import aiohttp
 
+from .chaos_faults import REPEAT_EVERY_S, Fault, Faults
 from .mock_llm import MockLLM, MockLLMConfig
 from .redis_relay import RedisRelay
-from .redis_server import RedisServer, free_port
+from .redis_server import RedisServer
 
 CAP = 6
 HOSTS = 3
-FAULTS = ("oom", "readonly", "black_hole_all", "black_hole_one", "sigstop", "kill9_restart",
-          "reset", "client_kill", "latency")
+MAX_WAIT_S = 5.0
+COMMAND_TIMEOUT_S = 1.0
+#: log lines kept for ``chaos.log`` (the counts cover all of them)
+LOG_LINES_KEPT = 2000
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--fault-every", type=float, default=30.0)
-    parser.add_argument("--clients", type=int, default=24)
+    parser.add_argument("--clients", type=int, default=12)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--policy", default="local_share",
                         choices=("local_share", "local_split", "closed"),
                         help="redis.on_store_error_concurrency of the three hosts")
+    parser.add_argument("--faults", default=",".join(f.value for f in Fault),
+                        help="the kinds to draw from (comma-separated)")
     parser.add_argument("--out", type=Path, default=Path("results/chaos"))
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    result = asyncio.run(run_chaos(args.minutes, args.fault_every, args.clients, args.seed,
-                                   args.policy))
+    log = _LogWatch()
+    logging.getLogger().addHandler(log)
+    try:
+        kinds = tuple(Fault(name) for name in args.faults.split(","))
+        result = asyncio.run(run_chaos(args.minutes, args.fault_every, args.clients,
+                                       args.seed, args.policy, log, kinds))
+    finally:
+        logging.getLogger().removeHandler(log)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "chaos.json").write_text(json.dumps(result, indent=2))
+    (args.out / "chaos.log").write_text("\n".join(log.lines) + "\n")
     print(json.dumps(result, indent=2))
-    return 0 if result["lost"] == 0 and result["permits_after_drain"] == 0 else 1
+    return 0 if not result["failed"] else 1
 
 
-class _Faults:
-    def __init__(self, server: RedisServer, relays: list[RedisRelay], rng: random.Random):
-        self.server, self.relays, self.rng = server, relays, rng
-        self.started: Counter[str] = Counter()
+class _LogWatch(logging.Handler):
+    """Counts the proxies' warnings and tracebacks (any record with exception info)."""
 
-    def begin(self, fault: str) -> None:
-        self.started[fault] += 1
-        s, relays = self.server, self.relays
-        if fault == "oom":
-            s.command("CONFIG", "SET", "maxmemory", "1")
-        elif fault == "readonly":
-            s.command("REPLICAOF", "127.0.0.1", str(free_port()))
-        elif fault == "black_hole_all":
-            for r in relays:
-                r.black_hole()
-        elif fault == "black_hole_one":
-            self.rng.choice(relays).black_hole()
-        elif fault == "sigstop":
-            s.pause()
-        elif fault == "kill9_restart":
-            s.kill()
-        elif fault == "latency":
-            for r in relays:
-                r.latency_s = 0.2
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.warnings = 0
+        self.tracebacks = 0
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
 
-    def repeat(self, fault: str) -> None:
-        if fault == "reset":
-            for r in self.relays:
-                r.reset()
-        elif fault == "client_kill":
-            self.server.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    def emit(self, record: logging.LogRecord) -> None:
+        self.warnings += 1
+        text = self.format(record)
+        if record.exc_info or "Traceback" in text:
+            self.tracebacks += 1
+        if len(self.lines) < LOG_LINES_KEPT:
+            self.lines.append(text)
 
-    def heal(self) -> None:
-        s = self.server
-        s.start()  # also resumes a paused one
-        s.command("CONFIG", "SET", "maxmemory", "0")
-        s.command("REPLICAOF", "NO", "ONE")
-        for r in self.relays:
-            r.heal()
-            r.latency_s = 0.0
+
+def _leases(server: RedisServer) -> list[str]:
+    """The leases Redis still holds (for a report that found permits after the drain)."""
+    reply = server.command("HGETALL", "{llmthrottle}:leases").decode(errors="replace")
+    return [line for line in reply.split("\r\n") if line.startswith("[")]
+
+
+class _Peaks:
+    """The upstream's peak in flight per phase (``during <fault>``, ``after <fault>``)."""
+
+    def __init__(self, mock: MockLLM):
+        self.mock = mock
+        self.by_phase: dict[str, int] = {}
+        self.phase = "start"
+
+    def enter(self, phase: str) -> None:
+        state = self.mock.state
+        self.by_phase[self.phase] = max(self.by_phase.get(self.phase, 0), state.peak)
+        state.peak = state.in_flight  # the next phase starts from what is in flight now
+        self.phase = phase
+
+    def of(self, prefix: str) -> dict[str, int]:
+        return {phase.removeprefix(prefix): peak for phase, peak in sorted(self.by_phase.items())
+                if phase.startswith(prefix)}
 
 
 async def run_chaos(minutes: float, fault_every_s: float, clients: int, seed: int,
-                    policy: str = "local_share") -> dict[str, Any]:
+                    policy: str = "local_share", log: _LogWatch | None = None,
+                    kinds: tuple[Fault, ...] = tuple(Fault)) -> dict[str, Any]:
     from proxy.app import start_proxy
     from proxy.config import parse_config
     from proxy.limits.redis import mark_fresh
 
-    rng = random.Random(seed)
+    rng = random.Random(seed + 1)  # the clients' draws; the faults have their own
     server = RedisServer()
     server.start()
+    replica = RedisServer(args=["--replicaof", "127.0.0.1", str(server.port)])
+    replica.start()
     mark_fresh(server.url)
     mock = MockLLM(MockLLMConfig(batch_size=64, ttft_s=0.02, tpot_s=0.02))
     await mock.start()
@@ -113,17 +140,20 @@ async def run_chaos(minutes: float, fault_every_s: float, clients: int, seed: in
     for relay in relays:
         config = {"upstreams": {"up": {"url": mock.url}},
                   "models": {"m": {"upstreams": ["up"], "max_in_flight": CAP}},
-                  "store": relay.url(), "queue": {"max_wait_s": 5.0},
-                  "redis": {"heartbeat_s": 0.5, "lease_ttl_s": 3.0, "command_timeout_s": 1.0,
+                  "store": relay.url(), "queue": {"max_wait_s": MAX_WAIT_S},
+                  "redis": {"heartbeat_s": 0.5, "lease_ttl_s": 3.0,
+                            "command_timeout_s": COMMAND_TIMEOUT_S,
                             "on_store_error_concurrency": policy}}
         proxies.append(await start_proxy(parse_config(config, environ={}), port=0))
-    faults = _Faults(server, relays, rng)
+    faults = Faults(server, replica, relays, random.Random(seed), kinds)
+    timeline: list[list[Any]] = []
+    peaks = _Peaks(mock)
     statuses: Counter[str] = Counter()
-    slowest = 0.0
+    wait_bound_s = MAX_WAIT_S + COMMAND_TIMEOUT_S
+    waits = {"max_s": 0.0, "over_bound": 0}
     stop = asyncio.Event()
 
     async def client(i: int) -> None:
-        nonlocal slowest
         url = proxies[i % HOSTS].url + "/v1/chat/completions"
         body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
         while not stop.is_set():
@@ -131,14 +161,18 @@ async def run_chaos(minutes: float, fault_every_s: float, clients: int, seed: in
             try:
                 async with session.post(url, json=body, headers={
                         "x-mock-fault": f"tokens:{rng.randint(2, 20)}"}) as response:
+                    waited = time.monotonic() - started  # admission: the headers came
                     text = await response.text()
                     key = str(response.status)
                     if response.status == 503 and "store_unavailable" in text:
                         key = "503 store_unavailable"
             except (aiohttp.ClientError, TimeoutError) as exc:
                 key = f"no answer ({type(exc).__name__})"
+                waited = time.monotonic() - started
             statuses[key] += 1
-            slowest = max(slowest, time.monotonic() - started)
+            waits["max_s"] = max(waits["max_s"], waited)
+            if waited > wait_bound_s:
+                waits["over_bound"] += 1
             if not key.startswith("200"):
                 await asyncio.sleep(0.1)
 
@@ -151,43 +185,66 @@ async def run_chaos(minutes: float, fault_every_s: float, clients: int, seed: in
             await asyncio.sleep(min(fault_every_s / 2, max(0.0, end - time.monotonic())))
             if time.monotonic() >= end:
                 break
-            fault = rng.choice(FAULTS)
+            fault = faults.draw()
+            timeline.append([round(time.time(), 3), "begin", fault.value])
+            peaks.enter(f"during {fault.value}")
             faults.begin(fault)
-            until = time.monotonic() + rng.uniform(2.0, 8.0)
+            until = time.monotonic() + faults.rng.uniform(2.0, 8.0)
             while time.monotonic() < until:
+                await asyncio.sleep(REPEAT_EVERY_S)
                 faults.repeat(fault)
-                await asyncio.sleep(0.3)
             faults.heal()
+            timeline.append([round(time.time(), 3), "heal", fault.value])
+            peaks.enter(f"after {fault.value}")
             await asyncio.sleep(max(0.0, fault_every_s / 2 - 8.0))
         faults.heal()
         await asyncio.sleep(5.0)  # every host back on Redis
         stop.set()
         await asyncio.gather(*loops)
-    held = 0
+    peaks.enter("end")
     for running in proxies:
         await running.proxy.store.drain()
     await asyncio.sleep(1.0)
     snapshot = await proxies[0].proxy.store.snapshot()
     held = sum(s.in_flight + s.queued for s in snapshot.resources.values())
+    held += snapshot.queue_depth
+    leases = _leases(faults.server) if held else []
     degraded: Counter[str] = Counter()
     for running in proxies:
         for cause, seconds in running.proxy.store.degraded_seconds().items():
             degraded[cause] += round(seconds, 1)
     lost = sum(n for k, n in statuses.items()
                if k.startswith("no answer") or (k[:1] == "5" and "store_unavailable" not in k))
-    result = {
+    bound = CAP + (HOSTS - 1) * (CAP // HOSTS) if policy == "local_split" else CAP
+    upstream_peak = max(peaks.by_phase.values())
+    result: dict[str, Any] = {
         "minutes": round((time.monotonic() - t0) / 60, 2), "hosts": HOSTS, "cap": CAP,
         "clients": clients, "fault_every_s": fault_every_s, "seed": seed, "policy": policy,
-        "served": statuses.get("200", 0), "lost": lost, "statuses": dict(statuses),
-        "upstream_peak": mock.state.peak, "peak_over_cap": max(0, mock.state.peak - CAP),
-        "bound": CAP + (HOSTS - 1) * (CAP // HOSTS) if policy == "local_split" else CAP,
-        "permits_after_drain": held, "slowest_request_s": round(slowest, 2),
+        "served": statuses.get("200", 0), "lost": lost, "http_500": statuses.get("500", 0),
+        "refused_429": statuses.get("429", 0),
+        "refused_503": statuses.get("503 store_unavailable", 0), "statuses": dict(statuses),
+        "upstream_peak": upstream_peak, "bound": bound,
+        "peak_over_bound": max(0, upstream_peak - bound),
+        "peak_during_fault": peaks.of("during "), "peak_after_heal": peaks.of("after "),
+        "permits_after_drain": held,
+        "max_wait_s": round(waits["max_s"], 2), "wait_bound_s": wait_bound_s,
+        "waits_over_bound": waits["over_bound"],
+        "tracebacks_in_log": None if log is None else log.tracebacks,
+        "warning_lines_in_log": None if log is None else log.warnings,
         "degraded_s_by_cause": dict(degraded), "faults": dict(faults.started),
+        "faults_never_drawn": [f.value for f in kinds if f.value not in faults.started],
+        "leases_after_drain": leases, "timeline": timeline,
     }
+    result["failed"] = [name for name, bad in (
+        ("lost", lost), ("http_500", result["http_500"]),
+        ("peak_over_bound", result["peak_over_bound"]), ("permits_after_drain", held),
+        ("waits_over_bound", waits["over_bound"]), ("tracebacks_in_log", log and log.tracebacks),
+    ) if bad]
     for running in proxies:
         await running.close()
     for relay in relays:
         await relay.close()
     await mock.stop()
+    replica.stop()
     server.stop()
     return result

@@ -145,8 +145,10 @@ class RedisAdmission(RedisStoreCore):
             if _granted_result(waiter.future) is not None:
                 return waiter.future.result()
             self._waiters.pop(rid, None)
+            self._unsettled.add(rid)  # until the cancel answers (it may grant)
             call = asyncio.ensure_future(self._pipe.call(self._scripts.cancel, self._keys, [
                 self.host_id, rid, str(int(max_wait * 1000)), self._tomb_ms]))
+            call.add_done_callback(lambda _: self._unsettled.discard(rid))
             budget = waiter.deadline + self._deadline_s - self._clock()
             try:
                 await asyncio.wait((call,), timeout=max(0.0, budget))

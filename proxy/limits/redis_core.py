@@ -93,6 +93,9 @@ class RedisStoreCore(LimitStore):
         #: done with (a release that failed, an admit whose answer never came); sent once
         #: Redis answers. refund: the host never used the grant, so its charges go back too.
         self._orphans: dict[str, tuple[str, bool]] = {}
+        #: request ids with a release or a cancel on the wire: a lease Redis keeps for one of
+        #: them is not stale (see ``prune.lua``)
+        self._unsettled: set[str] = set()
         self._degraded = False
         self._health = StoreHealth(clock)
         #: deadline of every Redis call (``redis.command_timeout_s``)

@@ -32,14 +32,18 @@ class RedisHeartbeat(RedisStoreCore):
     async def _beat(self) -> None:
         assert self._scripts is not None
         sent = self._clock()
+        most = (len(self._held) + len(self._waiters) + len(self._orphans)
+                + len(self._unsettled))
         status, epoch, pause_ms, live, wake_ms = await self._scripts.heartbeat(
             keys=self._keys, args=[self._epoch, self.host_id, self._ttl_ms,
-                                   len(self._held), self._pause_ms])
+                                   len(self._held), self._pause_ms, most])
         self._live_hosts = max(1, int(live))
-        if status == "OK" and epoch == self._epoch:
+        if status in ("OK", "L") and epoch == self._epoch:
             self._renewed_at = sent
-        if not await self._reconcile(status != "OK" or epoch != self._epoch):
+        if not await self._reconcile(status not in ("OK", "L") or epoch != self._epoch):
             return  # still granting locally faster than it registers: next beat
+        if status == "L":
+            await self._prune()
         if float(pause_ms) > 0:
             self._arm_scan(float(pause_ms) / 1000)
         elif float(wake_ms) >= 0:
@@ -87,3 +91,16 @@ class RedisHeartbeat(RedisStoreCore):
             elif float(wake_ms) >= 0:
                 self._arm_scan(float(wake_ms) / 1000)
             await self._send_orphans()
+
+    async def _prune(self) -> None:
+        """Redis keeps more leases for this host than it can have (releases a failover lost):
+        drop those of requests this host does not know of."""
+        assert self._scripts is not None
+        known = [*self._held, *self._waiters, *self._orphans, *self._unsettled]
+        dropped, wake_ms = await self._scripts.prune(keys=self._keys, args=[
+            self.host_id, json.dumps(known), str(int(2 * self._deadline_s * 1000))])
+        if int(dropped):
+            log.warning("redis store kept %s leases this host no longer holds (releases lost "
+                        "in a failover): dropped them", dropped)
+        if float(wake_ms) >= 0:
+            self._arm_scan(float(wake_ms) / 1000)

@@ -30,6 +30,7 @@ class RedisRelease(RedisStoreCore):
             if not self._shut:
                 self._orphans[rid] = (settle, refund)
             return
+        self._unsettled.add(rid)
         try:
             reply = await self._pipe.call(self._scripts.release, self._keys, [
                 self.host_id, rid, settle, self._tomb_ms, "1" if refund else "", used])
@@ -37,6 +38,8 @@ class RedisRelease(RedisStoreCore):
             self._orphans[rid] = (settle, refund)
             self._enter_degraded(exc)
             return
+        finally:
+            self._unsettled.discard(rid)
         if reply[0] == "OK" and float(reply[1]) >= 0:
             self._arm_scan(float(reply[1]) / 1000)
 

@@ -32,8 +32,8 @@ KEY_NAMES = (
 )
 #: the fairness mode as the scripts spell it
 FAIRNESS_CODES = {Fairness.TOKENS: "t", Fairness.REQUESTS: "r", Fairness.FIFO: "f"}
-SCRIPT_NAMES = ("admit", "release", "cancel", "scan", "heartbeat", "register", "leave",
-                "snapshot", "setcap")
+SCRIPT_NAMES = ("admit", "release", "cancel", "scan", "heartbeat", "register", "prune",
+                "leave", "snapshot", "setcap")
 #: bounds the cache of encoded resource parts (resource names can be made at run time)
 ENCODED_CACHE_SIZE = 4096
 
@@ -58,6 +58,7 @@ class Scripts:
     scan: AsyncScript
     heartbeat: AsyncScript
     register: AsyncScript
+    prune: AsyncScript
     leave: AsyncScript
     snapshot: AsyncScript
     setcap: AsyncScript
