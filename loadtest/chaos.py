@@ -35,7 +35,7 @@ import aiohttp
 from .chaos_faults import REPEAT_EVERY_S, Fault, Faults
 from .mock_llm import MockLLM, MockLLMConfig
 from .redis_relay import RedisRelay
-from .redis_server import RedisServer
+from .redis_server import RedisServer, master_and_replica
 
 CAP = 6
 HOSTS = 3
@@ -126,10 +126,7 @@ async def run_chaos(minutes: float, fault_every_s: float, clients: int, seed: in
     from proxy.limits.redis import mark_fresh
 
     rng = random.Random(seed + 1)  # the clients' draws; the faults have their own
-    server = RedisServer()
-    server.start()
-    replica = RedisServer(args=["--replicaof", "127.0.0.1", str(server.port)])
-    replica.start()
+    server, replica = master_and_replica()
     mark_fresh(server.url)
     mock = MockLLM(MockLLMConfig(batch_size=64, ttft_s=0.02, tpot_s=0.02))
     await mock.start()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import random
 from collections import Counter
+from collections.abc import Iterator, Sequence
 
 from .redis_relay import RedisRelay
 from .redis_server import RedisServer, free_port
@@ -40,22 +41,26 @@ LATENCY_S = 0.2
 REPEAT_EVERY_S = 0.3
 
 
+def fault_cycle(rng: random.Random, kinds: Sequence[Fault]) -> Iterator[Fault]:
+    """Every kind once per ``len(kinds)`` draws, in a new random order each round."""
+    while True:
+        order = list(kinds)
+        rng.shuffle(order)
+        yield from order
+
+
 class Faults:
     """Starts, repeats and heals one fault at a time; counts what was drawn."""
 
     def __init__(self, server: RedisServer, replica: RedisServer, relays: list[RedisRelay],
                  rng: random.Random, kinds: tuple[Fault, ...] = tuple(Fault)):
         self.server, self.replica, self.relays, self.rng = server, replica, relays, rng
-        self.kinds = kinds
+        self._draws = fault_cycle(rng, kinds)
         self._switch_pending = False
         self.started: Counter[str] = Counter()
-        self._cycle: list[Fault] = []
 
     def draw(self) -> Fault:
-        if not self._cycle:
-            self._cycle = list(self.kinds)
-            self.rng.shuffle(self._cycle)
-        return self._cycle.pop()
+        return next(self._draws)
 
     def begin(self, fault: Fault) -> None:
         self.started[fault.value] += 1

@@ -144,6 +144,22 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def master_and_replica(timeout: float = 10.0) -> tuple[RedisServer, RedisServer]:
+    """A started master and a replica of it that has finished its first sync."""
+    master = RedisServer()
+    master.start()
+    replica = RedisServer(args=["--replicaof", "127.0.0.1", str(master.port)])
+    replica.start()
+    deadline = time.monotonic() + timeout
+    while b"master_link_status:up" not in replica.command("INFO", "replication"):
+        if time.monotonic() > deadline:
+            replica.stop()
+            master.stop()
+            raise RuntimeError("the replica did not sync with its master")
+        time.sleep(0.02)
+    return master, replica
+
+
 def _command(*args: str) -> bytes:
     payload = f"*{len(args)}\r\n".encode()
     for arg in args:

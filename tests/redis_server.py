@@ -3,6 +3,6 @@ drives the same controls)."""
 
 from __future__ import annotations
 
-from loadtest.redis_server import RedisServer, free_port, redis_server_binary
+from loadtest.redis_server import RedisServer, free_port, master_and_replica, redis_server_binary
 
-__all__ = ["RedisServer", "free_port", "redis_server_binary"]
+__all__ = ["RedisServer", "free_port", "master_and_replica", "redis_server_binary"]

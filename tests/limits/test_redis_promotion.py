@@ -19,7 +19,7 @@ from proxy.config import RedisConfig
 from proxy.limits.base import Demand, LimitSpec, Option, Priority
 from proxy.limits.redis import RedisStore, mark_fresh
 from proxy.limits.redis_status import read_snapshot
-from tests.redis_server import RedisServer, redis_server_binary
+from tests.redis_server import RedisServer, master_and_replica, redis_server_binary
 
 _ids = itertools.count()
 FAST = RedisConfig(heartbeat_s=0.1, lease_ttl_s=0.5, command_timeout_s=0.5)
@@ -35,14 +35,7 @@ async def pair() -> AsyncIterator[tuple[RedisServer, RedisServer, RedisRelay]]:
     """A master, its replica, and a relay the store reaches the master through."""
     if redis_server_binary() is None:
         pytest.skip("redis-server not found on PATH")
-    master = RedisServer()
-    master.start()
-    replica = RedisServer(args=["--replicaof", "127.0.0.1", str(master.port)])
-    replica.start()
-    for _ in range(200):  # the replica's first sync
-        if b"master_link_status:up" in replica.command("INFO", "replication"):
-            break
-        await asyncio.sleep(0.05)
+    master, replica = master_and_replica()
     relay = RedisRelay(master.port)
     await relay.start()
     try:

@@ -14,7 +14,7 @@ import pytest
 
 from proxy.limits.redis import mark_fresh
 from tests.limits.faults import CAP, assert_promises, fault_config, run_load, status_of, until
-from tests.redis_server import RedisServer, free_port, redis_server_binary
+from tests.redis_server import RedisServer, free_port, master_and_replica, redis_server_binary
 
 SERVICE = "llmt"
 
@@ -23,10 +23,7 @@ SERVICE = "llmt"
 def sentinel_setup() -> Iterator[tuple[RedisServer, RedisServer, RedisServer]]:
     if redis_server_binary() is None:
         pytest.skip("redis-server not found")
-    master = RedisServer()
-    master.start()
-    replica = RedisServer(args=["--replicaof", "127.0.0.1", str(master.port)])
-    replica.start()
+    master, replica = master_and_replica()
     port = free_port()
     sentinel = RedisServer(port=port)
     conf = sentinel.dir / "sentinel.conf"

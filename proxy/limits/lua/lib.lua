@@ -476,23 +476,20 @@ local function scan(now)
   local next_wake = nil
   local counters, class_counters = {}, {}
   local is_fifo = nil
+  -- one HGET per counter per scan (a grant below forgets the counters it changes)
+  local function cached(cache, key, field)
+    local c = cache[key]
+    if c == nil then
+      c = fnum(field, 0)
+      cache[key] = c
+    end
+    return c
+  end
   local function flow_counter(p, flow)
     local key = p .. US .. flow
-    local c = counters[key]
-    if c == nil then
-      c = fnum('f' .. key, 0)
-      counters[key] = c
-    end
-    return c
+    return cached(counters, key, 'f' .. key)
   end
-  local function class_counter(p)
-    local c = class_counters[p]
-    if c == nil then
-      c = fnum('c' .. p, 0)
-      class_counters[p] = c
-    end
-    return c
-  end
+  local function class_counter(p) return cached(class_counters, p, 'c' .. p) end
   -- load a unit's head (and its waiter); false when the unit is empty
   local function load(unit)
     while true do
