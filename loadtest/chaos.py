@@ -13,7 +13,7 @@ Reported, each with what it must be:
   during the fault and after its heal (until the next fault);
 - permits held after the drain (in flight, queued: 0);
 - the longest wait for an answer's headers against max wait + ``command_timeout_s`` (none
-  over);
+  over it by more than ``WAIT_SLACK_S``; those within it are counted apart);
 - tracebacks in the proxies' log (0), and its warning lines;
 - degraded host-seconds per cause, faults drawn per kind.
 """
@@ -41,6 +41,10 @@ CAP = 6
 HOSTS = 3
 MAX_WAIT_S = 5.0
 COMMAND_TIMEOUT_S = 1.0
+#: an answer's headers may trail the store's bound by this much (writing the answer, the
+#: upstream's first byte, event-loop lag on a shared machine); a store that waited one more
+#: call past its bound is far beyond it
+WAIT_SLACK_S = 0.25
 #: log lines kept for ``chaos.log`` (the counts cover all of them)
 LOG_LINES_KEPT = 2000
 
@@ -147,7 +151,7 @@ async def run_chaos(minutes: float, fault_every_s: float, clients: int, seed: in
     peaks = _Peaks(mock)
     statuses: Counter[str] = Counter()
     wait_bound_s = MAX_WAIT_S + COMMAND_TIMEOUT_S
-    waits = {"max_s": 0.0, "over_bound": 0}
+    waits = {"max_s": 0.0, "at_bound": 0, "over_bound": 0}
     stop = asyncio.Event()
 
     async def client(i: int) -> None:
@@ -168,8 +172,10 @@ async def run_chaos(minutes: float, fault_every_s: float, clients: int, seed: in
                 waited = time.monotonic() - started
             statuses[key] += 1
             waits["max_s"] = max(waits["max_s"], waited)
-            if waited > wait_bound_s:
+            if waited > wait_bound_s + WAIT_SLACK_S:
                 waits["over_bound"] += 1
+            elif waited > wait_bound_s:
+                waits["at_bound"] += 1
             if not key.startswith("200"):
                 await asyncio.sleep(0.1)
 
@@ -224,7 +230,8 @@ async def run_chaos(minutes: float, fault_every_s: float, clients: int, seed: in
         "peak_over_bound": max(0, upstream_peak - bound),
         "peak_during_fault": peaks.of("during "), "peak_after_heal": peaks.of("after "),
         "permits_after_drain": held,
-        "max_wait_s": round(waits["max_s"], 2), "wait_bound_s": wait_bound_s,
+        "max_wait_s": round(waits["max_s"], 3), "wait_bound_s": wait_bound_s,
+        "waits_within_slack_of_bound": waits["at_bound"], "wait_slack_s": WAIT_SLACK_S,
         "waits_over_bound": waits["over_bound"],
         "tracebacks_in_log": None if log is None else log.tracebacks,
         "warning_lines_in_log": None if log is None else log.warnings,
