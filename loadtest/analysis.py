@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loadtest.generator import streamed_rate
+
 if TYPE_CHECKING:
     from loadtest.scenario import RunRecord, Scenario, ScenarioResult
 
@@ -372,30 +374,55 @@ def _tokens_per_s(load: str) -> Callable[[RunRecord], float | None]:
     return lambda r: float(_load(r, load)["goodput_tokens_per_s"])
 
 
+def _steady_tokens_per_s(scenario: Scenario, phase: str, load: str,
+                         warmup_s: float | None) -> Callable[[RunRecord], float | None]:
+    """Completion tokens a second that streamed in the load's steady window: from
+    ``warmup_s`` to the end of its duration. The whole-run figure counts each request that
+    started before the end in full, so the tail where one client's long requests finish alone
+    after the others stopped counts for that client (and shorter ones for the rest)."""
+    spec = next(p for p in scenario.phases if p.name == phase).loads[load]
+    end = spec.get("duration")
+    whole = _tokens_per_s(load)
+    if warmup_s is None or end is None:
+        return whole
+
+    def rate(r: RunRecord) -> float | None:
+        windowed = streamed_rate(_load(r, load), min(warmup_s, float(end) / 2), float(end))
+        return whole(r) if windowed is None else windowed
+    return rate
+
+
 def _fairness(scenario: Scenario, runs: Sequence[RunRecord], f: Findings) -> None:
     """Weighted token shares between batch clients; class shares; interactive p99."""
     tolerance = scenario.targets.get("weighted_share_tolerance")
     clients = scenario.proxies["proxy"].config.get("clients", {})
     loads = ("a", "b", "c")
     weights = {name: float(clients.get(name, {}).get("weight", 1)) for name in loads}
+    warmup = scenario.targets.get("share_warmup_s")
     for target in _targets_of(runs, "batch"):
         sel = _select(runs, "batch", target)
-        rates = {name: median(_tokens_per_s(name)(r) for r in sel) or 0.0 for name in loads}
-        total = sum(rates.values()) or 1.0
+        rates = {name: median(_steady_tokens_per_s(scenario, "batch", name, warmup)(r)
+                              for r in sel) or 0.0 for name in loads}
+        whole = {name: median(_tokens_per_s(name)(r) for r in sel) or 0.0 for name in loads}
+        total, whole_total = sum(rates.values()) or 1.0, sum(whole.values()) or 1.0
         for name in loads:
             share = rates[name] / total
             expected = weights[name] / sum(weights.values())
             f.numbers[f"batch.{target}.{name}.tokens_per_s"] = rates[name]
+            f.numbers[f"batch.{target}.{name}.whole_run_share"] = whole[name] / whole_total
             f.check(f"batch via {target}: client {name} (weight {weights[name]:g}) tokens",
                     abs(share / expected - 1),
-                    f"{_num(rates[name], '.0f')} tok/s = {_pct(share)} (share {_pct(expected)})",
+                    f"{_num(rates[name], '.0f')} tok/s = {_pct(share)} (share {_pct(expected)}"
+                    f"; whole run {_pct(whole[name] / whole_total)})",
                     tolerance if target != "fifo" else None, at_most=True,
                     target_text=f"within +-{_pct(tolerance)} of its share" if tolerance else "")
     share_min = scenario.targets.get("batch_token_share_min")
     for target in _targets_of(runs, "flood"):
         sel = _select(runs, "flood", target)
-        batch = median(_tokens_per_s("batch")(r) for r in sel) or 0.0
-        chat = median(_tokens_per_s("interactive")(r) for r in sel) or 0.0
+        batch = median(_steady_tokens_per_s(scenario, "flood", "batch", warmup)(r)
+                       for r in sel) or 0.0
+        chat = median(_steady_tokens_per_s(scenario, "flood", "interactive", warmup)(r)
+                      for r in sel) or 0.0
         share = batch / (batch + chat) if batch + chat else None
         f.numbers[f"flood.{target}.batch_share"] = share
         f.check(f"flood via {target}: batch share of tokens", share,
