@@ -19,15 +19,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .processes import find_redis_server, free_port
 
 
 def redis_server_binary() -> str | None:
-    return shutil.which("redis-server")
+    return find_redis_server()
 
 
 class RedisServer:
