@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import shutil
 import time
 
 from proxy.config import RedisConfig
@@ -25,7 +24,7 @@ from proxy.limits.memory import MemoryStore
 from proxy.limits.redis import RedisStore, mark_fresh
 from proxy.limits.redis_scripts import pool_keys
 
-from .redis_server import RedisServer
+from .redis_server import redis_url_or_own
 
 _ids = itertools.count()
 OPTIONS = (Option("up", ("upstream:up",)),)
@@ -121,24 +120,13 @@ def main(argv: list[str] | None = None) -> None:
     depths = [int(d) for d in args.depths.split(",")]
     spec = LimitSpec(caps={"model:m": 1}, max_queue_depth=max(depths) + 2 * args.samples,
                      max_wait_s=600)
-    redis: RedisServer | None = None
-    try:
-        url = args.redis
-        if url is None:
-            if shutil.which("redis-server") is None:
-                raise SystemExit("redis-server not found: install it or pass --redis URL")
-            redis = RedisServer()
-            redis.start()
-            url = redis.url
+    with redis_url_or_own(args.redis) as url:
         mark_fresh(url)
         config = RedisConfig(heartbeat_s=5, lease_ttl_s=600)
         redis_costs = asyncio.run(_run_store(RedisStore(spec, url, config), depths, args.flows,
                                              args.samples, url))
         memory_costs = asyncio.run(_run_store(MemoryStore(spec), depths, args.flows,
                                               args.samples, None))
-    finally:
-        if redis is not None:
-            redis.stop()
     print(f"{args.flows} flows, {args.samples} samples per depth, cap 1")
     print()
     print("| waiters | Redis us / admit | Redis us / release | memory us / release |")

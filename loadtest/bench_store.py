@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import shutil
@@ -30,7 +31,7 @@ import aiohttp
 import yaml
 
 from .processes import cpu_seconds, free_port
-from .redis_server import RedisServer
+from .redis_server import redis_url_or_own
 
 #: commandstats entries that scripts run inside Redis (not client round trips)
 SCRIPT_INTERNAL = {"hget", "hmget", "hset", "hdel", "hexists", "hincrby", "hgetall", "exists",
@@ -119,15 +120,9 @@ def _proxy_config(store: str, mock_url: str) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> str:
     workdir = Path(tempfile.mkdtemp(prefix="bench-store-"))
     procs: list[subprocess.Popen[bytes]] = []
-    redis: RedisServer | None = None
+    own_redis = contextlib.ExitStack()
     try:
-        redis_url = args.redis
-        if redis_url is None:
-            if shutil.which("redis-server") is None:
-                raise SystemExit("redis-server not found: install it or pass --redis URL")
-            redis = RedisServer()
-            redis.start()
-            redis_url = redis.url
+        redis_url = own_redis.enter_context(redis_url_or_own(args.redis))
         from proxy.limits.redis import mark_fresh
 
         mark_fresh(redis_url)
@@ -158,8 +153,7 @@ def run(args: argparse.Namespace) -> str:
         for proc in reversed(procs):
             proc.terminate()
             proc.wait(10)
-        if redis is not None:
-            redis.stop()
+        own_redis.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

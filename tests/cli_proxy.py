@@ -2,7 +2,7 @@
 
 ``start_cli_proxy`` writes the configuration to ``throttle.yaml`` under ``tmp_path`` (a test
 rewrites that file to reload it), starts the process and returns it with its URL once it
-listens; the caller kills it. ``hold_and_queue`` fills a cap of one and queues more behind it.
+listens; the caller ends it (``kill_if_running``). ``hold_and_queue`` fills a cap of one and queues more behind it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,13 @@ async def start_cli_proxy(config: dict[str, Any], tmp_path: Path,
     assert b"listening on" in line, line
     url = line.decode().split("listening on ")[1].split()[0]
     return process, url
+
+
+async def kill_if_running(process: asyncio.subprocess.Process) -> None:
+    """For the test's ``finally``: a proxy that has not exited by itself is killed and reaped."""
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
 
 
 async def read_until(process: asyncio.subprocess.Process, needle: bytes,

@@ -11,7 +11,7 @@ import aiohttp
 import yaml
 
 from loadtest.processes import free_port
-from tests.cli_proxy import hold_and_queue, read_until, start_cli_proxy
+from tests.cli_proxy import hold_and_queue, kill_if_running, read_until, start_cli_proxy
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
@@ -71,7 +71,5 @@ async def test_sighup_reloads_caps_and_clients_without_dropping_requests(
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 15) == 0
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await kill_if_running(process)
     assert mock.state.in_flight == 0

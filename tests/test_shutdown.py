@@ -9,7 +9,7 @@ import signal
 import aiohttp
 
 from loadtest.processes import free_port
-from tests.cli_proxy import hold_and_queue, start_cli_proxy
+from tests.cli_proxy import hold_and_queue, kill_if_running, start_cli_proxy
 
 
 async def test_sigterm_drains_gracefully(store_kind, request, mock_llm, tmp_path):
@@ -45,9 +45,7 @@ async def test_sigterm_drains_gracefully(store_kind, request, mock_llm, tmp_path
             assert len(chunks) == 16 and all("error" not in json.loads(c[6:]) for c in chunks)
         assert await asyncio.wait_for(process.wait(), 15) == 0
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await kill_if_running(process)
     assert mock.state.in_flight == 0
     if store_kind == "redis":  # the shared store holds nothing for the host that left
         from proxy.limits.redis_status import read_status_document
