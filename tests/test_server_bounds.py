@@ -9,8 +9,8 @@ import re
 import socket
 import time
 
+from loadtest.processes import free_port
 from tests.conftest import one_model_config
-from tests.test_app_security import free_port
 from tests.test_server import chat_body, exchange, json_body, post, status_of
 
 GET_MODELS = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_app_security import free_port
-from tests.test_shutdown import start_cli_proxy
+from loadtest.processes import free_port
+from tests.cli_proxy import start_cli_proxy
 
 ATTACK_S = 3.0
 GROWTH_BOUND = 50 * 1024 * 1024
