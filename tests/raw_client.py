@@ -2,12 +2,14 @@
 
 Unlike aiohttp or the SDKs it sends anything (bad framing, pieces with pauses, a reset after
 ``abort_after_s``), keeps every byte received even when the connection is reset, and says
-whether the response's framing was complete (``RawResponse.complete``).
+whether the response's framing was complete (``RawResponse.complete``). ``read_to_close``
+is the simpler kind: send, then return every byte until the server closes the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 
 RESPONSE_TIMEOUT_S = 10.0
@@ -127,3 +129,40 @@ async def exchange(port: int, request: bytes | list[bytes], *, head: bool = Fals
                 return None
     finally:
         transport.abort()
+
+
+# -- whole exchanges: bytes in, every byte until the server closes out -------------------------
+
+CHAT = b"/v1/chat/completions"
+
+
+def chat_body(stream: bool = False) -> bytes:
+    return json.dumps({"model": "m", "stream": stream, "max_tokens": 4,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+async def read_to_close(url: str, raw: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw bytes, read until the server closes the connection."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(raw)
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+def post(body: bytes, *headers: bytes, target: bytes = CHAT, version: bytes = b"1.1") -> bytes:
+    head = [b"POST " + target + b" HTTP/" + version, b"Host: x",
+            b"Content-Type: application/json", b"Content-Length: %d" % len(body), *headers]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def json_body(response: bytes) -> dict:
+    return json.loads(response.split(b"\r\n\r\n", 1)[1])
