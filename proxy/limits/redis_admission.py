@@ -30,6 +30,13 @@ class RedisAdmission(RedisStoreCore):
             return held[0]
         max_wait = demand.max_wait_s if demand.max_wait_s is not None else self.spec.max_wait_s
         deadline = self._clock() + max_wait
+        self._acquiring.add(demand.request_id)
+        try:
+            return await self._acquire_loop(demand, deadline, max_wait)
+        finally:
+            self._acquiring.discard(demand.request_id)
+
+    async def _acquire_loop(self, demand: Demand, deadline: float, max_wait: float) -> Grant:
         while True:
             if self._degraded:
                 grant = await self._acquire_local(demand, deadline)
@@ -56,6 +63,10 @@ class RedisAdmission(RedisStoreCore):
         max_wait_ms = str(int(max_wait * 1000))
         own_wait = "" if demand.max_wait_s is None else "1"
         epoch_changes = 0
+        if self._orphans.get(rid) == ("", True):
+            # an earlier admit of this request went unanswered: this one takes its place (the
+            # script is idempotent per id), so undoing it now would withdraw this request
+            del self._orphans[rid]
         try:
             while True:
                 try:

@@ -96,6 +96,9 @@ class RedisStoreCore(LimitStore):
         #: request ids with a release or a cancel on the wire: a lease Redis keeps for one of
         #: them is not stale (see ``prune.lua``)
         self._unsettled: set[str] = set()
+        #: request ids inside ``acquire``: an undo owed for one of them (an admit that went
+        #: unanswered) waits until it gives up, since its next admit takes that one's place
+        self._acquiring: set[str] = set()
         self._degraded = False
         self._health = StoreHealth(clock)
         #: deadline of every Redis call (``redis.command_timeout_s``)

@@ -32,8 +32,11 @@ class RedisHeartbeat(RedisStoreCore):
     async def _beat(self) -> None:
         assert self._scripts is not None
         sent = self._clock()
-        most = (len(self._held) + len(self._waiters) + len(self._orphans)
-                + len(self._unsettled))
+        # Queued waiters are left out: counting them would hide stale leases for as long as
+        # the host is busy. One granted but not handed over yet makes a needless prune
+        # (it keeps every id the host knows), never a wrong one.
+        admitting = sum(1 for w in self._waiters.values() if w.score is None)
+        most = len(self._held) + admitting + len(self._orphans) + len(self._unsettled)
         status, epoch, pause_ms, live, wake_ms = await self._scripts.heartbeat(
             keys=self._keys, args=[self._epoch, self.host_id, self._ttl_ms,
                                    len(self._held), self._pause_ms, most])
@@ -96,7 +99,7 @@ class RedisHeartbeat(RedisStoreCore):
         """Redis keeps more leases for this host than it can have (releases a failover lost):
         drop those of requests this host does not know of."""
         assert self._scripts is not None
-        known = [*self._held, *self._waiters, *self._orphans, *self._unsettled]
+        known = [*self._held, *self._waiters, *self._orphans, *self._unsettled, *self._acquiring]
         dropped, wake_ms = await self._scripts.prune(keys=self._keys, args=[
             self.host_id, json.dumps(known), str(int(2 * self._deadline_s * 1000))])
         if int(dropped):

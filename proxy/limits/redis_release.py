@@ -52,7 +52,8 @@ class RedisRelease(RedisStoreCore):
         """Releases Redis has not acknowledged yet, in one round trip; each stays owed until
         Redis answers it (an error reply too leaves it owed)."""
         assert self._client is not None and self._scripts is not None
-        owed = list(self._orphans.items())
+        owed = [(rid, entry) for rid, entry in self._orphans.items()
+                if rid not in self._acquiring]  # still admitting: see ``_acquiring``
         if not owed:
             return
         async with self._client.pipeline(transaction=False) as pipe:

@@ -2,8 +2,9 @@
 --
 -- KEYS: the pool's keys (see lib.lua).
 -- ARGV: epoch the host knows, host, lease TTL (ms), leases the host holds, recovery pause (ms),
---       most leases the host can have in the store (held, admitting, queued, or with a release
---       on the wire; '' from a host that does not say).
+--       most leases the host can have in the store, but for grants to its queued waiters
+--       not handed over yet (held, admitting, owed, or with a release or cancel on the wire;
+--       '' from a host that does not say).
 -- Replies: {status, epoch, pause_ms, live_hosts, wake_ms} where status is
 --   'OK', 'E' (the store lost its data or was reset: re-register), 'S' (the store holds
 --   fewer of this host's leases than the host does: re-register the missing ones), or 'L'
