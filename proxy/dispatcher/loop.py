@@ -48,6 +48,7 @@ from .hermes import (
     MaxSemantics,
     max_argument,
 )
+from .forecast import BacklogTrend, LeadTime
 from .lock import BoardLocks
 from .metrics import DispatcherMetrics
 from .policy import (
@@ -85,6 +86,8 @@ class DispatchSettings:
     #: a hold at least this long (or any outage) ends in a slow-start ramp
     ramp_after_s: float = 30.0
     ratio: RatioSettings = field(default_factory=RatioSettings)
+    #: seconds from a spawn to the worker's first request, assumed until it is learned
+    lead_time_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.max_running is not None and self.max_running < 1:
@@ -130,6 +133,10 @@ class Dispatcher:
         self.last: TickReport | None = None
         self.recent: deque[TickReport] = deque(maxlen=30)
         self.ratio = TasksPerSlot(settings.ratio)
+        #: a worker's start-up, learned from spawned tasks' first requests
+        self.lead = LeadTime(settings.lead_time_s)
+        #: the queue's recent drain, to end a hold one start-up before the queue is empty
+        self.trend = BacklogTrend()
         #: proxy reads that failed in a row (ticks and watcher alike)
         self.failed_reads = 0
         self._ticks = 0
@@ -180,8 +187,11 @@ class Dispatcher:
             self.metrics.read_failures.inc()
             raise
         self.failed_reads = 0
+        now = self.clock()
         running = sum(b.running for b in self._loads(self._last_counts, set()).values())
-        self.ratio.observe(self.clock(), running, open_requests(backlog))
+        self.ratio.observe(now, running, open_requests(backlog))
+        self.trend.observe(now, backlog.queued)
+        self.lead.observe(now, backlog.attributed_values)
         return backlog
 
     # -- one tick ---------------------------------------------------------------------------
@@ -305,7 +315,8 @@ class Dispatcher:
             cap=backlog.cap, outside=outside_requests(backlog), in_flight=backlog.in_flight,
             pending=pending_workers(backlog, counts, self._loads(counts, owned)),
             tasks_per_slot=self.ratio.value(now), allowance=self._allowance(now),
-            tiebreak=self._order(owned))
+            tiebreak=self._order(owned),
+            forecast=self.trend.forecast(backlog.queued, self.lead.value()))
 
     def _decide(self, report: TickReport, counts: Mapping[str, BoardCounts], owned: set[str],
                 block: Decision | None, backlog: Backlog | None, now: float) -> Decision:
@@ -373,6 +384,7 @@ class Dispatcher:
                 self.metrics.hermes_failures.labels(command="dispatch").inc()
                 continue
             self._last_pass[slug] = now
+            self.lead.spawned(now, outcome.spawned)
             board.spawned = outcome.spawned
             board.reclaimed = outcome.reclaimed + len(outcome.crashed)
             board.promoted = outcome.promoted
@@ -493,6 +505,8 @@ class Dispatcher:
                                "learned": self.ratio.learned,
                                "prior": s.ratio.prior},
             "ramping": self._ramp_started is not None,
+            "lead_time_s": {"value": round(self.lead.value(), 2), "learned": self.lead.learned,
+                            "prior": s.lead_time_s},
             "hermes": {
                 "executable": self.hermes.executable,
                 "version": str(self.version) if self.version else None,

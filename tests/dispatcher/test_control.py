@@ -225,3 +225,33 @@ async def test_no_spawn_when_a_burst_arrives_between_the_decision_and_the_call()
     assert len(hermes.calls) == 1 and report.spawned == 3
     skipped = [b.skipped for b in report.boards.values() if b.skipped]
     assert skipped == ["backlog reached the high mark before dispatch"]
+
+
+async def test_a_draining_hold_ends_one_worker_start_up_before_the_queue_is_empty() -> None:
+    """Hazard (issue-14 bench): after the outside burst the hold ended only at an empty queue;
+    the workers spawned then took seconds to reach the GPU, which meanwhile went from 3 busy
+    slots to 0. With the queue draining a request a second and a 5 s start-up, the hold ends
+    at 3 queued (below the high mark of 4), and the watcher wakes a tick for it."""
+    d, hermes, source, clock = make({"a": {"ready": 20}}, cap=3, in_flight=3, cheap=True)
+    source.queued = 9
+    assert (await d.tick()).holding
+    woke = []
+    for queued in (8, 7, 6, 5, 4, 3):
+        clock.now += 1.0
+        source.queued = queued
+        woke.append(await d.watch_once())
+    assert woke == [False] * 5 + [True]
+    report = await d.tick("watch")
+    assert not report.holding and report.spawned > 0, report.decision
+    assert "forecast 0 < low 1" in report.decision
+    assert max(n for _, n in hermes.calls) <= 3  # room for what the queue will be
+
+
+async def test_the_lead_time_is_learned_from_a_spawned_task_s_first_request() -> None:
+    d, _, source, clock = make({"a": {"ready": 20}}, cap=3)
+    await d.tick()  # spawns t0..t5
+    assert d.status()["lead_time_s"] == {"value": 5.0, "learned": False, "prior": 5.0}
+    clock.now += 7.5
+    source.extra["attributed_values"] = frozenset({"t0"})
+    await d.watch_once()
+    assert d.status()["lead_time_s"]["value"] == 7.5 and d.lead.learned

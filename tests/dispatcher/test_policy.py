@@ -230,16 +230,20 @@ def test_slow_start_doubles_every_second() -> None:
 @given(loads, st.integers(0, 20), st.integers(0, 25), st.integers(0, 6),
        st.floats(1.0, 4.0), st.one_of(st.none(), st.integers(1, 20)),
        st.one_of(st.none(), st.integers(0, 10)), st.booleans(), st.integers(0, 25),
-       st.integers(0, 12))
+       st.integers(0, 12), st.one_of(st.none(), st.integers(0, 25)))
 def test_the_guarantee(boards: dict[str, BoardLoad], cap: int, outside: int, backlog: int,
                        ratio: float, max_running: int | None, allowance: int | None,
-                       holding: bool, in_flight: int, pending: int) -> None:
+                       holding: bool, in_flight: int, pending: int,
+                       forecast: int | None) -> None:
     d = decide(holding=holding, backlog=backlog, marks=LOW_MARKS, boards=boards, cap=cap,
                outside=outside, tasks_per_slot=ratio, max_running=max_running,
-               allowance=allowance, in_flight=in_flight, pending=pending)
+               allowance=allowance, in_flight=in_flight, pending=pending, forecast=forecast)
     running = sum(b.running for b in boards.values())
     granted = sum(d.grants.values())
-    if d.holding or backlog >= LOW_MARKS.high or (holding and backlog >= LOW_MARKS.low):
+    if backlog >= LOW_MARKS.high:
+        assert granted == 0 and d.holding  # whatever the forecast says
+    expected = backlog if forecast is None else min(forecast, backlog)
+    if d.holding or (holding and backlog >= LOW_MARKS.low and expected >= LOW_MARKS.low):
         assert granted == 0 and d.holding
     free = max(cap - outside, 0)
     assert running + granted <= max(math.ceil(free * ratio - 1e-9), running)
@@ -247,7 +251,44 @@ def test_the_guarantee(boards: dict[str, BoardLoad], cap: int, outside: int, bac
         assert running + granted <= max(max_running, running)
     if allowance is not None:
         assert granted <= allowance
-    # if every pending worker and every new one asked now, the queue stays below high
-    assert backlog + max(in_flight + pending + granted - cap, 0) < LOW_MARKS.high or not granted
+    # if every pending worker and every new one asked when the queue is as forecast, it stays
+    # below high
+    assert expected + max(in_flight + pending + granted - cap, 0) < LOW_MARKS.high \
+        or not granted
     for slug, n in d.grants.items():
         assert 0 < n <= boards[slug].ready
+
+
+def test_a_hold_ends_when_the_queue_will_have_drained_by_the_time_a_worker_starts() -> None:
+    """Hazard (issue-14 bench): the hold after an outside burst ended only at an empty queue,
+    and the workers spawned then needed ~8 s to reach the GPU, which idled meanwhile (3 -> 0
+    busy slots). A queue forecast below the low mark ends the hold while it still drains."""
+    boards = {"a": BoardLoad(0, 10)}
+    d = decide(holding=True, backlog=3, marks=LOW_MARKS, cap=3, in_flight=3,
+               tasks_per_slot=2.0, boards=boards)
+    assert d.holding and d.grants == {}  # without a forecast: hold until below low
+    d = decide(holding=True, backlog=3, marks=LOW_MARKS, cap=3, in_flight=3,
+               tasks_per_slot=2.0, boards=boards, forecast=0)
+    assert not d.holding and d.grants == {"a": 3}
+    assert "forecast 0 < low 1" in d.reason
+    # room for what the queue will be: 3 in flight, nothing queued by then, high 4
+    assert sum(d.grants.values()) <= LOW_MARKS.high - 1
+
+
+def test_a_forecast_never_releases_a_hold_at_the_high_mark() -> None:
+    """The hard rule: nothing is spawned while the queue is at or above the high mark, however
+    fast it seems to drain."""
+    for holding in (False, True):
+        d = decide(holding=holding, backlog=LOW_MARKS.high, marks=LOW_MARKS, cap=3,
+                   in_flight=3, tasks_per_slot=2.0, boards={"a": BoardLoad(0, 10)},
+                   forecast=0)
+        assert d.holding and d.grants == {} and d.hold_reason is HoldReason.BACKLOG_HIGH
+
+
+def test_a_forecast_above_the_backlog_counts_as_the_backlog() -> None:
+    """A forecast can only end a hold sooner, never hold longer or shrink the queue's room."""
+    a = decide(holding=False, backlog=1, marks=LOW_MARKS, cap=3, in_flight=3,
+               tasks_per_slot=2.0, boards={"a": BoardLoad(2, 10)})
+    b = decide(holding=False, backlog=1, marks=LOW_MARKS, cap=3, in_flight=3,
+               tasks_per_slot=2.0, boards={"a": BoardLoad(2, 10)}, forecast=9)
+    assert a == b
