@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backlog import Backlog, BacklogError, BacklogSource, ProxyUnreachable
+from .forecast import BacklogTrend, LeadTime
 from .hermes import (
     BoardCounts,
     BoardProbe,
@@ -48,7 +49,6 @@ from .hermes import (
     MaxSemantics,
     max_argument,
 )
-from .forecast import BacklogTrend, LeadTime
 from .lock import BoardLocks
 from .metrics import DispatcherMetrics
 from .policy import (
@@ -354,7 +354,10 @@ class Dispatcher:
 
     async def _dispatch(self, report: TickReport, decision: Decision,
                         counts: Mapping[str, BoardCounts], owned: set[str], now: float) -> None:
+        """The boards' passes run at once: one ``hermes`` call takes seconds, and a worker
+        granted on the third board should not wait for the first two to start theirs."""
         assert self.semantics is not None, "start() first"
+        planned: list[str] = []
         for slug in sorted(owned):
             board, c = report.boards[slug], counts[slug]
             board.grant = decision.grants.get(slug, 0)
@@ -372,23 +375,32 @@ class Dispatcher:
             if not await self.locks.still_owned(slug):
                 board.skipped, board.max_arg = "lock lost before dispatch", None
                 continue
-            if board.grant > 0 and await self._backlog_reached_high():
-                # a dispatch call takes seconds: a burst may have arrived since we decided
+            planned.append(slug)
+        spawning = [slug for slug in planned if report.boards[slug].grant > 0]
+        if spawning and await self._backlog_reached_high():
+            # a dispatch call takes seconds: a burst may have arrived since we decided
+            for slug in spawning:
+                board = report.boards[slug]
                 board.skipped, board.max_arg, board.grant = \
                     "backlog reached the high mark before dispatch", None, 0
-                continue
-            try:
-                outcome = await self.hermes.dispatch(slug, board.max_arg)
-            except HermesError as exc:
-                board.error = str(exc)
-                self.metrics.hermes_failures.labels(command="dispatch").inc()
-                continue
-            self._last_pass[slug] = now
-            self.lead.spawned(now, outcome.spawned)
-            board.spawned = outcome.spawned
-            board.reclaimed = outcome.reclaimed + len(outcome.crashed)
-            board.promoted = outcome.promoted
-            board.failures = {k: v for k, v in outcome.failures.items() if v}
+            planned = [slug for slug in planned if slug not in spawning]
+        await asyncio.gather(*(self._pass(slug, report.boards[slug], now) for slug in planned))
+
+    async def _pass(self, slug: str, board: BoardTick, now: float) -> None:
+        """One board's ``dispatch --max N``; a failure is that board's alone."""
+        assert board.max_arg is not None
+        try:
+            outcome = await self.hermes.dispatch(slug, board.max_arg)
+        except HermesError as exc:
+            board.error = str(exc)
+            self.metrics.hermes_failures.labels(command="dispatch").inc()
+            return
+        self._last_pass[slug] = now
+        self.lead.spawned(now, outcome.spawned)
+        board.spawned = outcome.spawned
+        board.reclaimed = outcome.reclaimed + len(outcome.crashed)
+        board.promoted = outcome.promoted
+        board.failures = {k: v for k, v in outcome.failures.items() if v}
 
     async def _backlog_reached_high(self) -> bool:
         """A fresh look right before a spawning call; an unreadable proxy counts as high."""

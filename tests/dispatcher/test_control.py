@@ -210,21 +210,22 @@ async def test_an_outside_burst_shrinks_the_target() -> None:
 
 
 async def test_no_spawn_when_a_burst_arrives_between_the_decision_and_the_call() -> None:
-    """Hazard: a dispatch call takes seconds; a burst that reached the high mark after the
-    tick decided still got a worker started."""
+    """Hazard: deciding and counting take time; a burst that reached the high mark after the
+    tick decided still got workers started. The passes start together right after one fresh
+    read, and a high backlog in it skips every spawning pass."""
     d, hermes, source, _ = make({"a": {"ready": 5}, "b": {"ready": 5}}, cap=3)
-    real_dispatch = hermes.dispatch
+    real_read = source.read
 
-    async def dispatch_then_burst(board: str, max_spawn: int) -> Any:
-        outcome = await real_dispatch(board, max_spawn)
-        source.queued = 9  # the burst lands while the first board is dispatched
-        return outcome
+    async def read_then_burst() -> Any:
+        backlog = await real_read()
+        source.queued = 9  # the burst lands right after the tick's own read
+        return backlog
 
-    hermes.dispatch = dispatch_then_burst  # type: ignore[method-assign]
+    source.read = read_then_burst  # type: ignore[method-assign]
     report = await d.tick()
-    assert len(hermes.calls) == 1 and report.spawned == 3
+    assert hermes.calls == [] and report.spawned == 0
     skipped = [b.skipped for b in report.boards.values() if b.skipped]
-    assert skipped == ["backlog reached the high mark before dispatch"]
+    assert skipped == ["backlog reached the high mark before dispatch"] * 2
 
 
 async def test_a_draining_hold_ends_one_worker_start_up_before_the_queue_is_empty() -> None:
@@ -255,3 +256,36 @@ async def test_the_lead_time_is_learned_from_a_spawned_task_s_first_request() ->
     source.extra["attributed_values"] = frozenset({"t0"})
     await d.watch_once()
     assert d.status()["lead_time_s"]["value"] == 7.5 and d.lead.learned
+
+
+class SlowHermes(FakeHermes):
+    """Each dispatch call takes a while, as the real CLI's seconds do; counts overlaps."""
+
+    def __init__(self, boards: dict[str, dict[str, int]]) -> None:
+        super().__init__(boards)
+        self.active = self.most_at_once = 0
+
+    async def dispatch(self, board: str, max_spawn: int) -> Any:
+        self.active += 1
+        self.most_at_once = max(self.most_at_once, self.active)
+        try:
+            await asyncio.sleep(0.05)
+            return await super().dispatch(board, max_spawn)
+        finally:
+            self.active -= 1
+
+
+async def test_the_boards_passes_run_at_once() -> None:
+    """Hazard (issue-14 bench): the first tick's three dispatch calls ran one after the other
+    (~1.5 s each), so the third board's workers started 3 s after the decision."""
+    hermes = SlowHermes({"a": {"ready": 8}, "b": {"ready": 8}, "c": {"ready": 8}})
+    source = FakeBacklog(0)
+    source.extra = {"cap": 3, "in_flight": 0}
+    d = Dispatcher(DispatchSettings(marks=Watermarks(high=4, low=1),
+                                    semantics=MaxSemantics.RUNNING),
+                   hermes=hermes, probe=hermes, backlog=source,  # type: ignore[arg-type]
+                   locks=BoardLocks(lambda slug: NullLock()), clock=FakeClock())
+    report = await d.tick()
+    assert report.spawned == 6 and sorted(hermes.calls) == [("a", 2), ("b", 2), ("c", 2)]
+    assert hermes.most_at_once == 3
+    assert source.reads == 2  # the tick's read, and one fresh look before the spawning calls
