@@ -9,7 +9,8 @@ the issue-14 bench: the GPU drained to 0 of 3 busy slots for ~7 s after the outs
 * :class:`LeadTime` learns the start-up from the workers themselves: a spawned task's id is
   remembered with the time of the decision that started it, and the first reading of the proxy
   that shows a request attributed to that task gives one sample. The estimate is the median of
-  the recent samples (one slow start does not move it much), the ``prior`` until there is one.
+  the recent samples (one slow start does not move it much), the ``prior`` until there is one;
+  the tasks still waiting for their first request are the workers ``starting``.
 * :class:`BacklogTrend` fits a line to the recent readings of the queue and says what it will be
   ``ahead_s`` from now -- only ever lower than now (a queue that is draining); a growing queue
   is forecast as it is, so a forecast can end a hold sooner but never start one later.
@@ -53,6 +54,11 @@ class LeadTime:
 
     def value(self) -> float:
         return statistics.median(self._samples) if self._samples else self.prior_s
+
+    @property
+    def starting(self) -> int:
+        """Spawned tasks not yet seen asking (within the horizon)."""
+        return len(self._waiting)
 
     @property
     def learned(self) -> bool:

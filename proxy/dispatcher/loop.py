@@ -62,7 +62,7 @@ from .policy import (
 )
 from .ratio import RatioSettings, TasksPerSlot
 from .report import BoardTick, TickReport
-from .signals import open_requests, outside_requests, pending_workers
+from .signals import open_requests, outside_requests, pending_workers, starting_workers
 
 log = logging.getLogger("llm_throttle.dispatch")
 
@@ -309,14 +309,16 @@ class Dispatcher:
 
     def _policy(self, backlog: Backlog, counts: Mapping[str, BoardCounts], owned: set[str],
                 now: float) -> Decision:
+        loads = self._loads(counts, owned)
+        pending = pending_workers(backlog, counts, loads)
         return decide(
             holding=self.holding, backlog=backlog.queued, marks=self.settings.marks,
-            boards=self._loads(counts, owned), max_running=self.settings.max_running,
+            boards=loads, max_running=self.settings.max_running,
             cap=backlog.cap, outside=outside_requests(backlog), in_flight=backlog.in_flight,
-            pending=pending_workers(backlog, counts, self._loads(counts, owned)),
-            tasks_per_slot=self.ratio.value(now), allowance=self._allowance(now),
-            tiebreak=self._order(owned),
-            forecast=self.trend.forecast(backlog.queued, self.lead.value()))
+            pending=pending, tasks_per_slot=self.ratio.value(now),
+            allowance=self._allowance(now), tiebreak=self._order(owned),
+            forecast=self.trend.forecast(backlog.queued, self.lead.value()),
+            starting=starting_workers(backlog, self.lead.starting, pending))
 
     def _decide(self, report: TickReport, counts: Mapping[str, BoardCounts], owned: set[str],
                 block: Decision | None, backlog: Backlog | None, now: float) -> Decision:

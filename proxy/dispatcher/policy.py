@@ -21,7 +21,11 @@ per board, how many tasks run and how many are ready. From those alone, :func:`d
    ``allowance`` of a ramp after an outage, and under the queue's room: the queue the workers
    would make if every running task without an open request (``pending``: starting, running a
    tool) sent one now must stay below ``high`` (with the queue as forecast when the new
-   workers will ask), so the workers do not hold themselves. That
+   workers will ask), so the workers do not hold themselves; and under the slots for the
+   tasks less the workers still ``starting`` (spawned, no request sent yet): workers that
+   start together compete for the host's CPUs -- on the bench machine six starting at once
+   took 16-25 s to their first request, three took 8-9 s -- and a surplus worker is only
+   needed once a slot frees, so the next wave starts as the first one reaches the GPU. That
    room is handed out one at a time to the board with the
    fewest tasks running (counting the grants so far) that still has ready work. That is
    max-min fairness over running tasks: boards with ready work converge to equal shares, and
@@ -33,7 +37,7 @@ Guarantee: no grant while holding (so none from the moment the backlog reaches `
 it is below ``low``, or below ``high`` with a forecast below ``low``; never one while the
 backlog is at or above ``high``, whatever the forecast); the grants never take the sum of running tasks plus grants over the
 target nor over ``max_running``, never exceed ``allowance``, nor the queue's room, nor a
-board's ready count.
+board's ready count, nor (with a cap) the slots for the tasks less the workers starting.
 """
 
 from __future__ import annotations
@@ -166,6 +170,7 @@ def decide(
     allowance: int | None = None,
     tiebreak: Sequence[str] = (),
     forecast: int | None = None,
+    starting: int = 0,
 ) -> Decision:
     """The whole tick decision; see the module docstring."""
     if forecast is not None:
@@ -199,12 +204,17 @@ def decide(
     else:
         free = room if allowance is None else min(room, max(allowance, 0))
         free = min(free, queue_room)
+        start_room = None if cap is None else max(cap - outside - max(starting, 0), 0)
+        if start_room is not None:
+            free = min(free, start_room)
         grants = fair_grants(free, boards, tiebreak)
         why = f"spawn {sum(grants.values())}: {room} below target {target}"
         if allowance is not None and allowance < room:
             why += f" (ramp allows {max(allowance, 0)})"
-        elif queue_room < room:
+        elif queue_room < room and (start_room is None or queue_room <= start_room):
             why += f" (queue room {queue_room})"
+        elif start_room is not None and start_room < room:
+            why += f" (at most {cap - outside} starting at once; {max(starting, 0)} are)"
         return Decision(holding=False, reason=prefix + why, grants=grants, free_slots=room,
                         target=target)
     return Decision(holding=False, reason=prefix + why, free_slots=room, target=target)

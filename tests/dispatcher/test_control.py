@@ -41,9 +41,16 @@ def make(boards: dict[str, dict[str, int]], *, cap: int | None = 3, in_flight: i
 
 
 async def test_spawns_up_to_cap_times_tasks_per_slot_without_max_running() -> None:
-    d, hermes, _, _ = make({"a": {"ready": 20}}, cap=3)
+    d, hermes, source, _ = make({"a": {"ready": 20}}, cap=3)
+    source.extra.update(attributed_open=0, attributed_in_flight=0)  # workers are attributed
     report = await d.tick()
-    assert report.target == 6 and hermes.calls == [("a", 6)]
+    assert report.target == 6 and hermes.calls == [("a", 3)]  # a first wave, one per slot
+    report = await d.tick()
+    assert report.spawned == 0 and "3 are" in report.decision  # still starting
+    source.extra.update(in_flight=3, attributed_open=3, attributed_in_flight=3,
+                        attributed_values=frozenset({"t0", "t1", "t2"}))
+    report = await d.tick()  # the first wave reached the GPU: the surplus starts
+    assert hermes.calls[-1] == ("a", 6) and hermes.boards["a"]["running"] == 6
 
 
 async def test_a_locked_out_instance_says_so() -> None:
@@ -129,7 +136,7 @@ async def test_a_short_hold_resumes_at_once_but_a_long_one_ramps() -> None:
     await d.tick()
     clock.now += 10
     source.queued = 0
-    assert (await d.tick()).spawned == 6  # held 10 s: no ramp
+    assert (await d.tick()).spawned == 3  # held 10 s: no ramp (a first wave of 3)
     d, _hermes, source, clock = make({"a": {"ready": 30}}, cap=3, ramp_after_s=30)
     source.queued = 5
     await d.tick()
@@ -206,7 +213,7 @@ async def test_an_outside_burst_shrinks_the_target() -> None:
     d, hermes, source, _ = make({"a": {"ready": 20}}, cap=3)
     source.extra.update(in_flight=3, attributed_open=1, attributed_in_flight=1)  # 2 outside
     report = await d.tick()
-    assert report.target == 2 and hermes.calls == [("a", 2)]
+    assert report.target == 2 and hermes.calls == [("a", 1)]  # one free slot: one starts
 
 
 async def test_no_spawn_when_a_burst_arrives_between_the_decision_and_the_call() -> None:
@@ -286,6 +293,6 @@ async def test_the_boards_passes_run_at_once() -> None:
                    hermes=hermes, probe=hermes, backlog=source,  # type: ignore[arg-type]
                    locks=BoardLocks(lambda slug: NullLock()), clock=FakeClock())
     report = await d.tick()
-    assert report.spawned == 6 and sorted(hermes.calls) == [("a", 2), ("b", 2), ("c", 2)]
+    assert report.spawned == 3 and sorted(hermes.calls) == [("a", 1), ("b", 1), ("c", 1)]
     assert hermes.most_at_once == 3
     assert source.reads == 2  # the tick's read, and one fresh look before the spawning calls

@@ -64,3 +64,13 @@ def test_too_few_or_too_close_readings_give_no_slope() -> None:
     assert trend.slope() is None and trend.forecast(3, 10.0) == 3
     trend.observe(20.0, 3)  # the old readings leave the 10 s window
     assert trend.slope() is None
+
+
+def test_the_spawned_tasks_not_seen_asking_are_starting() -> None:
+    lead = LeadTime(horizon_s=60.0)
+    lead.spawned(0.0, ["t1", "t2", "t3"])
+    assert lead.starting == 3
+    lead.observe(5.0, ["t2"])
+    assert lead.starting == 2
+    lead.observe(61.0, [])
+    assert lead.starting == 0  # never seen: forgotten with the horizon
