@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
 
@@ -66,6 +66,13 @@ class BacklogSource(Protocol):
     async def read(self) -> Backlog: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ChangeSignal(Protocol):
+    """A source that can tell when the backlog changed (the proxy's event stream)."""
+
+    async def wait_changed(self, timeout: float) -> bool: ...
 
 
 def _count(value: Any, where: str) -> int:

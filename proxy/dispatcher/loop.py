@@ -34,11 +34,11 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backlog import Backlog, BacklogError, BacklogSource, ProxyUnreachable
+from .backlog import Backlog, BacklogError, BacklogSource, ChangeSignal, ProxyUnreachable
 from .forecast import BacklogTrend, LeadTime
 from .hermes import (
     BoardCounts,
@@ -60,6 +60,7 @@ from .policy import (
     decide,
     ramp_allowance,
 )
+from .pushed import PushedBacklog
 from .ratio import RatioSettings, TasksPerSlot
 from .report import BoardTick, TickReport
 from .signals import open_requests, outside_requests, pending_workers, starting_workers
@@ -450,11 +451,16 @@ class Dispatcher:
         return False
 
     async def _watch(self, stop: asyncio.Event) -> None:
+        """Look every ``react_s``, or at once when the proxy pushes a change."""
+        signal = self.backlog if isinstance(self.backlog, ChangeSignal) else None
         while not stop.is_set():
             try:
                 await self.watch_once()
             except Exception:  # a bug in the watcher must not end the companion
                 log.exception("dispatch watcher failed")
+            if signal is not None:
+                await _first(stop.wait(), signal.wait_changed(self.settings.react_s))
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.react_s)
 
@@ -495,6 +501,13 @@ class Dispatcher:
             return waits[task]
         return "interval"
 
+    def _events_status(self) -> dict[str, Any] | None:
+        source = self.backlog
+        if not isinstance(source, PushedBacklog):
+            return None
+        return {"url": source.url, "connected": source.connected, "received": source.events,
+                "down_reason": source.down_reason}
+
     def status(self) -> dict[str, Any]:
         s = self.settings
         now = self.clock()
@@ -526,6 +539,7 @@ class Dispatcher:
                 "version": str(self.version) if self.version else None,
                 "max_semantics": self.semantics.value if self.semantics else None,
             },
+            "events": self._events_status(),
             "locks": self.locks.describe(),
             "warnings": list(self.warnings),
             "ticks": self._ticks,
@@ -537,3 +551,13 @@ class Dispatcher:
                 for r in self.recent
             ],
         }
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Until the first of ``waits`` is done; the others are cancelled."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
