@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 import aiohttp
 
+from ..cli_errors import describe_failure
 from .backlog import Backlog, BacklogError, BacklogSource, backlog_from_status
 
 log = logging.getLogger("llm_throttle.dispatch")
@@ -97,8 +98,7 @@ class PushedBacklog:
                 try:
                     await self._stream(session)
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                    self._down(f"{type(exc).__name__}: {exc}" if str(exc)
-                               else type(exc).__name__)
+                    self._down(describe_failure(exc, f"GET {self.url}"))
                 await asyncio.sleep(self.retry_s if self.events == 0 else 1.0)
 
     async def _stream(self, session: aiohttp.ClientSession) -> None:
