@@ -32,8 +32,9 @@ class LeadTime:
 
     def __init__(self, prior_s: float = 5.0, *, keep: int = 15, horizon_s: float = 120.0) -> None:
         self.prior_s = prior_s
-        #: a spawned task not seen asking within this long is forgotten (it may never ask:
-        #: its worker crashed, or its attribution was folded into ``other``)
+        #: a spawned task not seen asking within this long (or 4 start-ups, at least 20 s, if
+        #: shorter) is forgotten: it may never ask (its worker crashed, its attribution was
+        #: folded into ``other``, or the proxy attributes nothing)
         self.horizon_s = horizon_s
         self._samples: deque[float] = deque(maxlen=keep)
         self._waiting: dict[str, float] = {}
@@ -48,8 +49,9 @@ class LeadTime:
             since = self._waiting.pop(task, None)
             if since is not None:
                 self._samples.append(max(now - since, 0.0))
+        horizon = min(self.horizon_s, max(4 * self.value(), 20.0))
         for task, since in list(self._waiting.items()):
-            if now - since > self.horizon_s:
+            if now - since > horizon:
                 del self._waiting[task]
 
     def value(self) -> float:

@@ -150,6 +150,8 @@ class Dispatcher:
         self._last_counts: dict[str, BoardCounts] = {}
         self._last_seen: Backlog | None = None
         self._wake = asyncio.Event()
+        #: some worker has had a request open: readings now say something about the ratio
+        self._reached_gpu = False
         self._ticking = False
 
     async def start(self) -> None:
@@ -190,7 +192,11 @@ class Dispatcher:
         self.failed_reads = 0
         now = self.clock()
         running = sum(b.running for b in self._loads(self._last_counts, set()).values())
-        self.ratio.observe(now, running, open_requests(backlog))
+        self._reached_gpu |= open_requests(backlog) > 0
+        if self._reached_gpu:
+            # before any worker's first request every running task is starting at once: a
+            # ratio read then says "infinitely many tasks per slot" (clamped to the bound)
+            self.ratio.observe(now, running, open_requests(backlog))
         self.trend.observe(now, backlog.queued)
         self.lead.observe(now, backlog.attributed_values)
         return backlog
@@ -319,7 +325,8 @@ class Dispatcher:
             pending=pending, tasks_per_slot=self.ratio.value(now),
             allowance=self._allowance(now), tiebreak=self._order(owned),
             forecast=self.trend.forecast(backlog.queued, self.lead.value()),
-            starting=starting_workers(backlog, self.lead.starting, pending))
+            starting=starting_workers(backlog, self.lead.starting,
+                                      sum(load.running for load in loads.values())))
 
     def _decide(self, report: TickReport, counts: Mapping[str, BoardCounts], owned: set[str],
                 block: Decision | None, backlog: Backlog | None, now: float) -> Decision:

@@ -20,8 +20,9 @@ per board, how many tasks run and how many are ready. From those alone, :func:`d
 3. how many new workers each board may start: the room under the target, under the
    ``allowance`` of a ramp after an outage, and under the queue's room: the queue the workers
    would make if every running task without an open request (``pending``: starting, running a
-   tool) sent one now must stay below ``high`` (with the queue as forecast when the new
-   workers will ask), so the workers do not hold themselves; and under the slots for the
+   tool) sent one now must stay below ``high`` (the queue as it is, not as forecast: a
+   dispatch call takes seconds, and requests keep arriving meanwhile), so the workers do not
+   hold themselves; and under the slots for the
    tasks less the workers still ``starting`` (spawned, no request sent yet): workers that
    start together compete for the host's CPUs -- on the bench machine six starting at once
    took 16-25 s to their first request, three took 8-9 s -- and a surplus worker is only
@@ -35,9 +36,10 @@ per board, how many tasks run and how many are ready. From those alone, :func:`d
 
 Guarantee: no grant while holding (so none from the moment the backlog reaches ``high`` until
 it is below ``low``, or below ``high`` with a forecast below ``low``; never one while the
-backlog is at or above ``high``, whatever the forecast); the grants never take the sum of running tasks plus grants over the
-target nor over ``max_running``, never exceed ``allowance``, nor the queue's room, nor a
-board's ready count, nor (with a cap) the slots for the tasks less the workers starting.
+backlog is at or above ``high``, whatever the forecast); the grants never take the sum of
+running tasks plus grants over the target nor over ``max_running``, never exceed
+``allowance``, nor the queue's room, nor a board's ready count, nor (with a cap) the slots for
+the tasks less the workers starting.
 """
 
 from __future__ import annotations
@@ -198,8 +200,7 @@ def decide(
         why = "nothing ready"
     elif room == 0:
         why = f"at target: {running} running of {target}"
-    elif (queue_room := queue_room_for(marks, backlog if forecast is None else forecast, cap,
-                                       in_flight, pending)) == 0:
+    elif (queue_room := queue_room_for(marks, backlog, cap, in_flight, pending)) == 0:
         why = f"queue full soon: {pending} starting would queue behind {in_flight} in flight"
     else:
         free = room if allowance is None else min(room, max(allowance, 0))

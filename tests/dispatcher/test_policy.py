@@ -259,10 +259,8 @@ def test_the_guarantee(boards: dict[str, BoardLoad], cap: int, outside: int, bac
     if allowance is not None:
         assert granted <= allowance
     assert granted <= max(cap - outside - starting, 0)
-    # if every pending worker and every new one asked when the queue is as forecast, it stays
-    # below high
-    assert expected + max(in_flight + pending + granted - cap, 0) < LOW_MARKS.high \
-        or not granted
+    # if every pending worker and every new one asked now, the queue stays below high
+    assert backlog + max(in_flight + pending + granted - cap, 0) < LOW_MARKS.high or not granted
     for slug, n in d.grants.items():
         assert 0 < n <= boards[slug].ready
 
@@ -275,12 +273,16 @@ def test_a_hold_ends_when_the_queue_will_have_drained_by_the_time_a_worker_start
     d = decide(holding=True, backlog=3, marks=LOW_MARKS, cap=3, in_flight=3,
                tasks_per_slot=2.0, boards=boards)
     assert d.holding and d.grants == {}  # without a forecast: hold until below low
+    d = decide(holding=True, backlog=2, marks=LOW_MARKS, cap=3, in_flight=3,
+               tasks_per_slot=2.0, boards=boards, forecast=0)
+    assert not d.holding and d.grants == {"a": 1}
+    assert "forecast 0 < low 1" in d.reason
+    # released, but the room is the queue's as it is: 2 queued + 1 new < high 4. Hazard (a
+    # bench run): room for the queue as forecast let 3 start at a queue of 3, and requests
+    # arriving during the 3 s dispatch call took the queue to 5 as the runs appeared.
     d = decide(holding=True, backlog=3, marks=LOW_MARKS, cap=3, in_flight=3,
                tasks_per_slot=2.0, boards=boards, forecast=0)
-    assert not d.holding and d.grants == {"a": 3}
-    assert "forecast 0 < low 1" in d.reason
-    # room for what the queue will be: 3 in flight, nothing queued by then, high 4
-    assert sum(d.grants.values()) <= LOW_MARKS.high - 1
+    assert not d.holding and d.grants == {} and "queue full soon" in d.reason
 
 
 def test_a_forecast_never_releases_a_hold_at_the_high_mark() -> None:
