@@ -30,11 +30,12 @@ from .lock import (
     gateway_dispatch_warnings,
     redis_lock_factory,
 )
-from .loop import Dispatcher, DispatchSettings
+from .loop import Dispatcher
 from .metrics import status_app
 from .policy import Watermarks
 from .pushed import PushedBacklog, events_url_for
 from .ratio import RatioSettings
+from .settings import DispatchSettings
 
 log = logging.getLogger("llm_throttle.dispatch")
 

@@ -112,8 +112,9 @@ async def test_the_watcher_wakes_on_a_pushed_change_not_at_its_poll(mock_llm, ma
     within a few seconds, because the change arrives on the stream and wakes the watcher."""
     from proxy.dispatcher.hermes import MaxSemantics
     from proxy.dispatcher.lock import BoardLocks, NullLock
-    from proxy.dispatcher.loop import Dispatcher, DispatchSettings
+    from proxy.dispatcher.loop import Dispatcher
     from proxy.dispatcher.policy import Watermarks
+    from proxy.dispatcher.settings import DispatchSettings
 
     from .test_control import CheapHermes
 
