@@ -25,9 +25,10 @@ dispatch calls (:mod:`.passes`), the ``/status`` document (:mod:`.status_view`);
 runs them in order, and decides when.
 
 Between ticks a watcher reads the proxy every ``react_s``, or at each change the proxy pushes
-(:mod:`.pushed`), and the boards too when the probe is the cheap read-only SQLite one, and runs the same pure decision on what it saw: when that would
-spawn (a slot freed, a task finished, the ramp grew), it starts a tick at once. ``interval_s``
-is only the cadence of the full maintenance tick.
+(:mod:`.pushed`), and the boards too when the probe is the cheap read-only SQLite one, and
+runs the same pure decision on what it saw: when that would spawn (a slot freed, a task
+finished, the ramp grew), it starts a tick at once. ``interval_s`` is only the cadence of the
+full maintenance tick.
 """
 
 from __future__ import annotations
