@@ -455,9 +455,10 @@ def code_version() -> str:
     git = ["git", "-C", str(CODE_ROOT)]
     try:
         head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
+                              text=True, timeout=10, check=False).stdout.strip()
         changed = subprocess.run([*git, "status", "--porcelain", "--", "proxy", "loadtest"],
-                                 capture_output=True, text=True, timeout=10).stdout.strip()
+                                 capture_output=True, text=True, timeout=10,
+                                 check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     if not head:
@@ -497,7 +498,8 @@ def machine_info() -> dict[str, str]:
             info[name] = "absent"
             continue
         try:
-            out = subprocess.run([binary, flag], capture_output=True, text=True, timeout=5)
+            out = subprocess.run([binary, flag], capture_output=True, text=True, timeout=5,
+                                 check=False)
             text = (out.stdout + out.stderr).strip()
             found = re.search(r"(\d+\.\d+\.\d+)", text)
             info[name] = found.group(1) if found else text[:40]
@@ -577,9 +579,9 @@ def render_section(result: ScenarioResult, findings: Findings, command: str,
     lines += [
         f"Command (run {when}{', SMOKE: numbers not meaningful' if result.smoke else ''}):",
         "", "```", command, "```", "",
-        f"Code at commit `{result.code or code_version()}`. "
-        f"Scenario file `{_display_path(scenario.path)}`; mock: {mock}; "
-        f"{scenario.repeat} repeat(s), targets interleaved, medians shown.", "",
+        (f"Code at commit `{result.code or code_version()}`. "
+         f"Scenario file `{_display_path(scenario.path)}`; mock: {mock}; "
+         f"{scenario.repeat} repeat(s), targets interleaved, medians shown."), "",
         "| what | measured | target | |", "|---|---|---|---|",
     ]
     lines += [f"| {w} | {m} | {t} | {v} |" for w, m, t, v in findings.rows]
@@ -610,7 +612,7 @@ def splice(page: str, name: str, section: str) -> str:
     """Replace the marked section ``name`` in ``page`` (appended when absent)."""
     begin, end = f"<!-- loadtest:{name} begin -->", f"<!-- loadtest:{name} end -->"
     block = f"{begin}\n{section.rstrip()}\n{end}"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
     if pattern.search(page):
         return pattern.sub(lambda _: block, page, count=1)
     return page.rstrip() + "\n\n" + block + "\n"
