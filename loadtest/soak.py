@@ -32,6 +32,7 @@ from typing import Any
 import aiohttp
 
 from loadtest.processes import CODE_ROOT, Service, ServiceGroup
+from loadtest.sse import SSEData
 
 MODEL = "mock-model"
 CHAT = "/v1/chat/completions"
@@ -154,19 +155,15 @@ async def _error_cause(response: aiohttp.ClientResponse) -> str:
 async def _read_stream(response: aiohttp.ClientResponse, leave_after: int | None) -> str:
     """Consume SSE events; leave after ``leave_after`` of them when set."""
     events = 0
-    async for line in response.content:
-        if not line.startswith(b"data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
-            return "200"
+    stream = SSEData(response.content)
+    async for payload in stream:
         if payload.startswith(b'{"error"'):
             return f"200 stream error {json.loads(payload)['error'].get('code')}"
         events += 1
         if leave_after is not None and events >= leave_after:
             response.close()
             return LEFT
-    return "200 stream ended without [DONE]"
+    return "200" if stream.done else "200 stream ended without [DONE]"
 
 
 async def _send(session: aiohttp.ClientSession, base: str, kind: str,
