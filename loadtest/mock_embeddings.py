@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from loadtest.mock_faults import parse_faults
+from loadtest.mock_faults import parse_faults, refusal
 from loadtest.mock_protocol import (
     BadRequest,
     dumps,
@@ -55,13 +55,9 @@ async def embeddings(request: web.Request) -> web.Response:
         return error_response(
             400, f"bad x-mock header: {exc}", "invalid_request_error", "bad_fault"
         )
-    if faults is not None and faults.refuse_429 is not None:
-        return error_response(
-            429, "Rate limit reached (mock)", "rate_limit_error", "rate_limit_exceeded",
-            {"retry-after": str(max(1, math.ceil(faults.refuse_429)))},
-        )
-    if faults is not None and faults.unavailable:
-        return error_response(503, "Service unavailable (mock)", "server_error", "unavailable")
+    refused = refusal(faults)
+    if refused is not None:
+        return refused
     model: str = body["model"]
     base64_out = body.get("encoding_format") == "base64"
     dim = body.get("dimensions") or config.embedding_dim

@@ -3,11 +3,13 @@ headers (the list of faults is in :mod:`loadtest.mock_llm`'s docstring)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from loadtest.mock_protocol import BadRequest
+from loadtest.mock_protocol import BadRequest, error_response
 
 
 @dataclass(slots=True)
@@ -50,3 +52,24 @@ def parse_faults(headers: CIMultiDictProxy[str]) -> Faults | None:
         elif name:
             raise BadRequest(f"unknown x-mock-fault {name!r}", "unknown_fault")
     return faults
+
+
+def rate_limited(retry_s: float) -> web.Response:
+    """The mock's 429, the same on every route: ``retry-after`` in whole seconds (at least 1)
+    and ``retry-after-ms`` exact, as an OpenAI-compatible server sends them."""
+    return error_response(
+        429, "Rate limit reached (mock)", "rate_limit_error", "rate_limit_exceeded",
+        {"retry-after": str(max(1, math.ceil(retry_s))),
+         "retry-after-ms": str(int(retry_s * 1000))},
+    )
+
+
+def refusal(faults: Faults | None) -> web.Response | None:
+    """The 429 or 503 the request's faults ask for, before any work is done (None: serve it)."""
+    if faults is None:
+        return None
+    if faults.refuse_429 is not None:
+        return rate_limited(faults.refuse_429)
+    if faults.unavailable:
+        return error_response(503, "Service unavailable (mock)", "server_error", "unavailable")
+    return None

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from typing import Any
 
 from aiohttp import web
 
-from loadtest.mock_faults import Faults, parse_faults
+from loadtest.mock_faults import Faults, parse_faults, refusal
 from loadtest.mock_protocol import (
     DONE,
     SSE_HEADERS,
@@ -79,20 +78,9 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
         return error_response(
             400, f"bad x-mock header: {exc}", "invalid_request_error", "bad_fault"
         )
-    if faults is not None:
-        if faults.refuse_429 is not None:
-            return error_response(
-                429,
-                "Rate limit reached (mock)",
-                "rate_limit_error",
-                "rate_limit_exceeded",
-                {
-                    "retry-after": str(max(1, math.ceil(faults.refuse_429))),
-                    "retry-after-ms": str(int(faults.refuse_429 * 1000)),
-                },
-            )
-        if faults.unavailable:
-            return error_response(503, "Service unavailable (mock)", "server_error", "unavailable")
+    refused = refusal(faults)
+    if refused is not None:
+        return refused
 
     model: str = body["model"]
     stream = body.get("stream") is True

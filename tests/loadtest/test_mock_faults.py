@@ -75,3 +75,25 @@ async def test_hang_and_disconnect_free_in_flight(make_mock: MockFactory) -> Non
             await hung
     await mock.state.wait_until(lambda s: s.in_flight == 0, timeout=2)
     assert mock.state.cancelled == 2
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"])
+async def test_every_route_refuses_429_the_same_way(mock: MockLLM, path: str) -> None:
+    """Hazard: the embeddings 429 sent ``retry-after`` but not ``retry-after-ms`` while chat
+    sent both, so a proxy or client honouring the exact wait saw a different answer per
+    route; every route's 429 now comes from one helper."""
+    body = {"model": "m", "messages": MSG, "prompt": "hi", "input": "hi"}
+    async with aiohttp.ClientSession() as session:
+        refused = await session.post(mock.url + path, json=body,
+                                     headers={"x-mock-fault": "refuse-429:2.5"})
+        doc = await refused.json()
+        down = await session.post(mock.url + path, json=body,
+                                  headers={"x-mock-fault": "unavailable-503"})
+        await down.read()
+    assert refused.status == 429
+    assert refused.headers["retry-after"] == "3"
+    assert refused.headers["retry-after-ms"] == "2500"
+    assert doc["error"]["type"] == "rate_limit_error"
+    assert doc["error"]["code"] == "rate_limit_exceeded"
+    assert down.status == 503
+    assert mock.state.started == 0
