@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from loadtest.findings import Findings, fmt_ms, fmt_num, fmt_pct
-from loadtest.generator import streamed_rate
+from loadtest.load_result import streamed_rate
 from loadtest.run_stats import (
     against,
     diff_of,
