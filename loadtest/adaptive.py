@@ -32,7 +32,7 @@ from typing import Any
 import aiohttp
 
 from loadtest.adaptive_common import cap_sampler, per_second, phase_figures, plot
-from loadtest.generator import LoadSpec, run_load
+from loadtest.generator import LoadSpec, RequestRecord, run_load
 from loadtest.processes import ServiceGroup
 from loadtest.runtime import loop_factory
 
@@ -55,11 +55,11 @@ def proxy_config(cap: int, adaptive: bool) -> dict[str, Any]:
     }
 
 
-async def _tenant(mock_url: str, clients: int, until: float) -> int:
-    """Another tenant's own closed loop straight to the mock; returns requests done."""
+async def _tenant(mock_url: str, clients: int, until: float) -> list[RequestRecord]:
+    """Another tenant's own closed loop straight to the mock (times from its own start)."""
     spec = LoadSpec(base_url=mock_url + "/v1", clients=clients, duration=until, stream=True,
                     max_tokens=16, timeout=120, label="tenant")
-    return len((await run_load(spec)).records)
+    return (await run_load(spec)).records
 
 
 async def one_run(experiment: str, target: str, cap: int, adaptive: bool,
@@ -77,18 +77,18 @@ async def one_run(experiment: str, target: str, cap: int, adaptive: bool,
         t0 = time.perf_counter()
         sampler = asyncio.create_task(cap_sampler(proxy.url, t0, stop, caps))
 
-        async def change() -> int:
+        async def change() -> list[RequestRecord]:
             await asyncio.sleep(phase)
             if experiment == "batch":
                 async with aiohttp.ClientSession() as session:
                     await session.post(mock.url + "/mock/config", json=mock_for(8))
-                return 0
+                return []
             return await _tenant(mock.url, 4, phase)
 
         load_task = asyncio.create_task(run_load(spec))
         changer = asyncio.create_task(change())
         result = await load_task
-        tenant_requests = await changer
+        tenant = await changer
         stop.set()
         await sampler
     records = result.records
@@ -100,7 +100,9 @@ async def one_run(experiment: str, target: str, cap: int, adaptive: bool,
         "after": phase_figures(records, phase + settle, 2 * phase),
         "lost": sum(1 for r in records if not r.ok),
         "caps": caps,
-        "tenant_requests": tenant_requests,
+        "tenant_requests": len(tenant),
+        # the other tenant's own view once it runs (its engine TTFT: no proxy in its way)
+        "tenant": phase_figures(tenant, settle, phase) if tenant else None,
     }
     if adaptive and experiment == "batch":
         reached = next((t for t, c in caps if t >= phase and c is not None and c >= 7), None)
@@ -152,6 +154,22 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
                 f"| {name} | {phase} | {f['goodput_tokens_per_s']:.0f} | "
                 f"{(f['ttft_p50_s'] or 0) * 1000:.0f} | {(f['ttft_p99_s'] or 0) * 1000:.0f} | "
                 f"{f['failed']} |")
+    tenant_runs = {n: r for n, r in results.items() if r.get("tenant")}
+    if tenant_runs:
+        lines += ["", ("| run | client TTFT p99 before / after | engine TTFT p50 before / after "
+                  "| engine TTFT p99 before / after | other tenant's TTFT p50 / p99 "
+                  "| our goodput after |"), "|---|---|---|---|---|---|"]
+        for name, run in tenant_runs.items():
+            b, a, t = run["before"], run["after"], run["tenant"]
+            lines.append(
+                f"| {name} | {_ms(b['ttft_p99_s'])} / {_ms(a['ttft_p99_s'])} "
+                f"({_ratio(a['ttft_p99_s'], b['ttft_p99_s'])}) | "
+                f"{_ms(b['engine_ttft_p50_s'])} / {_ms(a['engine_ttft_p50_s'])} "
+                f"({_ratio(a['engine_ttft_p50_s'], b['engine_ttft_p50_s'])}) | "
+                f"{_ms(b['engine_ttft_p99_s'])} / {_ms(a['engine_ttft_p99_s'])} "
+                f"({_ratio(a['engine_ttft_p99_s'], b['engine_ttft_p99_s'])}) | "
+                f"{_ms(t['ttft_p50_s'])} / {_ms(t['ttft_p99_s'])} | "
+                f"{a['goodput_tokens_per_s']:.0f} tok/s |")
     for name, run in results.items():
         if "converged_after_s" in run:
             lines.append(f"\n{name}: cap within one step of 8 after {run['converged_after_s']}s")
@@ -160,6 +178,14 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
 
         lines += engine_lines(results["llamacpp/adaptive"])
     return lines
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def _ratio(after: float | None, before: float | None) -> str:
+    return "-" if not after or not before else f"{after / before:.2f}x"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
