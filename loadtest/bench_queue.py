@@ -16,18 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 from proxy.config import RedisConfig
 from proxy.limits.base import Demand, Grant, LimitSpec, LimitStore, Option, Priority
 from proxy.limits.memory import MemoryStore
 from proxy.limits.redis import RedisStore, mark_fresh
 from proxy.limits.redis_scripts import pool_keys
+
+from .redis_server import redis_url_or_own
 
 _ids = itertools.count()
 OPTIONS = (Option("up", ("upstream:up",)),)
@@ -123,32 +120,13 @@ def main(argv: list[str] | None = None) -> None:
     depths = [int(d) for d in args.depths.split(",")]
     spec = LimitSpec(caps={"model:m": 1}, max_queue_depth=max(depths) + 2 * args.samples,
                      max_wait_s=600)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-queue-"))
-    proc = None
-    try:
-        url = args.redis
-        if url is None:
-            binary = shutil.which("redis-server")
-            if binary is None:
-                raise SystemExit("redis-server not found: install it or pass --redis URL")
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            proc = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly",
-                                     "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL)
-            url = f"redis://127.0.0.1:{port}/0"
-            time.sleep(0.3)
+    with redis_url_or_own(args.redis) as url:
         mark_fresh(url)
         config = RedisConfig(heartbeat_s=5, lease_ttl_s=600)
         redis_costs = asyncio.run(_run_store(RedisStore(spec, url, config), depths, args.flows,
                                              args.samples, url))
         memory_costs = asyncio.run(_run_store(MemoryStore(spec), depths, args.flows,
                                               args.samples, None))
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
     print(f"{args.flows} flows, {args.samples} samples per depth, cap 1")
     print()
     print("| waiters | Redis us / admit | Redis us / release | memory us / release |")

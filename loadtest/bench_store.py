@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,23 +30,14 @@ from typing import Any
 import aiohttp
 import yaml
 
+from .processes import cpu_seconds, free_port
+from .redis_server import redis_url_or_own
+
 #: commandstats entries that scripts run inside Redis (not client round trips)
 SCRIPT_INTERNAL = {"hget", "hmget", "hset", "hdel", "hexists", "hincrby", "hgetall", "exists",
                    "zadd", "zrem", "zrangebylex", "hincrbyfloat", "hlen", "hkeys",
                    "zscore", "zcard", "zcount", "zrange", "zrangebyscore", "zremrangebyscore",
                    "xrevrange", "xadd", "time", "del"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _start(args: list[str], banner: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -107,12 +98,12 @@ async def _load(url: str, requests: int, concurrency: int, stream: bool) -> list
 def _measure(url: str, pid: int | None, redis_url: str | None, args: argparse.Namespace
              ) -> Result:
     asyncio.run(_load(url, args.warmup, args.concurrency, args.stream))
-    before_cpu = _cpu_seconds(pid) if pid else 0.0
+    before_cpu = cpu_seconds(pid) if pid else 0.0
     before_calls = _redis_calls(redis_url) if redis_url else {}
     latencies = asyncio.run(_load(url, args.requests, args.concurrency, args.stream))
     result = Result(latencies)
     if pid:
-        result.cpu_s = _cpu_seconds(pid) - before_cpu
+        result.cpu_s = cpu_seconds(pid) - before_cpu
     if redis_url:
         after = _redis_calls(redis_url)
         result.redis_calls = {k: after[k] - before_calls.get(k, 0) for k in after
@@ -121,7 +112,7 @@ def _measure(url: str, pid: int | None, redis_url: str | None, args: argparse.Na
 
 
 def _proxy_config(store: str, mock_url: str) -> dict[str, Any]:
-    return {"listen": f"127.0.0.1:{_free_port()}", "store": store,
+    return {"listen": f"127.0.0.1:{free_port()}", "store": store,
             "upstreams": {"up": {"url": mock_url}},
             "models": {"m": {"upstreams": ["up"], "max_in_flight": 256}}}
 
@@ -129,18 +120,9 @@ def _proxy_config(store: str, mock_url: str) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> str:
     workdir = Path(tempfile.mkdtemp(prefix="bench-store-"))
     procs: list[subprocess.Popen[bytes]] = []
+    own_redis = contextlib.ExitStack()
     try:
-        redis_url = args.redis
-        if redis_url is None:
-            binary = shutil.which("redis-server")
-            if binary is None:
-                raise SystemExit("redis-server not found: install it or pass --redis URL")
-            port = _free_port()
-            procs.append(subprocess.Popen(
-                [binary, "--port", str(port), "--save", "", "--appendonly", "no",
-                 "--dir", str(workdir)], stdout=subprocess.DEVNULL))
-            redis_url = f"redis://127.0.0.1:{port}/0"
-            time.sleep(0.3)
+        redis_url = own_redis.enter_context(redis_url_or_own(args.redis))
         from proxy.limits.redis import mark_fresh
 
         mark_fresh(redis_url)
@@ -171,6 +153,7 @@ def run(args: argparse.Namespace) -> str:
         for proc in reversed(procs):
             proc.terminate()
             proc.wait(10)
+        own_redis.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

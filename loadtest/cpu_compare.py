@@ -17,23 +17,12 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import aiohttp
 
+from .processes import cpu_seconds, free_port
+
 _READY_TIMEOUT_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_listening(port: int) -> None:
@@ -74,14 +63,14 @@ def _start(args: list[str], tree: str) -> subprocess.Popen[bytes]:
 def compare(trees: list[str], requests: int, rounds: int, concurrency: int
             ) -> dict[str, dict[str, list[float]]]:
     """ms of proxy CPU per request, per tree and kind (plain, stream), one value per round."""
-    mock_port = _free_port()
+    mock_port = free_port()
     procs = [_start(["-m", "loadtest", "mock-llm", "--port", str(mock_port), "--batch",
                      "100000", "--ttft", "0", "--tpot", "0"], trees[-1])]
     proxies: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
         _wait_listening(mock_port)
         for tree in trees:
-            port = _free_port()
+            port = free_port()
             proc = _start(["-m", "proxy.cli", "serve", "--upstream",
                            f"http://127.0.0.1:{mock_port}", "--max-in-flight", "64",
                            "--listen", f"127.0.0.1:{port}"], tree)
@@ -95,9 +84,9 @@ def compare(trees: list[str], requests: int, rounds: int, concurrency: int
         for _ in range(rounds):
             for kind in ("plain", "stream"):
                 for tree, (proc, url) in proxies.items():
-                    before = _cpu_s(proc.pid)
+                    before = cpu_seconds(proc.pid)
                     asyncio.run(_drive(url, requests, concurrency, kind == "stream"))
-                    results[tree][kind].append((_cpu_s(proc.pid) - before) / requests * 1000)
+                    results[tree][kind].append((cpu_seconds(proc.pid) - before) / requests * 1000)
         return results
     finally:
         for proc in procs:

@@ -31,6 +31,8 @@ from .runtime import loop_factory
 
 #: response header in which the proxy reports how long the request queued (milliseconds)
 QUEUE_WAIT_HEADER = "x-llm-throttle-queue-ms"
+#: width of the time slots streamed tokens are counted in (``summary["streamed_tokens"]``)
+STREAM_SLOT_S = 0.5
 
 
 @dataclass
@@ -215,6 +217,8 @@ class _Run:
             for c in spec.mix
         }
         self._weights = [c.weight for c in spec.mix]
+        #: completion tokens of successful streams, by the STREAM_SLOT_S slot they arrived in
+        self.streamed: dict[int, float] = {}
 
     def _body(self, *, stream: bool) -> bytes:
         words = ("load", "test", "prompt", "with", "some", "plain", "words")
@@ -274,7 +278,7 @@ async def _one_request(run: _Run, session: aiohttp.ClientSession, client: str) -
                 await resp.read()
                 rec.error = f"http_{resp.status}"
             elif spec.stream:
-                await _read_stream(resp, rec, t0)
+                await _read_stream(resp, rec, t0, run)
             else:
                 data = await resp.json(content_type=None)
                 usage = data.get("usage") or {}
@@ -297,15 +301,24 @@ async def _one_request(run: _Run, session: aiohttp.ClientSession, client: str) -
             run.ok += 1
 
 
-async def _read_stream(resp: aiohttp.ClientResponse, rec: RequestRecord, t0: float) -> None:
-    """Consume SSE; only the usage chunk and error events are parsed (cheap per chunk)."""
+async def _read_stream(resp: aiohttp.ClientResponse, rec: RequestRecord, t0: float,
+                       run: _Run) -> None:
+    """Consume SSE; only the usage chunk and error events are parsed (cheap per chunk).
+
+    Each content chunk is counted in the time slot it arrived in; once the stream ends well,
+    those counts (scaled to the usage's completion tokens: a finish chunk carries none) join
+    the run's ``streamed`` tokens, so a window of the run counts the tokens that arrived in it,
+    not whole requests that started in it.
+    """
     chunks = 0
     done = False
+    slots: Counter[int] = Counter()
     async for line in resp.content:
         if not line.startswith(b"data:"):
             continue
+        now = time.perf_counter()
         if rec.ttft is None:
-            rec.ttft = time.perf_counter() - t0
+            rec.ttft = now - t0
         payload = line[5:].strip()
         if payload == b"[DONE]":
             done = True
@@ -320,14 +333,20 @@ async def _read_stream(resp: aiohttp.ClientResponse, rec: RequestRecord, t0: flo
             rec.completion_tokens = int(usage.get("completion_tokens") or 0)
             if data.get("choices"):
                 chunks += 1
+                slots[int((now - run.t0) / STREAM_SLOT_S)] += 1
         else:
             chunks += 1
+            slots[int((now - run.t0) / STREAM_SLOT_S)] += 1
     if not done:
         rec.error = "incomplete_stream"
         return
     if rec.completion_tokens == 0:
         rec.completion_tokens = max(0, chunks - 1)  # no usage: count content chunks
     rec.ok = True
+    if chunks:
+        scale = rec.completion_tokens / chunks
+        for slot, count in slots.items():
+            run.streamed[slot] = run.streamed.get(slot, 0.0) + count * scale
 
 
 # -- arrival models ----------------------------------------------------------------------------
@@ -519,7 +538,26 @@ async def run_load(
     spec_dict["mode"] = spec.mode
     for c in spec_dict["mix"]:
         c["api_key"] = c["api_key"][:4] + "..." if len(c["api_key"]) > 8 else "***"
-    return LoadResult(spec_dict, run.records, run.series, summarize(run.records, elapsed))
+    summary = summarize(run.records, elapsed)
+    if run.streamed:
+        last = max(run.streamed)
+        summary["streamed_tokens"] = {
+            "slot_s": STREAM_SLOT_S,
+            "tokens": [round(run.streamed.get(i, 0.0), 1) for i in range(last + 1)],
+        }
+    return LoadResult(spec_dict, run.records, run.series, summary)
+
+
+def streamed_rate(summary: dict[str, Any], start_s: float, end_s: float) -> float | None:
+    """Completion tokens a second that arrived between ``start_s`` and ``end_s`` of the run
+    (whole slots; None when the run has no per-slot counts: not streamed, or older results)."""
+    streamed = summary.get("streamed_tokens")
+    if not streamed or end_s <= start_s:
+        return None
+    slot = float(streamed["slot_s"])
+    first, last = math.ceil(start_s / slot - 1e-9), math.floor(end_s / slot + 1e-9)
+    tokens = streamed["tokens"][first:last]
+    return sum(tokens) / max((last - first) * slot, 1e-9)
 
 
 # -- command line ------------------------------------------------------------------------------

@@ -671,7 +671,7 @@ async def _set_config(request: web.Request) -> web.Response:
     try:
         values = json.loads(await request.read() or b"{}")
         if not isinstance(values, dict):
-            raise ValueError("expected a JSON object")
+            raise TypeError("expected a JSON object")
         state.config.update(values)
     except KeyError as exc:
         return _error(400, f"unknown config field {exc}", "invalid_request_error", "bad_config")

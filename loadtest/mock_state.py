@@ -163,8 +163,7 @@ class MockState:
     def begin(self, model: str) -> None:
         self.started += 1
         self.in_flight += 1
-        if self.in_flight > self.peak:
-            self.peak = self.in_flight
+        self.peak = max(self.peak, self.in_flight)
         n = self.in_flight_by_model.get(model, 0) + 1
         self.in_flight_by_model[model] = n
         if n > self.peak_by_model.get(model, 0):

@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import yaml
@@ -162,7 +162,7 @@ class ServiceGroup:
     ready_timeout_s: float = 20.0
     services: list[Service] = field(default_factory=list)
 
-    async def __aenter__(self) -> ServiceGroup:
+    async def __aenter__(self) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -221,10 +221,10 @@ class ServiceGroup:
                                      "--port", str(port)], f"http://127.0.0.1:{port}")
         await self._wait_http(service, "/health")
         if config:
-            async with aiohttp.ClientSession() as session:
-                async with session.post(service.url + "/mock/config", json=dict(config)) as r:
-                    if r.status != 200:
-                        raise ServiceError(f"mock rejected its config: {await r.text()}")
+            async with aiohttp.ClientSession() as session, \
+                    session.post(service.url + "/mock/config", json=dict(config)) as r:
+                if r.status != 200:
+                    raise ServiceError(f"mock rejected its config: {await r.text()}")
         return service
 
     async def start_proxy(self, name: str, config: Mapping[str, Any],

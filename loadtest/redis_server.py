@@ -9,6 +9,7 @@ server options (``--requirepass``, ``--unixsocket``, TLS, ``--replicaof``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -16,18 +17,31 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .processes import find_redis_server, free_port
 
 
 def redis_server_binary() -> str | None:
-    return shutil.which("redis-server")
+    return find_redis_server()
+
+
+@contextlib.contextmanager
+def redis_url_or_own(url: str | None) -> Iterator[str]:
+    """``url`` when one is given (``--redis URL``); otherwise the URL of a ``RedisServer`` of
+    our own, stopped when the block ends."""
+    if url is not None:
+        yield url
+        return
+    if redis_server_binary() is None:
+        raise SystemExit("redis-server not found: install it or pass --redis URL")
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 class RedisServer:

@@ -136,7 +136,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             return 0
     try:
         doc = asyncio.run(fetch())
-    except Exception as exc:  # any failure to read the status is reported, not raised
+    except Exception as exc:  # noqa: BLE001 (any failure to read the status is reported)
         print(f"cannot read status: {describe_failure(exc, where)}", file=sys.stderr)
         return 1
     print(json.dumps(doc, indent=2) if args.json else render_table(doc))

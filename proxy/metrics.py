@@ -23,8 +23,8 @@ from .limits.base import Priority, Snapshot
 from .record import RequestRecord
 from .version import package_version, python_version
 
-RESOURCE_LABELS = ["kind", "name"]
-BUCKET_LABELS = ["limit", "kind", "name"]
+RESOURCE_LABELS = ("kind", "name")
+BUCKET_LABELS = ("limit", "kind", "name")
 
 
 def resource_labels(resource: str) -> tuple[str, str]:

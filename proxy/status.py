@@ -135,16 +135,16 @@ def render_table(doc: Mapping[str, Any]) -> str:
     """A fixed-width table of the status document, for ``llm-throttle status``."""
     queue = doc.get("queue", {})
     lines = [
-        f"store: {doc.get('store')}   hosts: {doc.get('hosts', 1)}   "
-        f"degraded: {'YES' if doc.get('degraded') else 'no'}   "
-        f"queued: {queue.get('depth', 0)}   oldest wait: {queue.get('oldest_wait_s', 0):.1f}s",
+        (f"store: {doc.get('store')}   hosts: {doc.get('hosts', 1)}   "
+         f"degraded: {'YES' if doc.get('degraded') else 'no'}   "
+         f"queued: {queue.get('depth', 0)}   oldest wait: {queue.get('oldest_wait_s', 0):.1f}s"),
         "",
         f"{'RESOURCE':<32} {'IN FLIGHT':>9} {'CAP':>6} {'QUEUED':>7} {'OLDEST':>8}  SATURATED",
     ]
     for group in _GROUPS.values():
         for name, entry in (doc.get(group) or {}).items():
             cap = "-" if entry.get("cap") is None else str(entry["cap"])
-            label = f"{group[:-1] if group.endswith('s') else group}:{name}"
+            label = f"{group.removesuffix('s')}:{name}"
             lines.append(
                 f"{label:<32} {entry.get('in_flight', 0):>9} {cap:>6} "
                 f"{entry.get('queued', 0):>7} {entry.get('oldest_wait_s', 0):>7.1f}s  "

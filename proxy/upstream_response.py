@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, Self
 
 from multidict import CIMultiDict
 
@@ -93,7 +93,7 @@ class UpstreamResponse:
             self._released = True
             self._conn.finish()
 
-    async def __aenter__(self) -> UpstreamResponse:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

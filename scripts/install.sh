@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything llm-throttle's tests and demo need on a fresh Debian/Ubuntu machine:
-# the package with its test extras, the real hermes CLI, redis-server, nginx and promtool.
+# the package with its test extras (pytest, openai, ruff, ...), the real hermes CLI,
+# redis-server, nginx and promtool.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -7,6 +7,11 @@ PYTHON=${PYTHON:-python3}
 
 bash scripts/install.sh
 
+# Lint first (a second), but run the tests anyway: a finding fails the run at the end.
+echo "== ruff"
+lint=0
+"$PYTHON" -m ruff check proxy loadtest tests || lint=$?
+
 echo "== fast suite"
 "$PYTHON" -m pytest -q -p no:cacheprovider "$@"
 
@@ -22,5 +27,9 @@ code=$?
 set -e
 if [ "$code" -eq 5 ]; then  # no test carries the slow mark: nothing to run is not a failure
     code=0
+fi
+if [ "$code" -eq 0 ] && [ "$lint" -ne 0 ]; then
+    echo "ruff found problems (see == ruff above)" >&2
+    code=$lint
 fi
 exit "$code"

@@ -1,22 +1,28 @@
-"""A loopback upstream that answers with exact bytes: framing faults no real server makes.
+"""A loopback upstream on a raw socket: exact bytes, framing faults no real server makes.
 
 Each connection reads one request at a time (head, then a ``Content-Length`` body) and hands
 it to the test's ``script(seen, writer)``, which writes whatever bytes it likes: interim 1xx
 answers, bytes after the message, oversized heads, a reset mid-body. When the script returns
 and the connection is still open, the next request on it is read the same way, so a pooled
 connection's second exchange is seen too. Every request is recorded in ``seen`` with the
-index of the connection it came on.
-"""
+index of the connection it came on; ``active``/``peak`` count requests being answered at once.
+It routes any path (``;x`` and ``%23x`` included, as lenient servers do).
 
+Tests that only need well-formed answers write a handler instead, ``seen -> Reply`` (a status,
+a content type, body parts: one part is sent with ``Content-Length``, several chunked with an
+``await`` point between them), and serve it with ``RawUpstream(replies(handler))``.
+"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import socket
 import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 
@@ -32,6 +38,9 @@ class Seen:
     target: str
     headers: dict[str, str]  # lower-cased names
     body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
 Script = Callable[[Seen, asyncio.StreamWriter], Awaitable[None]]
@@ -100,11 +109,13 @@ class RawUpstream:
     tls: ssl.SSLContext | None = None  # serve https with this server context
     seen: list[Seen] = field(default_factory=list)
     connections: int = 0
+    active: int = 0  # requests whose script is running
+    peak: int = 0  # most requests answered at once
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
-    async def start(self) -> RawUpstream:
+    async def start(self) -> Self:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         return self
 
@@ -117,13 +128,25 @@ class RawUpstream:
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
         for writer in list(self._writers):
             writer.transport.abort()  # each connection's task then ends on its own
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+            _, pending = await asyncio.wait(list(self._tasks), timeout=5)
+            for task in pending:  # a script still sleeping or waiting on a gate
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if self._server is not None:
+            await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -147,10 +170,14 @@ class RawUpstream:
                     except (asyncio.IncompleteReadError, ConnectionError):
                         return
                 self.seen.append(seen)
+                self.active += 1
+                self.peak = max(self.peak, self.active)
                 try:
                     await self.script(seen, writer)
-                except ConnectionError:
+                except (ConnectionError, TimeoutError):
                     return
+                finally:
+                    self.active -= 1
         finally:
             self._tasks.discard(task)
             self._writers.discard(writer)
@@ -167,3 +194,53 @@ def _parse_head(index: int, head: bytes) -> Seen:
             name, value = line.split(":", 1)
             headers[name.strip().lower()] = value.strip()
     return Seen(index, method, target, headers, b"")
+
+
+@dataclass
+class Reply:
+    """A well-formed answer for ``replies``."""
+
+    status: int = 200
+    content_type: str = "application/json"
+    parts: list[bytes] = field(default_factory=lambda: [b"{}"])
+    hold_s: float = 0.0  # before answering (to see requests overlap)
+    gate: asyncio.Event | None = None  # awaited after the first part (streamed replies)
+    chunked: bool | None = None  # default: chunked when several parts
+
+    @classmethod
+    def json(cls, obj: Any, **kwargs: Any) -> Reply:
+        return cls(parts=[json.dumps(obj).encode()], **kwargs)
+
+
+Handler = Callable[[Seen], Reply | Awaitable[Reply]]
+
+
+def replies(handler: Handler) -> Script:
+    """A script answering each request with the ``Reply`` the handler returns (or awaits)."""
+
+    async def script(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        reply = handler(seen)
+        if not isinstance(reply, Reply):
+            reply = await reply
+        if reply.hold_s:
+            await asyncio.sleep(reply.hold_s)
+        await _send(writer, reply)
+
+    return script
+
+
+async def _send(writer: asyncio.StreamWriter, reply: Reply) -> None:
+    chunked = reply.chunked if reply.chunked is not None else len(reply.parts) > 1
+    head = f"HTTP/1.1 {reply.status} X\r\nContent-Type: {reply.content_type}\r\n"
+    if chunked:
+        writer.write((head + "Transfer-Encoding: chunked\r\n\r\n").encode())
+        for i, part in enumerate(reply.parts):
+            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            await writer.drain()
+            if i == 0 and reply.gate is not None:
+                await asyncio.wait_for(reply.gate.wait(), 10)
+        writer.write(b"0\r\n\r\n")
+    else:
+        body = b"".join(reply.parts)
+        writer.write((head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+    await writer.drain()

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from proxy.access_log import LOGGER_NAME
-from tests.scripted_upstream import RawUpstream, Reply
+from tests.raw_upstream import RawUpstream, Reply, replies
 
 ANSWER = Reply.json({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}},
                     hold_s=0.3)
@@ -53,7 +53,7 @@ def access_lines() -> Iterator[list[str]]:
 async def test_json_lines_for_answers_and_refusals(make_proxy, access_lines):
     """Every answer is one line: 200 with its tokens and times, 429 and 401 too; admin routes
     only with include_admin; no key or query string ever appears."""
-    async with RawUpstream(lambda seen: ANSWER) as upstream:
+    async with RawUpstream(replies(lambda seen: ANSWER)) as upstream:
         proxy = await make_proxy(config(upstream.url, format="json"))
         url = proxy.url + "/v1/chat/completions?secret=s3"
         async with aiohttp.ClientSession() as session:
@@ -87,7 +87,8 @@ async def test_json_lines_for_answers_and_refusals(make_proxy, access_lines):
 
 
 async def test_plain_format_and_admin_routes_when_asked(make_proxy, access_lines):
-    async with RawUpstream(lambda seen: Reply.json({"usage": {"prompt_tokens": 1}})) as upstream:
+    usage = Reply.json({"usage": {"prompt_tokens": 1}})
+    async with RawUpstream(replies(lambda seen: usage)) as upstream:
         proxy = await make_proxy(config(upstream.url, include_admin=True))
         async with aiohttp.ClientSession() as session:
             async with session.post(proxy.url + "/v1/chat/completions", json=CHAT,
@@ -102,7 +103,7 @@ async def test_plain_format_and_admin_routes_when_asked(make_proxy, access_lines
 
 
 async def test_off_by_default(make_proxy, access_lines):
-    async with RawUpstream(lambda seen: Reply.json({})) as upstream:
+    async with RawUpstream(replies(lambda seen: Reply.json({}))) as upstream:
         cfg = config(upstream.url)
         del cfg["access_log"]
         proxy = await make_proxy(cfg)

@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import aiohttp
 import openai
 import pytest
 
+from loadtest.processes import free_port
 from tests.conftest import one_model_config
 
 CHAT = "/v1/chat/completions"
 GOOD = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def post(url: str, data: bytes | None = None, json_body=None, headers=None):
-    async with aiohttp.ClientSession() as session:
-        async with session.post(url, data=data, json=json_body, headers=headers) as response:
-            return response.status, response.headers, await response.read()
+    async with aiohttp.ClientSession() as session, session.post(
+            url, data=data, json=json_body, headers=headers) as response:
+        return response.status, response.headers, await response.read()
 
 
 def error_of(body: bytes) -> dict:
@@ -121,8 +115,8 @@ async def test_upstream_throttling_is_passed_on_with_its_headers(mock_llm, make_
                                                                  status):
     mock = await mock_llm()
     proxy = await make_proxy(one_model_config(mock.url, max_in_flight=1))
-    got, headers, body = await post(proxy.url + CHAT, json_body=GOOD,
-                                    headers={"x-mock-fault": fault})
+    got, headers, _ = await post(proxy.url + CHAT, json_body=GOOD,
+                                 headers={"x-mock-fault": fault})
     assert got == status
     if status == 429:
         assert headers["retry-after"] == "2"

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.conftest import one_model_config
-from tests.test_app_limits import wait_for_status
+from tests.status_wait import wait_for_status
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 CHAT = "/v1/chat/completions"

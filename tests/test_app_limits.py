@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from tests.conftest import one_model_config
+from tests.status_wait import wait_for_status
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -101,17 +102,6 @@ async def test_interactive_is_served_before_20_queued_batch(store_kind, mock_llm
         await asyncio.gather(*tasks)
     assert order[0] == "batch-0" and order[1] == "chat"
     assert order[2:] == [f"batch-{i}" for i in range(1, 21)]  # FIFO within the class
-
-
-async def wait_for_status(proxy, predicate, timeout: float = 5.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        doc = await proxy.proxy.status_json()
-        if predicate(doc):
-            return doc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"status never matched: {doc}")
-        await asyncio.sleep(0.01)
 
 
 async def test_queue_full_and_wait_exceeded_are_429_with_retry_after(

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.scripted_upstream import RawUpstream, Reply, Seen
+from tests.raw_upstream import RawUpstream, Reply, Seen, replies
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 CHAT_ANSWER = {"id": "x", "object": "chat.completion", "choices": [
@@ -46,7 +46,7 @@ async def test_path_spellings_are_admitted_never_more_than_the_cap_at_once(make_
     """Hazard: ``/v1/chat/completions;x`` (or ``%23x``) looked like an unknown path and was
     passed through unadmitted, while a permissive upstream served it as a chat completion:
     with a cap of 1, six ran at once on the upstream."""
-    async with RawUpstream(holding) as upstream:
+    async with RawUpstream(replies(holding)) as upstream:
         proxy = await make_proxy(capped_config(upstream.url))
         statuses = await post_many(proxy.url + "/v1/chat/completions" + suffix, 6,
                                    json.dumps(CHAT).encode())
@@ -60,7 +60,7 @@ async def test_path_spellings_are_admitted_never_more_than_the_cap_at_once(make_
 async def test_a_fragment_is_refused_before_anything_is_forwarded(make_proxy, target):
     """Hazard: the upstream drops ``#x`` and serves the chat completion the proxy did not
     admit; the proxy now refuses any target with ``#``."""
-    async with RawUpstream(holding) as upstream:
+    async with RawUpstream(replies(holding)) as upstream:
         proxy = await make_proxy(capped_config(upstream.url))
         reader, writer = await asyncio.open_connection("127.0.0.1", int(proxy.url.rsplit(":", 1)[1]))
         body = json.dumps(CHAT).encode()
@@ -84,7 +84,7 @@ async def test_engine_routes_are_admitted(make_proxy, path):
     """Hazard: llama.cpp's own routes (``/completion``, ``/infill``, ``/rerank``, Anthropic-style
     ``/v1/messages``) and any route the proxy did not know were passed through: six
     ``/completion`` requests ran at once with the proxy showing 0 in flight."""
-    async with RawUpstream(holding) as upstream:
+    async with RawUpstream(replies(holding)) as upstream:
         proxy = await make_proxy(capped_config(upstream.url))
         body = json.dumps({"model": "m", "prompt": "hi", "n_predict": 4, "stream": False})
         statuses = await post_many(proxy.url + path, 4, body.encode())
@@ -94,7 +94,7 @@ async def test_engine_routes_are_admitted(make_proxy, path):
 
 async def test_a_body_without_model_goes_to_the_wildcard_route(make_proxy):
     """llama-server answers requests that name no model; they are admitted under ``*``."""
-    async with RawUpstream(holding) as upstream:
+    async with RawUpstream(replies(holding)) as upstream:
         proxy = await make_proxy(capped_config(upstream.url, wildcard=True))
         statuses = await post_many(proxy.url + "/completion", 4, b'{"prompt": "hi"}')
         assert statuses == [200] * 4
@@ -107,7 +107,7 @@ async def test_a_body_without_model_goes_to_the_wildcard_route(make_proxy):
 
 
 async def test_a_body_without_model_is_400_without_a_wildcard(make_proxy):
-    async with RawUpstream(holding) as upstream:
+    async with RawUpstream(replies(holding)) as upstream:
         proxy = await make_proxy(capped_config(upstream.url))
         async with aiohttp.ClientSession() as session:
             async with session.post(proxy.url + "/completion", json={"prompt": "hi"}) as r:
@@ -121,7 +121,7 @@ async def test_a_body_without_model_is_400_without_a_wildcard(make_proxy):
 
 async def test_passthrough_paths_and_probes_need_no_permit(make_proxy):
     """The cheap routes (``/tokenize`` ...) and GET probes are not held to the model cap."""
-    async with RawUpstream(holding) as upstream:
+    async with RawUpstream(replies(holding)) as upstream:
         proxy = await make_proxy(capped_config(upstream.url))
         statuses = await post_many(proxy.url + "/tokenize", 4, b'{"content": "hi"}')
         assert statuses == [200] * 4
@@ -137,7 +137,7 @@ async def test_passthrough_paths_and_probes_need_no_permit(make_proxy):
 async def test_passthrough_is_matched_on_the_normalized_path(make_proxy):
     """``/tok%65nize`` is ``/tokenize`` to the upstream, and to the proxy; ``/tokenize;x`` is
     another path (admitted), since upstreams differ on what ``;`` means."""
-    async with RawUpstream(holding) as upstream:
+    async with RawUpstream(replies(holding)) as upstream:
         proxy = await make_proxy(capped_config(upstream.url))
         assert await post_many(proxy.url + "/tok%65nize", 3, b"{}") == [200] * 3
         assert upstream.seen[-1].target == "/tokenize"
@@ -151,7 +151,7 @@ async def test_passthrough_is_matched_on_the_normalized_path(make_proxy):
 async def test_a_multipart_upload_is_admitted_under_its_model(make_proxy):
     """OpenAI's audio uploads are ``multipart/form-data`` with a ``model`` field: they are
     held to that model's cap (no ``*`` needed), and the file part reaches the upstream as is."""
-    async with RawUpstream(holding) as upstream:
+    async with RawUpstream(replies(holding)) as upstream:
         proxy = await make_proxy(capped_config(upstream.url))
         async with aiohttp.ClientSession() as session:
 
@@ -198,7 +198,8 @@ def test_passthrough_paths_and_access_log_are_validated():
 async def test_engine_requests_show_in_flight_and_queued(make_proxy):
     """Hazard: with 6 ``/completion`` requests running, the proxy showed 0 in flight (and
     llama-server queued them itself); now the proxy holds and queues them."""
-    async with RawUpstream(lambda seen: Reply.json({"content": "ok"}, hold_s=0.5)) as upstream:
+    answer = Reply.json({"content": "ok"}, hold_s=0.5)
+    async with RawUpstream(replies(lambda seen: answer)) as upstream:
         proxy = await make_proxy(capped_config(upstream.url, wildcard=True))
         task = asyncio.create_task(post_many(proxy.url + "/completion", 6, b'{"prompt": "x"}'))
         async with aiohttp.ClientSession() as session:

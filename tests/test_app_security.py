@@ -5,22 +5,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import socket
 
 import aiohttp
 import openai
 import pytest
 from aiohttp import web
 
+from loadtest.processes import free_port
 from tests.conftest import one_model_config
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_key_sha256_authenticates_without_the_secret_in_config(

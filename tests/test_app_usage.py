@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.scripted_upstream import RawUpstream, Reply, Seen
+from tests.raw_upstream import RawUpstream, Reply, Seen, replies
 
 
 def sse(*events: Any, named: bool = False) -> list[bytes]:
@@ -104,7 +104,7 @@ async def test_each_family_is_settled_with_its_real_usage(make_proxy, case):
     plain and 0/0 streamed, llama.cpp native 0/0, and a streamed ``n=2`` only its last usage
     chunk; the TPM bucket was then settled with the wrong count."""
     path, body, reply, want = CASES[case]
-    async with RawUpstream(lambda seen: reply) as upstream:
+    async with RawUpstream(replies(lambda seen: reply)) as upstream:
         models = {"m": {"upstreams": ["up"], "tokens_per_minute": 100000},
                   "*": {"upstreams": ["up"]}}
         proxy = await make_proxy({"upstreams": {"up": {"url": upstream.url}}, "models": models})
@@ -148,7 +148,7 @@ async def test_the_hidden_usage_chunk_keeps_what_else_it_carries(make_proxy):
         {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3},
          "timings": timings},
         b"data: [DONE]\n\n"))
-    async with RawUpstream(lambda seen: reply) as upstream:
+    async with RawUpstream(replies(lambda seen: reply)) as upstream:
         proxy = await make_proxy({"upstreams": {"up": {"url": upstream.url}},
                                   "models": {"m": {"upstreams": ["up"]}}})
         async with aiohttp.ClientSession() as session, session.post(
@@ -178,7 +178,7 @@ async def test_a_streamed_body_is_relayed_as_it_arrives(make_proxy, path, conten
     def reply(seen: Seen) -> Reply:
         return Reply(content_type=content_type, parts=[first, rest], gate=gate)
 
-    async with RawUpstream(reply) as upstream:
+    async with RawUpstream(replies(reply)) as upstream:
         proxy = await make_proxy({"upstreams": {"up": {"url": upstream.url}},
                                   "models": {"m": {"upstreams": ["up"]}}})
         async with aiohttp.ClientSession() as session, \

@@ -12,7 +12,7 @@ from proxy.auth import Identity
 from proxy.limits.base import Priority
 from proxy.metrics import ProxyMetrics
 from proxy.record import RequestRecord
-from tests.scripted_upstream import RawUpstream, Reply, Seen
+from tests.raw_upstream import RawUpstream, Reply, Seen, replies
 
 CHAT = json.dumps({"model": "m", "messages": [], "max_tokens": 1}).encode()
 ANSWER = Reply.json({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
@@ -35,7 +35,7 @@ async def test_ten_thousand_values_do_not_grow_metrics_or_status(make_proxy, sto
     """Hazard: every distinct attribution header value became its own metric series and
     status entry, for good: 10,000 values grew /metrics from 6 KB to 3.8 MB and the status
     document to 960 KB. Now at most ``max_values`` are shown, the rest as ``<client>/other``."""
-    async with RawUpstream(lambda seen: ANSWER) as upstream:
+    async with RawUpstream(replies(lambda seen: ANSWER)) as upstream:
         proxy = await make_proxy(attributed_config(upstream.url, max_values=20))
         connector = aiohttp.TCPConnector(limit=16)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -71,7 +71,7 @@ async def test_per_value_limits_hold_for_folded_values(make_proxy, store_kind):
     def slow(seen: Seen) -> Reply:
         return Reply.json({"choices": []}, hold_s=0.2)
 
-    async with RawUpstream(slow) as upstream:
+    async with RawUpstream(replies(slow)) as upstream:
         proxy = await make_proxy(attributed_config(upstream.url, max_values=2))
         async with aiohttp.ClientSession() as session:
             assert await send(session, proxy.url, "a") == 200
@@ -122,7 +122,7 @@ async def test_a_folded_value_that_goes_idle_leaves_metrics_scrapable(make_proxy
     def slow(seen: Seen) -> Reply:
         return Reply.json({"choices": []}, hold_s=0.4)
 
-    async with RawUpstream(slow) as upstream:
+    async with RawUpstream(replies(slow)) as upstream:
         proxy = await make_proxy(attributed_config(upstream.url, max_values=0))
         async with aiohttp.ClientSession() as session:
             running = asyncio.create_task(send(session, proxy.url, "a"))

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import socket
-
 import aiohttp
 import openai
 import pytest
 
-
-def _dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from loadtest.processes import free_port
 
 
 def _fleet_config(url_a: str, url_b: str) -> dict:
     return {
         "upstreams": {"a": {"url": url_a}, "b": {"url": url_b},
-                      "dead": {"url": f"http://127.0.0.1:{_dead_port()}",
+                      "dead": {"url": f"http://127.0.0.1:{free_port()}",
                                "connect_timeout_s": 1}},
         "models": {"qwen": {"upstreams": ["a"]}, "*": {"upstreams": ["a", "b"]}},
     }
@@ -56,7 +50,7 @@ async def test_models_list_is_cached_briefly(mock_llm, make_proxy):
 
 async def test_models_with_no_upstream_answering_is_a_502(make_proxy):
     """Hazard: a fleet with every upstream down must say so, not list nothing as a success."""
-    proxy = await make_proxy({"upstreams": {"dead": {"url": f"http://127.0.0.1:{_dead_port()}"}},
+    proxy = await make_proxy({"upstreams": {"dead": {"url": f"http://127.0.0.1:{free_port()}"}},
                               "models": {"*": {"upstreams": ["dead"]}}})
     async with aiohttp.ClientSession() as session, \
             session.get(proxy.url + "/v1/models") as response:

@@ -11,7 +11,7 @@ from proxy.cli import main
 from proxy.status_view import blocked_reasons, refill_s, render_watch
 from proxy.version import package_version
 from tests.conftest import one_model_config
-from tests.test_app_limits import wait_for_status
+from tests.status_wait import wait_for_status
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

@@ -13,7 +13,7 @@ only one side refuses, the case must be listed here with the reason:
   request line and framing upstream, so only method, target, headers and body travel).
 
 Any other difference fails, including a new one found by the hypothesis property that runs
-the fuzz corpus of ``tests/test_fuzz.py`` through both.
+the fuzz corpus of ``tests/fuzz_requests.py`` through both.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from proxy.errors import ProxyError
 from proxy.messages import Response
 from proxy.request_parser import RequestParser
 from proxy.server import HttpServer, ServerLimits
-from tests.test_fuzz import requests as fuzz_requests
+from tests.fuzz_requests import requests as fuzz_requests
 
 H = b"Host: x\r\n"
 
@@ -315,7 +315,7 @@ _FUZZ_LAXER_OK = (
                                  HealthCheck.large_base_example])
 @given(request=fuzz_requests(evil_port=9))
 def test_the_fuzz_corpus_parses_as_h11_does_or_stricter(request) -> None:
-    """The generated requests of tests/test_fuzz.py (methods, targets, versions, headers,
+    """The generated requests of tests/fuzz_requests.py (methods, targets, versions, headers,
     bodies, framings): ours may refuse more, never accept what h11 refuses, never differ."""
     raw = request.to_bytes("f1")
     relation = compare("fuzz", raw)

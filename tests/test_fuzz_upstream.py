@@ -33,8 +33,8 @@ from hypothesis import strategies as st
 from proxy.app import RunningProxy, start_proxy
 from proxy.config import parse_config
 from tests.conftest import assert_nothing_held
+from tests.raw_client import RawResponse, exchange
 from tests.raw_upstream import RawUpstream, Seen, answer, reset
-from tests.test_fuzz import RawResponse, exchange
 
 MARKER = b"EVIL-LEFTOVER"
 #: what may follow a complete message: garbage, or a whole second response (smuggling)

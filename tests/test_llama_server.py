@@ -18,9 +18,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from loadtest.processes import free_port
 from loadtest.sweep import SweepSpec, sweep, table
 from tests.capacity.test_adaptive_proxy import adaptive_config, closed_loop, status
-from tests.test_app_security import free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

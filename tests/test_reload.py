@@ -10,23 +10,10 @@ import signal
 import aiohttp
 import yaml
 
-from tests.test_app_security import free_port
-from tests.test_shutdown import start_cli_proxy
+from loadtest.processes import free_port
+from tests.cli_proxy import hold_and_queue, kill_if_running, read_until, start_cli_proxy
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-
-
-async def read_until(process: asyncio.subprocess.Process, needle: bytes,
-                     timeout: float = 10) -> bytes:
-    """Lines of the proxy's output up to the first holding ``needle``."""
-    seen = b""
-    async with asyncio.timeout(timeout):
-        while needle not in seen:
-            line = await process.stdout.readline()
-            if not line:
-                break
-            seen += line
-    return seen
 
 
 async def test_sighup_reloads_caps_and_clients_without_dropping_requests(
@@ -44,15 +31,7 @@ async def test_sighup_reloads_caps_and_clients_without_dropping_requests(
     path = tmp_path / "throttle.yaml"
     try:
         async with aiohttp.ClientSession() as session:
-            first = await session.post(url + "/v1/chat/completions", json=BODY)
-            assert first.status == 200
-            queued = [asyncio.create_task(session.post(url + "/v1/chat/completions", json=BODY))
-                      for _ in range(2)]
-            for _ in range(200):
-                async with session.get(url + "/throttle/status") as r:
-                    if (await r.json())["queue"]["depth"] == 2:
-                        break
-                await asyncio.sleep(0.02)
+            first, queued = await hold_and_queue(session, url, BODY)
             config["models"]["m"]["max_in_flight"] = 3
             config["queue"] = {"max_depth": 50}
             config["clients"] = {"alice": {"key": "alice-key"}}
@@ -92,7 +71,5 @@ async def test_sighup_reloads_caps_and_clients_without_dropping_requests(
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 15) == 0
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await kill_if_running(process)
     assert mock.state.in_flight == 0

@@ -4,46 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import json
 import zlib
 
 import aiohttp
 
 from tests.conftest import one_model_config
-
-CHAT = b"/v1/chat/completions"
-
-
-def chat_body(stream: bool = False) -> bytes:
-    return json.dumps({"model": "m", "stream": stream, "max_tokens": 4,
-                       "messages": [{"role": "user", "content": "hi"}]}).encode()
-
-
-async def exchange(url: str, raw: bytes, timeout: float = 10.0) -> bytes:
-    """Send raw bytes, read until the server closes the connection."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(raw)
-        await writer.drain()
-        async with asyncio.timeout(timeout):
-            return await reader.read()
-    finally:
-        writer.close()
-
-
-def post(body: bytes, *headers: bytes, target: bytes = CHAT, version: bytes = b"1.1") -> bytes:
-    head = [b"POST " + target + b" HTTP/" + version, b"Host: x",
-            b"Content-Type: application/json", b"Content-Length: %d" % len(body), *headers]
-    return b"\r\n".join(head) + b"\r\n\r\n" + body
-
-
-def status_of(response: bytes) -> int:
-    return int(response.split(b" ", 2)[1])
-
-
-def json_body(response: bytes) -> dict:
-    return json.loads(response.split(b"\r\n\r\n", 1)[1])
+from tests.raw_client import CHAT, chat_body, json_body, post, read_to_close, status_of
 
 
 async def test_a_client_that_stops_at_done_keeps_its_connection(mock_llm, make_proxy):
@@ -69,7 +35,7 @@ async def test_pipelined_requests_are_answered_in_order(mock_llm, make_proxy):
     proxy = await make_proxy(one_model_config(mock.url))
     raw = post(chat_body()) + b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n" + \
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    response = await exchange(proxy.url, raw)
+    response = await read_to_close(proxy.url, raw)
     assert response.count(b"HTTP/1.1 200 OK") == 3
     first, second, third = (response.index(m) for m in (b"chat.completion", b'"object"',
                                                          b'"status"'))
@@ -79,7 +45,7 @@ async def test_pipelined_requests_are_answered_in_order(mock_llm, make_proxy):
 async def test_head_gets_headers_and_no_body(mock_llm, make_proxy):
     mock = await mock_llm()
     proxy = await make_proxy(one_model_config(mock.url))
-    response = await exchange(proxy.url, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n"
+    response = await read_to_close(proxy.url, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n"
                                          b"Connection: close\r\n\r\n")
     head, _, body = response.partition(b"\r\n\r\n")
     assert status_of(response) == 200 and b"Content-Length: " in head and body == b""
@@ -88,7 +54,7 @@ async def test_head_gets_headers_and_no_body(mock_llm, make_proxy):
 async def test_http10_stream_is_unchunked_and_ends_with_the_connection(mock_llm, make_proxy):
     mock = await mock_llm(ttft_s=0, tpot_s=0)
     proxy = await make_proxy(one_model_config(mock.url))
-    response = await exchange(proxy.url, post(chat_body(stream=True), version=b"1.0"))
+    response = await read_to_close(proxy.url, post(chat_body(stream=True), version=b"1.0"))
     head, _, body = response.partition(b"\r\n\r\n")
     assert status_of(response) == 200
     assert b"Transfer-Encoding" not in head and b"Connection: close" in head
@@ -122,15 +88,15 @@ async def test_compressed_bodies(mock_llm, make_proxy):
     for encoding, data in ((b"gzip", gzip.compress(chat_body())),
                            (b"deflate", zlib.compress(chat_body())),
                            (b"deflate", deflated)):
-        response = await exchange(proxy.url, post(data, b"Content-Encoding: " + encoding,
+        response = await read_to_close(proxy.url, post(data, b"Content-Encoding: " + encoding,
                                                   b"Connection: close"))
         assert status_of(response) == 200, (encoding, response[:300])
     bomb = gzip.compress(b'{"model": "m", "x": "' + b"a" * 5_000_000 + b'"}')
-    response = await exchange(proxy.url, post(bomb, b"Content-Encoding: gzip",
+    response = await read_to_close(proxy.url, post(bomb, b"Content-Encoding: gzip",
                                               b"Connection: close"))
     assert status_of(response) == 413
     assert json_body(response)["error"]["code"] == "request_too_large"
-    response = await exchange(proxy.url, post(chat_body(), b"Content-Encoding: br",
+    response = await read_to_close(proxy.url, post(chat_body(), b"Content-Encoding: br",
                                               b"Connection: close"))
     assert status_of(response) == 415
     assert json_body(response)["error"]["code"] == "unsupported_content_encoding"
@@ -139,18 +105,18 @@ async def test_compressed_bodies(mock_llm, make_proxy):
 async def test_oversized_heads_get_openai_shaped_errors(mock_llm, make_proxy):
     mock = await mock_llm()
     proxy = await make_proxy(one_model_config(mock.url))
-    response = await exchange(proxy.url, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    response = await read_to_close(proxy.url, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status_of(response) == 414
     assert json_body(response)["error"]["code"] == "target_too_long"
     many = b"".join(b"X-H%d: v\r\n" % i for i in range(200))
-    response = await exchange(proxy.url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+    response = await read_to_close(proxy.url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
     assert status_of(response) == 431
     assert json_body(response)["error"]["code"] == "too_many_headers"
     long_header = b"X-Long: " + b"v" * 20000 + b"\r\n"
-    response = await exchange(proxy.url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + long_header
+    response = await read_to_close(proxy.url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + long_header
                               + b"\r\n")
     assert status_of(response) == 431
     assert json_body(response)["error"]["code"] == "header_too_large"
-    response = await exchange(proxy.url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+    response = await read_to_close(proxy.url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
     assert status_of(response) == 400
     assert json_body(response)["error"]["code"] == "invalid_http"

@@ -9,9 +9,9 @@ import re
 import socket
 import time
 
+from loadtest.processes import free_port
 from tests.conftest import one_model_config
-from tests.test_app_security import free_port
-from tests.test_server import chat_body, exchange, json_body, post, status_of
+from tests.raw_client import chat_body, json_body, post, read_to_close, status_of
 
 GET_MODELS = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -32,14 +32,14 @@ async def test_a_head_over_64k_in_one_read_is_refused(mock_llm, make_proxy):
     mock = await mock_llm()
     proxy = await make_proxy(one_model_config(mock.url))
     headers = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"v" * 1000) for i in range(100))
-    response = await exchange(proxy.url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + headers
+    response = await read_to_close(proxy.url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + headers
                               + b"Connection: close\r\n\r\n")
     assert status_of(response) == 431
     assert json_body(response)["error"]["code"] == "header_too_large"
     assert mock.state.in_flight == 0
     # just under the limit is still served
     headers = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"v" * 1000) for i in range(60))
-    response = await exchange(proxy.url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + headers
+    response = await read_to_close(proxy.url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + headers
                               + b"Connection: close\r\n\r\n")
     assert status_of(response) == 200
 
@@ -53,13 +53,13 @@ async def test_chunk_extensions_are_bounded(mock_llm, make_proxy):
             b"\r\nTransfer-Encoding: chunked\r\n\r\n")
     body = chat_body()
     raw = head + b"%x;ext=" % len(body) + b"e" * 20_000_000 + b"\r\n" + body + b"\r\n0\r\n\r\n"
-    response = await exchange(proxy.url, raw, timeout=30)
+    response = await read_to_close(proxy.url, raw, timeout=30)
     assert status_of(response) == 413
     assert json_body(response)["error"]["code"] == "chunk_framing_too_large"
     # ordinary chunking (small chunks, a short extension) is fine
     pieces = [body[i:i + 16] for i in range(0, len(body), 16)]
     chunked = b"".join(b"%x;a=b\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
-    response = await exchange(proxy.url, head.replace(b"\r\n\r\n", b"\r\nConnection: close"
+    response = await read_to_close(proxy.url, head.replace(b"\r\n\r\n", b"\r\nConnection: close"
                                                       b"\r\n\r\n") + chunked)
     assert status_of(response) == 200
 
@@ -70,7 +70,7 @@ async def test_request_lines_other_than_http_10_and_11_get_505(mock_llm, make_pr
     mock = await mock_llm()
     proxy = await make_proxy(one_model_config(mock.url))
     for version in (b"2.0", b"0.9", b"1.2", b"3.0"):
-        response = await exchange(proxy.url, b"GET /v1/models HTTP/" + version +
+        response = await read_to_close(proxy.url, b"GET /v1/models HTTP/" + version +
                                   b"\r\nHost: x\r\n\r\n")
         assert status_of(response) == 505, (version, response[:200])
         assert json_body(response)["error"]["code"] == "http_version_not_supported"
@@ -106,7 +106,7 @@ async def test_a_malformed_request_in_a_pipeline_gets_its_400_before_the_close(m
     proxy = await make_proxy(one_model_config(mock.url))
     raw = post(chat_body()) + GET_MODELS + b"GET /v1/models HTTP/1.1\r\nBad Header\r\n\r\n" + \
         GET_MODELS
-    response = await exchange(proxy.url, raw)
+    response = await read_to_close(proxy.url, raw)
     assert responses_in(response) == [200, 200, 400]
     assert b"Connection: close" in response.rsplit(b"HTTP/1.1 400", 1)[1]
     assert json.loads(response.rsplit(b"\r\n\r\n", 1)[1])["error"]["code"] == "invalid_http"
@@ -120,7 +120,7 @@ async def test_an_error_answered_before_the_body_is_read_is_not_lost_to_a_reset(
     mock = await mock_llm()
     proxy = await make_proxy(one_model_config(mock.url) | {"max_body_bytes": 1 << 16})
     body = b"x" * (8 << 20)
-    response = await exchange(proxy.url, post(body), timeout=30)
+    response = await read_to_close(proxy.url, post(body), timeout=30)
     assert status_of(response) == 413
 
 
@@ -150,13 +150,13 @@ async def test_max_connections_refuses_with_a_503_and_serves_again_below_it(mock
                                                            "admin_listen": admin})
     held = [await asyncio.open_connection(*address(proxy.url)) for _ in range(3)]
     await asyncio.sleep(0.1)
-    response = await exchange(proxy.url, GET_MODELS)
+    response = await read_to_close(proxy.url, GET_MODELS)
     assert status_of(response) == 503
     assert json_body(response)["error"]["code"] == "too_many_connections"
     assert b"retry-after: 1\r\n" in response.lower()
     assert proxy.server.refused_connections == 1
     # the admin listener is apart: scrapes still get through
-    response = await exchange("http://" + admin, b"GET /throttle/status HTTP/1.1\r\nHost: x"
+    response = await read_to_close("http://" + admin, b"GET /throttle/status HTTP/1.1\r\nHost: x"
                               b"\r\nConnection: close\r\n\r\n")
     assert status_of(response) == 200
     _, writer = held.pop()
@@ -165,7 +165,7 @@ async def test_max_connections_refuses_with_a_503_and_serves_again_below_it(mock
         if len(proxy.server.connections) < 3:
             break
         await asyncio.sleep(0.02)
-    response = await exchange(proxy.url, GET_MODELS.replace(b"\r\n\r\n",
+    response = await read_to_close(proxy.url, GET_MODELS.replace(b"\r\n\r\n",
                                                             b"\r\nConnection: close\r\n\r\n"))
     assert status_of(response) == 200
     for _, writer in held:
@@ -181,11 +181,11 @@ async def test_where_llhttp_is_laxer_than_rfc_9112_the_proxy_refuses(mock_llm, m
     body = chat_body()
     raw = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
            b"\r\nTransfer-Encoding: gzip, chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
-    response = await exchange(proxy.url, raw)
+    response = await read_to_close(proxy.url, raw)
     assert status_of(response) == 400
     assert json_body(response)["error"]["code"] == "unsupported_transfer_encoding"
     for hosts in (b"", b"Host: a\r\nHost: b\r\n"):
-        response = await exchange(proxy.url, b"GET /v1/models HTTP/1.1\r\n" + hosts + b"\r\n")
+        response = await read_to_close(proxy.url, b"GET /v1/models HTTP/1.1\r\n" + hosts + b"\r\n")
         assert status_of(response) == 400, hosts
         assert json_body(response)["error"]["code"] == "invalid_host"
     assert mock.state.in_flight == 0
@@ -197,7 +197,7 @@ async def test_an_upgrade_request_with_a_body_is_refused_at_once(mock_llm, make_
     mock = await mock_llm(ttft_s=0, tpot_s=0)
     proxy = await make_proxy(one_model_config(mock.url) | {"body_read_timeout_s": 20})
     raw = post(chat_body(), b"Connection: upgrade", b"Upgrade: h2c")
-    response = await exchange(proxy.url, raw, timeout=5)
+    response = await read_to_close(proxy.url, raw, timeout=5)
     assert status_of(response) == 400
     assert json_body(response)["error"]["code"] == "upgrade_not_supported"
 
@@ -211,7 +211,7 @@ async def test_http10_with_transfer_encoding_closes_after_its_answer(mock_llm, m
     raw = (b"POST /v1/chat/completions HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n"
            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
            b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)) + GET_MODELS
-    response = await exchange(proxy.url, raw)
+    response = await read_to_close(proxy.url, raw)
     assert responses_in(response) == [200]
     assert b"Connection: close" in response.split(b"\r\n\r\n", 1)[0]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_app_security import free_port
-from tests.test_shutdown import start_cli_proxy
+from loadtest.processes import free_port
+from tests.cli_proxy import kill_if_running, start_cli_proxy
 
 ATTACK_S = 3.0
 GROWTH_BOUND = 50 * 1024 * 1024
@@ -85,9 +85,7 @@ async def proxy_process(tmp_path):
 
     yield start
     for process in started:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await kill_if_running(process)
 
 
 async def idle_rss(pid: int, url: str, request: bytes) -> int:

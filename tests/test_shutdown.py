@@ -5,24 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 
 import aiohttp
-import yaml
 
-from tests.test_app_security import free_port
-
-
-async def start_cli_proxy(config: dict, tmp_path) -> tuple[asyncio.subprocess.Process, str]:
-    path = tmp_path / "throttle.yaml"
-    path.write_text(yaml.safe_dump(config))
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "serve", "--config", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    line = await asyncio.wait_for(process.stdout.readline(), 20)
-    assert b"listening on" in line, line
-    url = line.decode().split("listening on ")[1].split()[0]
-    return process, url
+from loadtest.processes import free_port
+from tests.cli_proxy import hold_and_queue, kill_if_running, start_cli_proxy
 
 
 async def test_sigterm_drains_gracefully(store_kind, request, mock_llm, tmp_path):
@@ -38,15 +25,7 @@ async def test_sigterm_drains_gracefully(store_kind, request, mock_llm, tmp_path
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     try:
         async with aiohttp.ClientSession() as session:
-            streaming = await session.post(url + "/v1/chat/completions", json=body)
-            assert streaming.status == 200
-            queued = [asyncio.create_task(session.post(url + "/v1/chat/completions", json=body))
-                      for _ in range(2)]
-            for _ in range(100):
-                async with session.get(url + "/throttle/status") as response:
-                    if (await response.json())["queue"]["depth"] == 2:
-                        break
-                await asyncio.sleep(0.02)
+            streaming, queued = await hold_and_queue(session, url, body)
             process.send_signal(signal.SIGTERM)
             for task in queued:
                 response = await asyncio.wait_for(task, 5)
@@ -55,9 +34,9 @@ async def test_sigterm_drains_gracefully(store_kind, request, mock_llm, tmp_path
                 assert (await response.json())["error"]["code"] == "shutting_down"
             await asyncio.sleep(0.3)
             try:
-                async with aiohttp.ClientSession() as fresh:
-                    async with fresh.get(url + "/healthz") as response:
-                        assert response.status == 503  # still draining, not accepting work
+                async with aiohttp.ClientSession() as fresh, \
+                        fresh.get(url + "/healthz") as response:
+                    assert response.status == 503  # still draining, not accepting work
             except aiohttp.ClientConnectorError:
                 pass  # listener already closed: also fine
             text = (await asyncio.wait_for(streaming.read(), 10)).decode()
@@ -66,9 +45,7 @@ async def test_sigterm_drains_gracefully(store_kind, request, mock_llm, tmp_path
             assert len(chunks) == 16 and all("error" not in json.loads(c[6:]) for c in chunks)
         assert await asyncio.wait_for(process.wait(), 15) == 0
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await kill_if_running(process)
     assert mock.state.in_flight == 0
     if store_kind == "redis":  # the shared store holds nothing for the host that left
         from proxy.limits.redis_status import read_status_document

@@ -10,7 +10,7 @@ from proxy.cli import main
 from proxy.limits.base import ResourceState
 from proxy.status import RateWindow, SaturationTracker
 from tests.conftest import one_model_config
-from tests.test_app_limits import wait_for_status
+from tests.status_wait import wait_for_status
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

@@ -36,8 +36,8 @@ CORPUS: dict[str, tuple[bytes, str]] = {
                      + b"Content-Length: 5\r\n\r\nhello", SAME),
     "100 then 200": (b"HTTP/1.1 100 Continue\r\n\r\n" + OK + b"Content-Length: 5\r\n\r\nhello",
                      SAME),
-    "101 unasked": (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                    b"Connection: upgrade\r\n\r\nhello", SAME),
+    "101 unasked": ((b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: upgrade\r\n\r\nhello"), SAME),
     "bytes after the body": (OK + b"Content-Length: 5\r\n\r\nhelloEVIL", SAME),
     "second response after the body": (
         OK + b"Content-Length: 5\r\n\r\nhello" + OK + b"X-Smuggled: 1\r\nContent-Length: 4"

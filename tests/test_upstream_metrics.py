@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import socket
-
 import aiohttp
 
+from loadtest.processes import free_port
 from tests.conftest import one_model_config
 
 
@@ -14,9 +13,7 @@ async def test_upstream_metrics_are_served_per_upstream_behind_the_admin_key(moc
     """Hazard: llama.cpp's and vLLM's own /metrics were answered by the proxy's, so the
     server's KV-cache and queue series could not be scraped through the proxy at all."""
     mock = await mock_llm()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead_port = s.getsockname()[1]
+    dead_port = free_port()  # nobody listens there
     config = one_model_config(mock.url)
     config["upstreams"]["dead"] = {"url": f"http://127.0.0.1:{dead_port}"}
     config["admin_key"] = "admin-secret"

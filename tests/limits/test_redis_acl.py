@@ -86,7 +86,7 @@ def _serve(tmp_path: Path, store: str) -> subprocess.CompletedProcess[str]:
                                       "store": store}))
     return subprocess.run([sys.executable, "-m", "proxy", "serve", "--config", str(config),
                            "--listen", "127.0.0.1:0"], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, check=False)
 
 
 @pytest.mark.parametrize(("user", "named"), [("throttle:wrong", "invalid username-password"),

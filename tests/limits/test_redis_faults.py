@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from loadtest.redis_relay import RedisRelay
 from tests.limits.faults import (
     CAP,
     assert_promises,
@@ -21,7 +22,6 @@ from tests.limits.faults import (
     status_of,
     until,
 )
-from loadtest.redis_relay import RedisRelay
 from tests.redis_server import RedisServer, free_port
 
 Action = Callable[[RedisServer, RedisRelay], None]

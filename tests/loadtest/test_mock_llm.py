@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import openai
 import pytest
 from openai import AsyncOpenAI
@@ -280,7 +281,7 @@ async def test_die_mid_stream(client: AsyncOpenAI, mock: MockLLM) -> None:
         model="m", messages=MSG, stream=True, extra_headers={"x-mock-fault": "die-mid-stream"}
     )
     seen = 0
-    with pytest.raises(Exception):
+    with pytest.raises(httpx.RemoteProtocolError):  # the body ends without its terminator
         async for _ in stream:
             seen += 1
     assert seen == 3
