@@ -125,10 +125,12 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         for experiment in args.experiments:
             if experiment == "llamacpp":
                 from loadtest.adaptive_engine import run_llamacpp
+                from loadtest.sweep import plot as sweep_plot
 
                 print(f"llamacpp / adaptive ({2 * args.phase:g}s, then the sweep)", flush=True)
                 run = await run_llamacpp(args, Path(tmp))
                 plot(run, out_dir / "adaptive-llamacpp-adaptive.png")
+                sweep_plot(run["sweep"], out_dir / "sweep-llama-server.png")
                 results["llamacpp/adaptive"] = run
                 continue
             for target, cap, adaptive in RUNS[experiment]:
