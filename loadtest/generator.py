@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 
 from .runtime import loop_factory
+from .sse import SSEData
 
 #: response header in which the proxy reports how long the request queued (milliseconds)
 QUEUE_WAIT_HEADER = "x-llm-throttle-queue-ms"
@@ -311,18 +312,12 @@ async def _read_stream(resp: aiohttp.ClientResponse, rec: RequestRecord, t0: flo
     not whole requests that started in it.
     """
     chunks = 0
-    done = False
     slots: Counter[int] = Counter()
-    async for line in resp.content:
-        if not line.startswith(b"data:"):
-            continue
+    events = SSEData(resp.content)
+    async for payload in events:
         now = time.perf_counter()
         if rec.ttft is None:
             rec.ttft = now - t0
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
-            done = True
-            break
         if b'"usage":{' in payload or payload.startswith(b'{"error"'):
             data = json.loads(payload)
             if "error" in data:
@@ -337,9 +332,11 @@ async def _read_stream(resp: aiohttp.ClientResponse, rec: RequestRecord, t0: flo
         else:
             chunks += 1
             slots[int((now - run.t0) / STREAM_SLOT_S)] += 1
-    if not done:
+    if not events.done:
         rec.error = "incomplete_stream"
         return
+    if rec.ttft is None:  # [DONE] was the first event
+        rec.ttft = time.perf_counter() - t0
     if rec.completion_tokens == 0:
         rec.completion_tokens = max(0, chunks - 1)  # no usage: count content chunks
     rec.ok = True
