@@ -61,3 +61,48 @@ def ollama_ps(state: MockState) -> dict:
 
 def not_found() -> web.Response:
     return web.json_response({"error": "not found"}, status=404)
+
+
+def vllm_metrics_text(state: MockState) -> str:
+    """vLLM-style exposition; the aggregate series carry the first served model's name."""
+    config = state.config
+    label = f'model_name="{config.models[0] if config.models else "mock-model"}"'
+    running = min(state.in_flight, config.batch_size)
+    lines = [
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.",
+        "# TYPE vllm:num_requests_running gauge",
+        f"vllm:num_requests_running{{{label}}} {float(running)}",
+        "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
+        "# TYPE vllm:num_requests_waiting gauge",
+        f"vllm:num_requests_waiting{{{label}}} {float(state.waiting)}",
+        *vllm_kv_lines(state, label),
+        "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.",
+        "# TYPE vllm:prompt_tokens_total counter",
+        f"vllm:prompt_tokens_total{{{label}}} {float(state.prompt_tokens)}",
+        "# HELP vllm:generation_tokens_total Number of generation tokens processed.",
+        "# TYPE vllm:generation_tokens_total counter",
+        f"vllm:generation_tokens_total{{{label}}} {float(state.completion_tokens)}",
+        "# HELP vllm:request_success_total Count of successfully processed requests.",
+        "# TYPE vllm:request_success_total counter",
+    ]
+    for reason in ("length", "stop"):
+        count = float(state.finished_by_reason.get(reason, 0))
+        lines.append(f'vllm:request_success_total{{finished_reason="{reason}",{label}}} {count}')
+    lines += [
+        "# HELP mock_requests_in_flight Inference requests active now, by requested model.",
+        "# TYPE mock_requests_in_flight gauge",
+        f"mock_requests_in_flight {float(state.in_flight)}",
+    ]
+    for model, n in sorted(state.in_flight_by_model.items()):
+        lines.append(f'mock_requests_in_flight{{model="{model}"}} {float(n)}')
+    lines += [
+        "# HELP mock_peak_in_flight Highest in-flight count since the last reset.",
+        "# TYPE mock_peak_in_flight gauge",
+        f"mock_peak_in_flight {float(state.peak)}",
+        "# HELP mock_requests_total Requests received, by path.",
+        "# TYPE mock_requests_total counter",
+    ]
+    for path, n in sorted(state.requests_by_path.items()):
+        lines.append(f'mock_requests_total{{path="{path}"}} {float(n)}')
+    return "\n".join(lines) + "\n"
+

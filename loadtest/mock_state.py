@@ -4,6 +4,11 @@ Theory of operation: every inference request (chat, completion, embedding) is *a
 the moment its body is parsed until just before its last bytes are written. A GPU serves up to
 ``batch_size`` active requests at full speed; past that every step slows for everyone
 (:meth:`MockState.slowdown`), so an uncapped flood really loses goodput, as on a real server.
+
+The whole engine simulation lives here: the contention model (:meth:`MockState.slowdown`), one
+GPU step stretched by it (:func:`gpu_step`) and a request's hold on the GPU
+(:class:`ActiveRequest`). The route handlers (``mock_generate``, ``mock_embeddings``) only
+decide how many steps a request takes.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from aiohttp import web
 from multidict import CIMultiDictProxy
 
 #: completed requests whose service time is kept (about 0.8 MB at most)
@@ -259,3 +265,57 @@ class MockState:
         if with_requests:
             data["recent_requests"] = [r.to_dict() for r in self.recent]
         return data
+
+
+#: where a mock app keeps its state: ``request.app[MOCK_STATE]``
+MOCK_STATE = web.AppKey("mock_state", MockState)
+
+
+# -- one request on the GPU ----------------------------------------------------------------
+
+
+def check_alive(request: web.Request) -> None:
+    """Raise if the client went away; covers servers that do not cancel handlers."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("client disconnected")
+
+
+async def gpu_step(request: web.Request, state: MockState, base_s: float) -> None:
+    """One GPU step: ``base_s`` stretched by the load at this moment."""
+    if base_s > 0:
+        await asyncio.sleep(base_s * state.slowdown())
+        check_alive(request)
+
+
+async def hold_until_gone(request: web.Request) -> None:
+    """Hold the request until the client leaves (or the handler is cancelled)."""
+    while True:
+        await asyncio.sleep(0.02)
+        check_alive(request)
+
+
+class ActiveRequest:
+    """One request's hold on the GPU; released exactly once."""
+
+    __slots__ = ("state", "model", "open", "started_at")
+
+    def __init__(self, state: MockState, model: str) -> None:
+        self.state = state
+        self.model = model
+        self.open = True
+        self.started_at = time.perf_counter()
+        state.begin(model)
+
+    def finish(self, outcome: str) -> None:
+        if self.open:
+            self.open = False
+            self.state.end(self.model, outcome, time.perf_counter() - self.started_at)
+
+    def complete(self, prompt_tokens: int, n_tokens: int, finish_reason: str) -> None:
+        """Count a finished generation; called before its last bytes go out."""
+        state = self.state
+        state.prompt_tokens += prompt_tokens
+        state.completion_tokens += n_tokens
+        state.finished_by_reason[finish_reason] += 1
+        self.finish("completed")

@@ -4,6 +4,7 @@ flow's share of the last minute in the status document's ``flows``."""
 from __future__ import annotations
 
 import aiohttp
+import pytest
 
 from proxy.flow_metrics import MAX_FLOW_SERIES, FlowShares, folded
 from proxy.limits.base import FlowState
@@ -58,3 +59,40 @@ async def test_status_and_metrics_show_each_flow(store_kind, mock_llm, make_prox
     assert flows["batch:b"]["share_last_minute"] == 0.25, flows
     assert 'llm_throttle_flow_served_tokens_total{class="batch",flow="a"}' in text
     assert 'llm_throttle_flow_queued{class="batch",flow="b"} 0.0' in text
+
+
+@pytest.mark.parametrize("store_kind", ["redis"], indirect=True)
+async def test_two_hosts_on_one_redis_share_flow_counters_not_last_minute(
+        store_kind, mock_llm, make_proxy):
+    """On the Redis store the counters, queued and served tokens of a flow are the store's,
+    the same from every host; ``share_last_minute`` is each host's own view (docs/api.md).
+    Hazard: per-host counters would let each host hand a flow its full share."""
+    mock = await mock_llm(ttft_s=0, tpot_s=0, batch_size=8, output_tokens=8)
+    config = one_model_config(mock.url, max_in_flight=2)
+    config["clients"] = {"a": {"key": "a-key"}, "b": {"key": "b-key"}}
+    hosts = [await make_proxy(config), await make_proxy(config)]
+    body = {"model": "m", "messages": MESSAGES, "max_tokens": 8}
+    docs = []
+    async with aiohttp.ClientSession() as session:
+        for host, key, n in ((hosts[0], "a-key", 3), (hosts[1], "b-key", 1)):
+            for _ in range(n):
+                async with session.post(host.url + "/v1/chat/completions", json=body,
+                                        headers={"Authorization": f"Bearer {key}"}) as r:
+                    assert r.status == 200, await r.text()
+        for host in hosts:
+            await host.proxy.store.drain()
+        for host in hosts:
+            async with session.get(host.url + "/throttle/status") as r:
+                docs.append((await r.json())["flows"])
+            async with session.get(host.url + "/metrics") as r:
+                text = await r.text()
+            served_a = 'llm_throttle_flow_served_tokens_total{class="batch",flow="a"}'
+            assert served_a in text
+    first, second = docs
+    for flow in ("batch:a", "batch:b"):
+        for field in ("queued", "counter", "served_tokens"):
+            assert first[flow][field] == second[flow][field], (flow, field, docs)
+    assert first["batch:a"]["served_tokens"] == 3 * first["batch:b"]["served_tokens"] > 0
+    assert first["batch:a"]["share_last_minute"] == 1.0  # host 1 served only a
+    assert second["batch:a"]["share_last_minute"] == 0.0
+    assert second["batch:b"]["share_last_minute"] == 1.0

@@ -23,7 +23,9 @@ in Serving Large Language Models", OSDI 2024):
    requests is charged for them, not for the number of requests.
 4. No banked credit: a flow (or class) that was idle is lifted to the class's *virtual time*,
    the counter of the flow last served from the queue (the smallest backlogged one then), when
-   it queues again. Lifting happens only on the way in, so an idle flow costs nothing.
+   it queues again, or when it is served at once with nobody of it waiting (charged from a
+   counter lagging virtual time, those grants would be wiped by the lift at its first queued
+   waiter). Lifting happens only on the way in, so an idle flow costs nothing.
 5. No barging, no deadlock: a head that cannot be served blocks what it lacks for every unit
    after it in this round (its turn for that resource is kept), and its unit sits the round
    out; units needing none of it go ahead. Nothing is held while waiting.
@@ -196,15 +198,23 @@ class FairQueue(Generic[W]):
         """A grant: charge its flow and class (``queued``: served from the queue)."""
         if self.mode is Fairness.FIFO:
             return
-        fkey = (int(demand.priority), demand.flow)
-        counter = self.counters.get(fkey)
-        if counter is None:  # served at once, not backlogged: start at virtual time
-            counter = self.vtime[demand.priority]
+        priority = demand.priority
+        fkey = (int(priority), demand.flow)
+        counter = self.counters.get(fkey, 0.0)
+        class_counter = self.class_counters[priority]
+        # Served at once with nobody of its flow (class) waiting: it comes back from idle, so
+        # it starts at virtual time, as joining the queue would lift it. A counter kept from
+        # before may lag virtual time; charged from there, the lift at its first queued waiter
+        # would wipe these grants (free slots: banked credit).
+        if fkey not in self._waiting:
+            counter = max(counter, self.vtime[priority])
+        if not self._class_waiting[priority]:
+            class_counter = max(class_counter, self._class_vtime)
         if queued:
-            self.vtime[demand.priority] = counter
-            self._class_vtime = self.class_counters[demand.priority]
+            self.vtime[priority] = counter
+            self._class_vtime = class_counter
         self.counters[fkey] = counter + cost / max(demand.weight, 1e-9)
-        self.class_counters[demand.priority] += cost / self.class_weights[demand.priority]
+        self.class_counters[priority] = class_counter + cost / self.class_weights[priority]
         self.served[fkey] = self.served.get(fkey, 0.0) + cost
         if not queued and fkey not in self._waiting:
             self._forget_if_idle(fkey)

@@ -175,24 +175,38 @@ class ScriptPipeline:
         self._conn: _Connection | None = None
         self._opening: asyncio.Task[None] | None = None
         self._prefixes: dict[tuple[str, int], bytes] = {}
+        #: payloads handed to the connection so far; and per script sha, the number the last
+        #: SCRIPT LOAD of it had (see ``call``)
+        self._sent = 0
+        self._loaded_at: dict[str, int] = {}
         self._closed = False
         #: when Redis last sent bytes (or a call went out to an idle connection)
         self.last_activity = 0.0
         self._sweeper: asyncio.TimerHandle | None = None
 
     async def call(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """One EVALSHA; loads the script once when Redis does not know it (after a restart).
+        """One EVALSHA; loads the script when Redis does not know it (after a restart,
+        a failover, SCRIPT FLUSH), and never passes NOSCRIPT on.
+
+        Every call in flight when Redis forgot the script answers NOSCRIPT; only the first
+        loads it. A call sent before that SCRIPT LOAD just goes again: Redis runs commands in
+        the order they arrive on this one connection, so the load is in place by then. One
+        load per script per forgetting, however many calls were on the wire.
 
         A caller that is cancelled does not withdraw its call: it was written already (or is
         sent on reconnection) and still runs; its reply is read and dropped in order, and the
         caller's cleanup, made later, runs after it.
         """
         for _ in range(SCRIPT_LOADS):
+            sent_as = self._sent
             result = await self._send(self._pack(script, keys, args))
             if not isinstance(result, Exception):
                 return result
             if not isinstance(result, NoScriptError):
                 raise result
+            if self._loaded_at.get(script.sha, -1) > sent_as:
+                continue  # loaded again after this call went out: send it again
+            self._loaded_at[script.sha] = self._sent
             source = script.script
             script.sha = await self.execute(b"SCRIPT", b"LOAD", bytes(source) if isinstance(
                 source, memoryview) else source)
@@ -245,6 +259,7 @@ class ScriptPipeline:
         if self._closed:
             future.set_exception(RedisConnectionError("connection closed"))
             return future
+        self._sent += 1
         now = self.loop.time()
         if not self._waiting:
             self.last_activity = now  # silence counts from the first call out

@@ -115,6 +115,58 @@ async def test_flow_back_from_idle_has_no_banked_credit(make_store):
     assert 5 <= after.count("late") <= 11, after  # alternates, no burst, no starvation
 
 
+async def test_flow_served_at_once_after_idle_pays_from_virtual_time(make_store):
+    """Hazard: a flow that went idle keeps its counter while the class's virtual time moves
+    on. Coming back to free slots, its grants were charged from that stale counter (still
+    behind virtual time), and its first queued waiter then lifted it to virtual time, wiping
+    those grants: every slot it took on arrival was free, and a flow arriving with it was
+    served after it, not before (the three-client benchmark's second run: ``a`` took all four
+    slots, then went on winning ties). Served at once from idle, it starts at virtual time."""
+    store = await make_store(LimitSpec(caps={"model:a": 2}))
+    holders = [await store.acquire(demand("h")) for _ in range(2)]
+    rec = Recorder(store)
+    # 'early' is served once and goes idle ahead of virtual time (its counter is kept);
+    # then 'busy' alone moves virtual time well past it
+    await rec.queue([demand("early", cost=100)] + [demand("busy", cost=100)
+                                                   for _ in range(10)])
+    await store.release(holders[0])
+    await rec.finish()
+    await store.release(holders[1])
+    assert [f for f, _, _ in rec.order][:1] == ["early"]
+    # 'early' comes back to two free slots and takes both at once, then both flows queue
+    taken = [await store.acquire(demand("early", cost=100)) for _ in range(2)]
+    rec = Recorder(store)
+    await rec.queue([demand("early", cost=100) for _ in range(4)]
+                    + [demand("late", cost=100) for _ in range(4)])
+    for grant in taken:
+        await store.release(grant)
+    await rec.finish()
+    # 'early' has had 200 tokens since it came back, 'late' none: 'late' goes first twice
+    assert [f for f, _, _ in rec.order][:2] == ["late", "late"], rec.order
+
+
+async def test_class_served_at_once_after_idle_pays_from_virtual_time(make_store):
+    """The same hazard between classes: an idle class's counter lags the virtual time between
+    classes; its grants on free slots must count from there, not be wiped when it queues."""
+    weights = {Priority.INTERACTIVE: 1.0, Priority.BATCH: 1.0}
+    store = await make_store(LimitSpec(caps={"model:a": 2}, class_weights=weights))
+    holders = [await store.acquire(demand("h")) for _ in range(2)]
+    rec = Recorder(store)
+    await rec.queue([demand("worker", cost=100)] + [
+        demand("chat", cost=100, priority=Priority.INTERACTIVE) for _ in range(10)])
+    await store.release(holders[0])
+    await rec.finish()
+    await store.release(holders[1])
+    taken = [await store.acquire(demand("worker", cost=100)) for _ in range(2)]
+    rec = Recorder(store)
+    await rec.queue([demand("worker", cost=100) for _ in range(4)] + [
+        demand("chat", cost=100, priority=Priority.INTERACTIVE) for _ in range(4)])
+    for grant in taken:
+        await store.release(grant)
+    await rec.finish()
+    assert [p for _, _, p in rec.order][:2] == [Priority.INTERACTIVE] * 2, rec.order
+
+
 async def test_classes_share_by_weight_so_batch_never_starves(make_store):
     """Hazard: strict priority gave batch 1.7% of tokens under an interactive flood; with the
     default class weights (9:1) batch gets about a tenth."""

@@ -20,6 +20,7 @@ from loadtest.generator import (
     parse_vllm_gauges,
     percentile,
     run_load,
+    streamed_rate,
 )
 from loadtest.mock_llm import MockLLM, MockLLMConfig, run_mock_llm
 from loadtest.report import write_report
@@ -62,6 +63,18 @@ async def test_closed_loop_stream(mock: MockLLM, tmp_path: Path) -> None:
     assert all(p["queue_depth"] is None for p in result.series)
     saved = json.loads(result.save(tmp_path / "closed.json").read_text())
     assert saved["label"] == "closed" and len(saved["records"]) == 24
+    # every completion token is counted once, in the slot it streamed in
+    assert sum(s["streamed_tokens"]["tokens"]) == pytest.approx(24 * 6)
+
+
+def test_streamed_rate_counts_the_tokens_that_arrived_in_the_window() -> None:
+    """Hazard: a closed loop's whole-run figure counts every request started before the end
+    in full, so a client whose long requests finish alone after the others stopped got their
+    tokens too; a window counts only what streamed in it."""
+    summary = {"streamed_tokens": {"slot_s": 0.5, "tokens": [10, 20, 30, 40, 500]}}
+    assert streamed_rate(summary, 0.5, 2.0) == pytest.approx((20 + 30 + 40) / 1.5)
+    assert streamed_rate(summary, 0.0, 0.5) == pytest.approx(20)
+    assert streamed_rate({"ok": 1}, 0.0, 1.0) is None  # not streamed: no per-slot counts
 
 
 async def test_open_loop_mix_no_stream(mock: MockLLM) -> None:

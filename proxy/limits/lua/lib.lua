@@ -351,9 +351,18 @@ local function charge_fair(d, queued)
   if fifo(d) then return end
   local p, flow = d.p, flow_of(d)
   local fkey, skey, ckey = 'f' .. p .. US .. flow, 's' .. p .. US .. flow, 'c' .. p
-  local v = redis.call('HMGET', K.fair, fkey, 'v' .. p, skey, ckey, 'n' .. p .. US .. flow)
+  local v = redis.call('HMGET', K.fair, fkey, 'v' .. p, skey, ckey, 'n' .. p .. US .. flow,
+    'k' .. p, 'V')
   local counter = num(v[1], nil) or num(v[2], 0)
   local class_counter = num(v[4], 0)
+  -- Served at once with nobody of its flow (class) waiting: back from idle, it starts at
+  -- virtual time, as join() would lift it; charged from a counter lagging virtual time, the
+  -- lift at its first queued waiter would wipe these grants (free slots: banked credit).
+  -- (A queued grant's waiter has left already: its flow was lifted when it joined.)
+  if not queued then
+    if v[5] == false then counter = math.max(counter, num(v[2], 0)) end
+    if v[6] == false then class_counter = math.max(class_counter, num(v[7], 0)) end
+  end
   local cost = cost_of(d)
   local fields = {}
   if queued then
