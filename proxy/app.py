@@ -112,7 +112,10 @@ class Proxy:
             "/healthz": self.handle_healthz, EVENTS_PATH: self.handle_events,
         }
         #: ``GET /throttle/events`` subscribers (see ``proxy/events.py``)
-        self.events = EventHub(self.status_json)
+        self.events = EventHub(self.status_json, max_subscribers=config.events.max_subscribers,
+                               poll_s=config.events.poll_s,
+                               keepalive_s=config.events.keepalive_s,
+                               stall_s=config.events.stall_s)
         #: requests between arrival and the end of their response (graceful shutdown waits)
         self.active = 0
         self._idle = asyncio.Event()

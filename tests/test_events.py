@@ -84,8 +84,7 @@ async def test_the_stream_needs_the_admin_key(mock_llm, make_proxy):
 async def test_subscribers_are_bounded(mock_llm, make_proxy):
     """One more subscriber than allowed gets an OpenAI-shaped 503, not a stream."""
     mock = await mock_llm()
-    proxy = await make_proxy(_config(mock.url))
-    proxy.proxy.events.max_subscribers = 2
+    proxy = await make_proxy(_config(mock.url, events={"max_subscribers": 2}))
     async with aiohttp.ClientSession() as session:
         a = await session.get(proxy.url + "/throttle/events", headers=ADMIN)
         b = await session.get(proxy.url + "/throttle/events", headers=ADMIN)
@@ -104,8 +103,7 @@ async def test_subscribers_are_bounded(mock_llm, make_proxy):
 
 async def test_a_keepalive_comment_when_nothing_changes(mock_llm, make_proxy):
     mock = await mock_llm()
-    proxy = await make_proxy(_config(mock.url))
-    proxy.proxy.events.keepalive_s = 0.2
+    proxy = await make_proxy(_config(mock.url, events={"keepalive_s": 0.2}))
     async with aiohttp.ClientSession() as session, \
             session.get(proxy.url + "/throttle/events", headers=ADMIN) as stream:
         lines: list[bytes] = []
@@ -125,9 +123,8 @@ async def test_a_slow_subscriber_neither_grows_memory_nor_blocks_admissions(mock
     receive buffer never reads: events published go far past what it holds, requests are
     admitted and answered meanwhile, and what waits for that subscriber stays bounded."""
     mock = await mock_llm(ttft_s=0, tpot_s=0)
-    proxy = await make_proxy(_config(mock.url))
+    proxy = await make_proxy(_config(mock.url, events={"poll_s": 0.01}))
     hub: EventHub = proxy.proxy.events
-    hub.poll_s = 0.01
     counter = {"n": 0}
     real = hub.read_state
 

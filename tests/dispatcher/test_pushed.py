@@ -68,8 +68,8 @@ async def test_without_a_stream_the_status_is_polled(mock_llm, make_proxy):
     mock = await mock_llm()
     config = one_model_config(mock.url, max_in_flight=2)
     config["admin_key"] = "adm"
+    config["events"] = {"max_subscribers": 0}
     proxy = await make_proxy(config)
-    proxy.proxy.events.max_subscribers = 0
     source, poll = _pushed(proxy.url, retry_s=0.1)
     try:
         for _ in range(5):
