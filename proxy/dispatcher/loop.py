@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
@@ -69,6 +70,9 @@ from .signals import open_requests, outside_requests, pending_workers, starting_
 from .status_view import status_document
 
 log = logging.getLogger("llm_throttle.dispatch")
+
+#: the tasks-per-slot estimate takes one reading per this many seconds (the poll's cadence)
+RATIO_SAMPLE_S = 0.5
 
 
 class Dispatcher:
@@ -125,6 +129,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         #: some worker has had a request open: readings now say something about the ratio
         self._reached_gpu = False
+        self._ratio_sampled_at = -math.inf
         self._ticking = False
 
     async def start(self) -> None:
@@ -166,9 +171,12 @@ class Dispatcher:
         now = self.clock()
         running = sum(b.running for b in self._loads(self._last_counts, set()).values())
         self._reached_gpu |= open_requests(backlog) > 0
-        if self._reached_gpu:
-            # before any worker's first request every running task is starting at once: a
-            # ratio read then says "infinitely many tasks per slot" (clamped to the bound)
+        # Before any worker's first request every running task is starting at once: a ratio
+        # read then says "infinitely many tasks per slot" (clamped to the bound). And at most
+        # one sample per RATIO_SAMPLE_S: pushed reads come at every change, and samples bunched
+        # around busy moments would weigh them over quiet ones.
+        if self._reached_gpu and now - self._ratio_sampled_at >= RATIO_SAMPLE_S:
+            self._ratio_sampled_at = now
             self.ratio.observe(now, running, open_requests(backlog))
         self.trend.observe(now, backlog.queued)
         self.lead.observe(now, backlog.attributed_values)

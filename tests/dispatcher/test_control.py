@@ -332,3 +332,16 @@ async def test_readings_before_the_first_request_do_not_feed_the_ratio() -> None
         clock.now += 1
         await d.watch_once()
     assert d.ratio.learned and abs(d.ratio.value(clock.now) - 2.0) < 0.01
+
+
+async def test_pushed_reads_feed_the_ratio_at_the_poll_s_cadence() -> None:
+    """Hazard: with the event stream a read comes at every change of the proxy's state, so
+    busy moments would fill the ratio's window with samples and outweigh quiet ones."""
+    d, _hermes, _source, clock = make({"a": {"running": 4, "ready": 10}}, cap=3, cheap=True,
+                                      in_flight=2)
+    await d.tick()
+    before = d.ratio.readings
+    for _ in range(20):  # twenty changes within one second
+        clock.now += 0.05
+        await d.watch_once()
+    assert 1 <= d.ratio.readings - before <= 3
