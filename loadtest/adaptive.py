@@ -40,14 +40,18 @@ MOCK = {"ttft_s": 0.02, "tpot_s": 0.005, "output_tokens": 16}
 SLOWDOWN_PER_REQUEST = 0.05
 
 
-def mock_for(batch: int) -> dict[str, Any]:
-    return {"batch_size": batch, "thrash": SLOWDOWN_PER_REQUEST * batch}
+def mock_for(batch: int, engine_queue: bool = False) -> dict[str, Any]:
+    """The mock at batch B; ``engine_queue``: it runs at most B at once, the rest wait in its
+    own queue (vLLM's max_num_seqs) instead of all slowing down."""
+    return {"batch_size": batch, "thrash": SLOWDOWN_PER_REQUEST * batch,
+            "max_running": batch if engine_queue else 0}
 
 
-def proxy_config(cap: int, adaptive: bool) -> dict[str, Any]:
+def proxy_config(cap: int, adaptive: bool, engine_queue: bool = False) -> dict[str, Any]:
     upstream: dict[str, Any] = {"url": "${MOCK_URL}", "max_in_flight": cap}
     if adaptive:
-        upstream.update(adaptive=True, engine="none")
+        # with the engine queue the controller also reads vLLM's num_requests_waiting
+        upstream.update(adaptive=True, engine="vllm" if engine_queue else "none")
     return {
         "upstreams": {"mock": upstream},
         "models": {"*": {"upstreams": ["mock"]}},
@@ -67,8 +71,9 @@ async def one_run(experiment: str, target: str, cap: int, adaptive: bool,
     phase = args.phase
     async with ServiceGroup(workdir / f"{experiment}-{target}") as group:
         first_batch = 4 if experiment == "batch" else 8
-        mock = await group.start_mock({**MOCK, **mock_for(first_batch)})
-        proxy = await group.start_proxy("proxy", proxy_config(cap, adaptive),
+        queue = args.engine_queue
+        mock = await group.start_mock({**MOCK, **mock_for(first_batch, queue)})
+        proxy = await group.start_proxy("proxy", proxy_config(cap, adaptive, queue),
                                         {"MOCK_URL": mock.url})
         spec = LoadSpec(base_url=proxy.url + "/v1", clients=args.clients, duration=2 * phase,
                         stream=True, max_tokens=16, timeout=120, label=f"{experiment}-{target}")
@@ -81,7 +86,7 @@ async def one_run(experiment: str, target: str, cap: int, adaptive: bool,
             await asyncio.sleep(phase)
             if experiment == "batch":
                 async with aiohttp.ClientSession() as session:
-                    await session.post(mock.url + "/mock/config", json=mock_for(8))
+                    await session.post(mock.url + "/mock/config", json=mock_for(8, queue))
                 return []
             return await _tenant(mock.url, 4, phase)
 
@@ -96,6 +101,7 @@ async def one_run(experiment: str, target: str, cap: int, adaptive: bool,
     out: dict[str, Any] = {
         "experiment": experiment, "target": target, "cap": cap, "adaptive": adaptive,
         "clients": args.clients, "phase_s": phase, "settle_s": settle,
+        "engine_queue": args.engine_queue,
         "before": phase_figures(records, settle, phase),
         "after": phase_figures(records, phase + settle, 2 * phase),
         "lost": sum(1 for r in records if not r.ok),
@@ -201,6 +207,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="llamacpp: closed-loop clients through the proxy")
     parser.add_argument("--engine-step", type=float, default=10.0,
                         help="llamacpp: seconds per sweep level")
+    parser.add_argument("--engine-queue", action="store_true",
+                        help="the mock runs at most B at once and queues the rest (as vLLM's "
+                             "max_num_seqs), reporting them as waiting; adaptive reads it")
     parser.add_argument("--out", default="loadtest/results/adaptive")
 
 

@@ -20,7 +20,7 @@ from loadtest.mock_protocol import (
     read_json,
     tokens_for_chars,
 )
-from loadtest.mock_state import MOCK_STATE, ActiveRequest, gpu_step
+from loadtest.mock_state import MOCK_STATE, ActiveRequest
 
 
 def _embedding(text: str, dim: int) -> list[float]:
@@ -68,7 +68,7 @@ async def embeddings(request: web.Request) -> web.Response:
     try:
         if faults is not None and faults.delay > 0:
             await asyncio.sleep(faults.delay)
-        await gpu_step(request, state, config.ttft_s)
+        await active.first_step(request, config.ttft_s)
         data = []
         for i, text in enumerate(inputs):
             vec = _embedding(text, dim)

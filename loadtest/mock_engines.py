@@ -2,7 +2,8 @@
 
 ``MockLLMConfig.engine`` picks one: ``vllm`` (``/metrics`` with the vLLM series, the default),
 ``llamacpp`` (``/slots`` with ``batch_size`` slots, ``/metrics`` with ``llamacpp:`` series;
-``/props`` already reports ``total_slots``), ``ollama`` (``/api/ps``; no ``/metrics``).
+``/props`` already reports ``total_slots``; with ``max_running`` set, that many slots and
+the engine's own queue as ``requests_deferred`` / ``num_requests_waiting``), ``ollama`` (``/api/ps``; no ``/metrics``).
 Routes of the other engines answer 404, as the real servers would.
 """
 
@@ -18,7 +19,7 @@ ENGINES = ("vllm", "llamacpp", "ollama")
 def kv_usage(state: MockState) -> float:
     """A KV cache sized for twice the batch: full once the engine is well past its knee."""
     b = max(1, state.config.batch_size)
-    return min(1.0, state.in_flight / (2 * b))
+    return min(1.0, (state.running if state.queued_mode else state.in_flight) / (2 * b))
 
 
 def vllm_kv_lines(state: MockState, label: str) -> list[str]:
@@ -30,9 +31,8 @@ def vllm_kv_lines(state: MockState, label: str) -> list[str]:
 
 
 def llamacpp_metrics_text(state: MockState) -> str:
-    b = state.config.batch_size
-    processing = min(state.in_flight, b)
-    deferred = max(0, state.in_flight - b)
+    processing = state.running_now
+    deferred = state.waiting
     return "\n".join([
         "# HELP llamacpp:requests_processing Number of requests processing.",
         "# TYPE llamacpp:requests_processing gauge",
@@ -47,10 +47,9 @@ def llamacpp_metrics_text(state: MockState) -> str:
 
 
 def llamacpp_slots(state: MockState) -> list[dict]:
-    b = state.config.batch_size
-    busy = min(state.in_flight, b)
+    busy = state.running_now
     return [{"id": i, "id_task": -1, "n_ctx": 4096, "is_processing": i < busy}
-            for i in range(b)]
+            for i in range(state.slots)]
 
 
 def ollama_ps(state: MockState) -> dict:
@@ -67,7 +66,7 @@ def vllm_metrics_text(state: MockState) -> str:
     """vLLM-style exposition; the aggregate series carry the first served model's name."""
     config = state.config
     label = f'model_name="{config.models[0] if config.models else "mock-model"}"'
-    running = min(state.in_flight, config.batch_size)
+    running = state.running_now
     lines = [
         "# HELP vllm:num_requests_running Number of requests in model execution batches.",
         "# TYPE vllm:num_requests_running gauge",

@@ -104,7 +104,7 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
         if faults is not None and faults.hang:
             await hold_until_gone(request)
         if tool is not None:  # tool-calling mode (loadtest/mock_tools.py)
-            await gpu_step(request, state, config.ttft_s)
+            await active.first_step(request, config.ttft_s)
             usage.update(completion_tokens=1, total_tokens=prompt_tokens + 1)
             active.complete(prompt_tokens, 1, "tool_calls")
             return await tool_call_response(request, body, tool, response_id, usage,
@@ -117,7 +117,7 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
         if faults is not None and faults.delay > 0:
             await asyncio.sleep(faults.delay)
             check_alive(request)
-        await gpu_step(request, state, config.ttft_s)
+        await active.first_step(request, config.ttft_s)
         for _ in range(n_tokens - 1):
             await gpu_step(request, state, config.tpot_s)
         if faults is not None and faults.die_mid_stream:
@@ -210,7 +210,7 @@ async def _stream(
     if faults is not None and faults.delay > 0:
         await asyncio.sleep(faults.delay)
         check_alive(request)
-    await gpu_step(request, state, config.ttft_s)
+    await active.first_step(request, config.ttft_s)
     if n_tokens == 0:
         await response.write(b"data: " + choice_head + first + b'""' + tail)
     for i in range(n_tokens):

@@ -183,6 +183,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated ids for /v1/models")
     parser.add_argument("--engine", default=defaults.engine, choices=mock_engines.ENGINES,
                         help="introspection format (/metrics, /slots, /api/ps)")
+    parser.add_argument("--max-running", type=int, default=defaults.max_running,
+                        help="requests run at once (vLLM max_num_seqs, llama.cpp slots); the "
+                             "rest wait in the engine's queue; 0 = all run, slowing past B")
     parser.add_argument("--tool-call", default=defaults.tool_call, metavar="TOOL",
                         help="answer a chat offering TOOL (and no tool result yet) with a call "
                              "to it, e.g. kanban_complete: plays a Hermes task to done")
@@ -198,6 +201,7 @@ def config_from_args(args: argparse.Namespace) -> MockLLMConfig:
         embedding_dim=args.embedding_dim,
         models=[m.strip() for m in args.models.split(",") if m.strip()],
         engine=args.engine,
+        max_running=args.max_running,
         tool_call=args.tool_call or None,
     )
 

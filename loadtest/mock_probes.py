@@ -49,12 +49,13 @@ async def ollama_tags(request: web.Request) -> web.Response:
 
 
 async def llamacpp_props(request: web.Request) -> web.Response:
-    config = request.app[MOCK_STATE].config
+    state = request.app[MOCK_STATE]
+    config = state.config
     return web.json_response(
         {
             "default_generation_settings": {"n_ctx": 4096, "n_predict": config.output_tokens,
                                             "model": config.models[0] if config.models else ""},
-            "total_slots": config.batch_size,
+            "total_slots": state.slots,
             "model_path": f"/models/{config.models[0] if config.models else 'mock'}.gguf",
             "chat_template": "",
             "build_info": "mock-llm",

@@ -52,6 +52,10 @@ class MockLLMConfig:
     recent_requests: int = 64
     #: introspection format: vllm, llamacpp or ollama (loadtest/mock_engines.py)
     engine: str = "vllm"
+    #: requests the engine runs at once, as vLLM's ``max_num_seqs`` or llama.cpp's slots: the
+    #: rest wait FIFO in the engine before their first token, reported as waiting/deferred.
+    #: 0 = no engine queue: every request runs at once and the batch only slows down past B
+    max_running: int = 0
 
     def update(self, values: dict[str, Any]) -> None:
         """Set known fields from a JSON object (POST /mock/config); unknown keys are errors."""
@@ -110,6 +114,8 @@ class MockState:
         "completion_tokens",
         "recent",
         "service_times",
+        "running",
+        "_queue",
         "_ids",
     )
 
@@ -136,14 +142,25 @@ class MockState:
         self.recent: deque[RecordedRequest] = deque(maxlen=max(1, config.recent_requests))
         #: seconds each completed request was active (its service time, no client-side queue)
         self.service_times: deque[float] = deque(maxlen=SERVICE_TIMES_KEPT)
+        #: requests holding one of the ``max_running`` engine slots (queue mode only)
+        self.running = 0
+        #: requests waiting in the engine's own queue for a slot, oldest first
+        self._queue: deque[asyncio.Future[None]] = deque()
         self._ids = 0
 
     # -- GPU model -------------------------------------------------------------------------
 
+    @property
+    def queued_mode(self) -> bool:
+        return self.config.max_running > 0
+
     def slowdown(self) -> float:
-        """Factor applied to the next step: 1 up to the batch size, super-linear past it."""
+        """Factor applied to the next step: 1 up to the batch size, super-linear past it.
+
+        In queue mode only the requests holding a slot share the GPU; the queue costs nothing.
+        """
         b = self.config.batch_size
-        active = self.in_flight
+        active = self.running if self.queued_mode else self.in_flight
         if active <= b or b <= 0:
             return 1.0
         r = active / b
@@ -151,8 +168,59 @@ class MockState:
 
     @property
     def waiting(self) -> int:
-        """What a vLLM server would report as queued: the active requests past the batch."""
+        """What a vLLM server reports as queued: the engine's queue in queue mode, else the
+        active requests past the batch."""
+        if self.queued_mode:
+            return sum(1 for f in self._queue if not f.done())
         return max(0, self.in_flight - self.config.batch_size)
+
+    @property
+    def running_now(self) -> int:
+        """What a vLLM server reports as running (llama.cpp: busy slots)."""
+        if self.queued_mode:
+            return self.running
+        return min(self.in_flight, self.config.batch_size)
+
+    @property
+    def slots(self) -> int:
+        """Slots a llama.cpp server would list: ``max_running`` in queue mode, else B."""
+        return self.config.max_running if self.queued_mode else self.config.batch_size
+
+    async def acquire_slot(self) -> bool:
+        """Wait FIFO for an engine slot (queue mode); True when one is now held."""
+        if not self.queued_mode:
+            return False
+        if self.running < self.config.max_running and not self.waiting:
+            self.running += 1
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release_slot()  # granted just as the client left: pass it on
+            raise
+        finally:
+            if waiter in self._queue:
+                self._queue.remove(waiter)
+        return True
+
+    def release_slot(self) -> None:
+        """Free a slot; the oldest waiter still there takes it (``running`` unchanged)
+        unless ``max_running`` was lowered meanwhile or queue mode turned off (then all go)."""
+        if not self.queued_mode:
+            for waiter in self._queue:
+                if not waiter.done():
+                    waiter.set_result(None)
+                    self.running += 1
+            self._queue.clear()
+        while self._queue and self.running <= self.config.max_running:
+            waiter = self._queue.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.running -= 1
 
     # -- request lifecycle -----------------------------------------------------------------
 
@@ -298,16 +366,27 @@ async def hold_until_gone(request: web.Request) -> None:
 class ActiveRequest:
     """One request's hold on the GPU; released exactly once."""
 
-    __slots__ = ("state", "model", "open", "started_at")
+    __slots__ = ("state", "model", "open", "started_at", "slot")
 
     def __init__(self, state: MockState, model: str) -> None:
         self.state = state
         self.model = model
         self.open = True
+        self.slot = False
         self.started_at = time.perf_counter()
         state.begin(model)
 
+    async def first_step(self, request: web.Request, base_s: float) -> None:
+        """The step to the first token, after the wait for an engine slot in queue mode."""
+        if self.open and not self.slot:
+            self.slot = await self.state.acquire_slot()
+            check_alive(request)
+        await gpu_step(request, self.state, base_s)
+
     def finish(self, outcome: str) -> None:
+        if self.slot:
+            self.slot = False
+            self.state.release_slot()
         if self.open:
             self.open = False
             self.state.end(self.model, outcome, time.perf_counter() - self.started_at)
