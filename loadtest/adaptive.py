@@ -11,6 +11,9 @@ clients through the proxy (``--clients``):
   closed-loop clients straight to the mock (half the engine). Targets: static cap 8, adaptive.
   TTFT p99 before and after.
 
+- ``llamacpp``: the real llama-server (``-np 2``) behind an adaptive cap, then the capacity
+  sweep against it; the two must agree within one step (``loadtest/adaptive_engine.py``).
+
 Every run samples ``/throttle/status`` for the cap over time; a PNG per run plots the cap
 beside goodput and TTFT, and a JSON summary holds every figure. Bounded: each run lasts
 ``2 * --phase`` seconds.
@@ -28,7 +31,8 @@ from typing import Any
 
 import aiohttp
 
-from loadtest.generator import LoadSpec, RequestRecord, percentile, run_load
+from loadtest.adaptive_common import cap_sampler, per_second, phase_figures, plot
+from loadtest.generator import LoadSpec, RequestRecord, run_load
 from loadtest.processes import ServiceGroup
 from loadtest.runtime import loop_factory
 
@@ -36,14 +40,18 @@ MOCK = {"ttft_s": 0.02, "tpot_s": 0.005, "output_tokens": 16}
 SLOWDOWN_PER_REQUEST = 0.05
 
 
-def mock_for(batch: int) -> dict[str, Any]:
-    return {"batch_size": batch, "thrash": SLOWDOWN_PER_REQUEST * batch}
+def mock_for(batch: int, engine_queue: bool = False) -> dict[str, Any]:
+    """The mock at batch B; ``engine_queue``: it runs at most B at once, the rest wait in its
+    own queue (vLLM's max_num_seqs) instead of all slowing down."""
+    return {"batch_size": batch, "thrash": SLOWDOWN_PER_REQUEST * batch,
+            "max_running": batch if engine_queue else 0}
 
 
-def proxy_config(cap: int, adaptive: bool) -> dict[str, Any]:
+def proxy_config(cap: int, adaptive: bool, engine_queue: bool = False) -> dict[str, Any]:
     upstream: dict[str, Any] = {"url": "${MOCK_URL}", "max_in_flight": cap}
     if adaptive:
-        upstream.update(adaptive=True, engine="none")
+        # with the engine queue the controller also reads vLLM's num_requests_waiting
+        upstream.update(adaptive=True, engine="vllm" if engine_queue else "none")
     return {
         "upstreams": {"mock": upstream},
         "models": {"*": {"upstreams": ["mock"]}},
@@ -51,42 +59,11 @@ def proxy_config(cap: int, adaptive: bool) -> dict[str, Any]:
     }
 
 
-async def _cap_sampler(url: str, t0: float, stop: asyncio.Event,
-                       out: list[tuple[float, int | None]]) -> None:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as session:
-        while not stop.is_set():
-            cap = None
-            try:
-                async with session.get(url + "/throttle/status") as r:
-                    doc = await r.json()
-                cap = doc["upstreams"]["mock"]["cap"]
-            except (aiohttp.ClientError, TimeoutError, KeyError, ValueError):
-                pass
-            out.append((time.perf_counter() - t0, cap))
-            try:
-                await asyncio.wait_for(stop.wait(), 0.5)
-            except TimeoutError:
-                pass
-
-
-async def _tenant(mock_url: str, clients: int, until: float) -> int:
-    """Another tenant's own closed loop straight to the mock; returns requests done."""
+async def _tenant(mock_url: str, clients: int, until: float) -> list[RequestRecord]:
+    """Another tenant's own closed loop straight to the mock (times from its own start)."""
     spec = LoadSpec(base_url=mock_url + "/v1", clients=clients, duration=until, stream=True,
                     max_tokens=16, timeout=120, label="tenant")
-    return len((await run_load(spec)).records)
-
-
-def phase_figures(records: list[RequestRecord], start: float, end: float) -> dict[str, Any]:
-    inside = [r for r in records if start <= r.start < end]
-    ok = [r for r in inside if r.ok]
-    ttfts = sorted(r.ttft for r in ok if r.ttft is not None)
-    return {
-        "requests": len(inside),
-        "failed": len(inside) - len(ok),
-        "goodput_tokens_per_s": sum(r.completion_tokens for r in ok) / max(1e-9, end - start),
-        "ttft_p50_s": percentile(ttfts, 50),
-        "ttft_p99_s": percentile(ttfts, 99),
-    }
+    return (await run_load(spec)).records
 
 
 async def one_run(experiment: str, target: str, cap: int, adaptive: bool,
@@ -94,28 +71,29 @@ async def one_run(experiment: str, target: str, cap: int, adaptive: bool,
     phase = args.phase
     async with ServiceGroup(workdir / f"{experiment}-{target}") as group:
         first_batch = 4 if experiment == "batch" else 8
-        mock = await group.start_mock({**MOCK, **mock_for(first_batch)})
-        proxy = await group.start_proxy("proxy", proxy_config(cap, adaptive),
+        queue = args.engine_queue
+        mock = await group.start_mock({**MOCK, **mock_for(first_batch, queue)})
+        proxy = await group.start_proxy("proxy", proxy_config(cap, adaptive, queue),
                                         {"MOCK_URL": mock.url})
         spec = LoadSpec(base_url=proxy.url + "/v1", clients=args.clients, duration=2 * phase,
                         stream=True, max_tokens=16, timeout=120, label=f"{experiment}-{target}")
         caps: list[tuple[float, int | None]] = []
         stop = asyncio.Event()
         t0 = time.perf_counter()
-        sampler = asyncio.create_task(_cap_sampler(proxy.url, t0, stop, caps))
+        sampler = asyncio.create_task(cap_sampler(proxy.url, t0, stop, caps))
 
-        async def change() -> int:
+        async def change() -> list[RequestRecord]:
             await asyncio.sleep(phase)
             if experiment == "batch":
                 async with aiohttp.ClientSession() as session:
-                    await session.post(mock.url + "/mock/config", json=mock_for(8))
-                return 0
+                    await session.post(mock.url + "/mock/config", json=mock_for(8, queue))
+                return []
             return await _tenant(mock.url, 4, phase)
 
         load_task = asyncio.create_task(run_load(spec))
         changer = asyncio.create_task(change())
         result = await load_task
-        tenant_requests = await changer
+        tenant = await changer
         stop.set()
         await sampler
     records = result.records
@@ -123,51 +101,20 @@ async def one_run(experiment: str, target: str, cap: int, adaptive: bool,
     out: dict[str, Any] = {
         "experiment": experiment, "target": target, "cap": cap, "adaptive": adaptive,
         "clients": args.clients, "phase_s": phase, "settle_s": settle,
+        "engine_queue": args.engine_queue,
         "before": phase_figures(records, settle, phase),
         "after": phase_figures(records, phase + settle, 2 * phase),
         "lost": sum(1 for r in records if not r.ok),
         "caps": caps,
-        "tenant_requests": tenant_requests,
+        "tenant_requests": len(tenant),
+        # the other tenant's own view once it runs (its engine TTFT: no proxy in its way)
+        "tenant": phase_figures(tenant, settle, phase) if tenant else None,
     }
     if adaptive and experiment == "batch":
         reached = next((t for t, c in caps if t >= phase and c is not None and c >= 7), None)
         out["converged_after_s"] = None if reached is None else round(reached - phase, 1)
-    out["series"] = _per_second(records, 2 * phase)
+    out["series"] = per_second(records, 2 * phase)
     return out
-
-
-def _per_second(records: list[RequestRecord], seconds: float) -> list[dict[str, Any]]:
-    out = []
-    for s in range(int(seconds)):
-        inside = [r for r in records if s <= r.start + r.latency < s + 1 and r.ok]
-        ttfts = sorted(r.ttft for r in inside if r.ttft is not None)
-        out.append({"t": s, "tokens": sum(r.completion_tokens for r in inside),
-                    "ttft_p99": percentile(ttfts, 99)})
-    return out
-
-
-def plot(run: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(3, 1, figsize=(7, 6), sharex=True)
-    t = [p[0] for p in run["caps"] if p[1] is not None]
-    axes[0].step(t, [p[1] for p in run["caps"] if p[1] is not None], where="post")
-    axes[0].set_ylabel("cap")
-    axes[1].plot([p["t"] for p in run["series"]], [p["tokens"] for p in run["series"]])
-    axes[1].set_ylabel("goodput tok/s")
-    axes[2].plot([p["t"] for p in run["series"]],
-                 [(p["ttft_p99"] or 0) * 1000 for p in run["series"]])
-    axes[2].set_ylabel("TTFT p99 ms")
-    axes[2].set_xlabel("seconds")
-    for ax in axes:
-        ax.axvline(run["phase_s"], color="grey", linestyle="--")
-    axes[0].set_title(f"{run['experiment']}: {run['target']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 RUNS = {
@@ -182,6 +129,16 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for experiment in args.experiments:
+            if experiment == "llamacpp":
+                from loadtest.adaptive_engine import run_llamacpp
+                from loadtest.sweep import plot as sweep_plot
+
+                print(f"llamacpp / adaptive ({2 * args.phase:g}s, then the sweep)", flush=True)
+                run = await run_llamacpp(args, Path(tmp))
+                plot(run, out_dir / "adaptive-llamacpp-adaptive.png")
+                sweep_plot(run["sweep"], out_dir / "sweep-llama-server.png")
+                results["llamacpp/adaptive"] = run
+                continue
             for target, cap, adaptive in RUNS[experiment]:
                 print(f"{experiment} / {target} ({2 * args.phase:g}s)", flush=True)
                 run = await one_run(experiment, target, cap, adaptive, args, Path(tmp))
@@ -192,19 +149,51 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:
-    lines = ["| run | phase | goodput tok/s | TTFT p50 ms | TTFT p99 ms | failed |",
-             "|---|---|---|---|---|---|"]
+    lines = []
+    if any("before" in run for run in results.values()):
+        lines += ["| run | phase | goodput tok/s | TTFT p50 ms | TTFT p99 ms | failed |",
+                  "|---|---|---|---|---|---|"]
     for name, run in results.items():
+        if "before" not in run:
+            continue
         for phase in ("before", "after"):
             f = run[phase]
             lines.append(
                 f"| {name} | {phase} | {f['goodput_tokens_per_s']:.0f} | "
                 f"{(f['ttft_p50_s'] or 0) * 1000:.0f} | {(f['ttft_p99_s'] or 0) * 1000:.0f} | "
                 f"{f['failed']} |")
+    tenant_runs = {n: r for n, r in results.items() if r.get("tenant")}
+    if tenant_runs:
+        lines += ["", ("| run | client TTFT p99 before / after | engine TTFT p50 before / after "
+                  "| engine TTFT p99 before / after | other tenant's TTFT p50 / p99 "
+                  "| our goodput after |"), "|---|---|---|---|---|---|"]
+        for name, run in tenant_runs.items():
+            b, a, t = run["before"], run["after"], run["tenant"]
+            lines.append(
+                f"| {name} | {_ms(b['ttft_p99_s'])} / {_ms(a['ttft_p99_s'])} "
+                f"({_ratio(a['ttft_p99_s'], b['ttft_p99_s'])}) | "
+                f"{_ms(b['engine_ttft_p50_s'])} / {_ms(a['engine_ttft_p50_s'])} "
+                f"({_ratio(a['engine_ttft_p50_s'], b['engine_ttft_p50_s'])}) | "
+                f"{_ms(b['engine_ttft_p99_s'])} / {_ms(a['engine_ttft_p99_s'])} "
+                f"({_ratio(a['engine_ttft_p99_s'], b['engine_ttft_p99_s'])}) | "
+                f"{_ms(t['ttft_p50_s'])} / {_ms(t['ttft_p99_s'])} | "
+                f"{a['goodput_tokens_per_s']:.0f} tok/s |")
     for name, run in results.items():
         if "converged_after_s" in run:
             lines.append(f"\n{name}: cap within one step of 8 after {run['converged_after_s']}s")
+    if "llamacpp/adaptive" in results:
+        from loadtest.adaptive_engine import summary_lines as engine_lines
+
+        lines += engine_lines(results["llamacpp/adaptive"])
     return lines
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def _ratio(after: float | None, before: float | None) -> str:
+    return "-" if not after or not before else f"{after / before:.2f}x"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -213,7 +202,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="seconds of each phase left out of its figures")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--experiments", nargs="+", default=["batch", "tenant"],
-                        choices=sorted(RUNS))
+                        choices=[*sorted(RUNS), "llamacpp"])
+    parser.add_argument("--engine-clients", type=int, default=6,
+                        help="llamacpp: closed-loop clients through the proxy")
+    parser.add_argument("--engine-step", type=float, default=10.0,
+                        help="llamacpp: seconds per sweep level")
+    parser.add_argument("--engine-queue", action="store_true",
+                        help="the mock runs at most B at once and queues the rest (as vLLM's "
+                             "max_num_seqs), reporting them as waiting; adaptive reads it")
     parser.add_argument("--out", default="loadtest/results/adaptive")
 
 

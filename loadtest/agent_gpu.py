@@ -46,6 +46,8 @@ class AgentGPU:
         self.timeline: list[tuple[float, int]] = [(clock(), 0)]
         #: (time, task id or "-", kind) of every chat request answered
         self.answered: list[tuple[float, str, str]] = []
+        #: (started, ended, task id or "-", kind) of every chat request worked on
+        self.requests: list[tuple[float, float, str, str]] = []
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -80,6 +82,7 @@ class AgentGPU:
             seconds = float(request.headers.get(GPU_SECONDS_HEADER, "1"))
             kind = "other"
         self._step(+1)
+        began = self.clock()
         try:
             await asyncio.sleep(seconds)
             if kind == "complete":
@@ -102,6 +105,7 @@ class AgentGPU:
                 return web.Response(status=499)
         finally:
             self._step(-1)
+            self.requests.append((began, self.clock(), task or "-", kind))
 
 
 async def _answer(request: web.Request, body: Mapping[str, Any], delta: dict[str, Any],

@@ -43,6 +43,7 @@ import aiohttp
 from aiohttp import web
 
 from .agent_gpu import GPU_SECONDS_HEADER, AgentGPU, idle_slot_seconds
+from .dispatch_timeline import idle_spans, task_lives
 from .processes import CODE_ROOT, ServiceGroup, free_port
 
 MODEL = "qwen"
@@ -100,6 +101,13 @@ class ModeResult:
     notes: list[str] = field(default_factory=list)
     #: one row per sample: [seconds since start, GPU working, ready, running, proxy queue]
     timeline: list[list[float]] = field(default_factory=list)
+    #: [start, end, idle] where the GPU had free slots while tasks were ready (see
+    #: :func:`.dispatch_timeline.idle_spans`)
+    idle_spans: list[list[float]] = field(default_factory=list)
+    #: task -> [spawned, first request, done], seconds since start
+    tasks_life: dict[str, list[float | None]] = field(default_factory=dict)
+    #: every request the GPU worked on: [began, ended, task or "-", kind], seconds since start
+    requests: list[list[Any]] = field(default_factory=list)
 
     @property
     def idle_fraction(self) -> float | None:
@@ -283,6 +291,7 @@ async def _sample(h: Hermes, proxy: str, boards: list[str], w: Workload, started
                   timeout_s: float, result: ModeResult, pids: set[int], gpu: AgentGPU) -> None:
     """Every quarter second: the proxy's queue, every board's statuses and runs."""
     seen_runs: set[tuple[str, int]] = set()
+    samples: list[tuple[float, dict[str, str]]] = []
     ready_timeline: list[tuple[float, bool]] = []
     last_queue = 0
     deadline = started + timeout_s
@@ -303,6 +312,7 @@ async def _sample(h: Hermes, proxy: str, boards: list[str], w: Workload, started
                     result.spawns_at_high += len(new)
                 seen_runs |= new
             values = list(statuses.values())
+            samples.append((round(now - started, 2), statuses))
             result.max_running = max(result.max_running, values.count("running"))
             result.timeline.append([round(now - started, 2), gpu.in_flight, values.count("ready"),
                                     values.count("running"), queue])
@@ -326,6 +336,11 @@ async def _sample(h: Hermes, proxy: str, boards: list[str], w: Workload, started
         result.idle_after_first_request_s = idle_slot_seconds(
             gpu.timeline, ready_timeline, w.cap, first, end)
     result.runs = len(seen_runs)
+    result.idle_spans = idle_spans(result.timeline, w.cap)
+    result.tasks_life = {task: [life.spawned_s, life.first_request_s, life.done_s]
+                         for task, life in task_lives(samples, gpu.requests, started).items()}
+    result.requests = [[round(a - started, 2), round(b - started, 2), task, kind]
+                       for a, b, task, kind in gpu.requests]
 
 
 def _pct(part: float, whole: float | None) -> str:
@@ -345,6 +360,17 @@ def table(results: list[ModeResult]) -> str:
                     f"{_pct(r.idle_after_first_request_s, r.makespan_s)}{first} | {r.spawns_at_high} | "
                     f"{r.max_running} | {r.runs} | {r.done}/{r.tasks} |")
     return "\n".join(rows)
+
+
+def breakdown(r: ModeResult) -> str:
+    """Where the idle time went and how long workers took to start, in a few lines."""
+    lat = sorted(first - spawned for spawned, first, _ in r.tasks_life.values()
+                 if spawned is not None and first is not None)
+    spans = ", ".join(f"{a:.0f}-{b:.0f} s: {idle:.1f}" for a, b, idle in r.idle_spans)
+    med = f"{lat[len(lat) // 2]:.1f}" if lat else "-"
+    rng = f"{lat[0]:.1f}-{lat[-1]:.1f}" if lat else "-"
+    return (f"{r.mode}: idle spans (GPU-seconds) {spans or 'none'}\n"
+            f"{r.mode}: worker spawn to first request median {med} s (range {rng} s)")
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -403,6 +429,7 @@ async def _main(args: argparse.Namespace, w: Workload, exe: str) -> int:
                                cron_every_s=args.cron_every, cron_parallel=args.cron_parallel,
                                dispatch_args=shlex.split(args.dispatch_args))
             print(table([r]), flush=True)
+            print(breakdown(r), flush=True)
             results.append(r)
     print(table(results))
     if args.out:

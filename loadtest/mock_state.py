@@ -4,6 +4,11 @@ Theory of operation: every inference request (chat, completion, embedding) is *a
 the moment its body is parsed until just before its last bytes are written. A GPU serves up to
 ``batch_size`` active requests at full speed; past that every step slows for everyone
 (:meth:`MockState.slowdown`), so an uncapped flood really loses goodput, as on a real server.
+
+The whole engine simulation lives here: the contention model (:meth:`MockState.slowdown`), one
+GPU step stretched by it (:func:`gpu_step`) and a request's hold on the GPU
+(:class:`ActiveRequest`). The route handlers (``mock_generate``, ``mock_embeddings``) only
+decide how many steps a request takes.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from aiohttp import web
 from multidict import CIMultiDictProxy
 
 #: completed requests whose service time is kept (about 0.8 MB at most)
@@ -46,6 +52,10 @@ class MockLLMConfig:
     recent_requests: int = 64
     #: introspection format: vllm, llamacpp or ollama (loadtest/mock_engines.py)
     engine: str = "vllm"
+    #: requests the engine runs at once, as vLLM's ``max_num_seqs`` or llama.cpp's slots: the
+    #: rest wait FIFO in the engine before their first token, reported as waiting/deferred.
+    #: 0 = no engine queue: every request runs at once and the batch only slows down past B
+    max_running: int = 0
 
     def update(self, values: dict[str, Any]) -> None:
         """Set known fields from a JSON object (POST /mock/config); unknown keys are errors."""
@@ -104,6 +114,8 @@ class MockState:
         "completion_tokens",
         "recent",
         "service_times",
+        "running",
+        "_queue",
         "_ids",
     )
 
@@ -130,14 +142,25 @@ class MockState:
         self.recent: deque[RecordedRequest] = deque(maxlen=max(1, config.recent_requests))
         #: seconds each completed request was active (its service time, no client-side queue)
         self.service_times: deque[float] = deque(maxlen=SERVICE_TIMES_KEPT)
+        #: requests holding one of the ``max_running`` engine slots (queue mode only)
+        self.running = 0
+        #: requests waiting in the engine's own queue for a slot, oldest first
+        self._queue: deque[asyncio.Future[None]] = deque()
         self._ids = 0
 
     # -- GPU model -------------------------------------------------------------------------
 
+    @property
+    def queued_mode(self) -> bool:
+        return self.config.max_running > 0
+
     def slowdown(self) -> float:
-        """Factor applied to the next step: 1 up to the batch size, super-linear past it."""
+        """Factor applied to the next step: 1 up to the batch size, super-linear past it.
+
+        In queue mode only the requests holding a slot share the GPU; the queue costs nothing.
+        """
         b = self.config.batch_size
-        active = self.in_flight
+        active = self.running if self.queued_mode else self.in_flight
         if active <= b or b <= 0:
             return 1.0
         r = active / b
@@ -145,8 +168,59 @@ class MockState:
 
     @property
     def waiting(self) -> int:
-        """What a vLLM server would report as queued: the active requests past the batch."""
+        """What a vLLM server reports as queued: the engine's queue in queue mode, else the
+        active requests past the batch."""
+        if self.queued_mode:
+            return sum(1 for f in self._queue if not f.done())
         return max(0, self.in_flight - self.config.batch_size)
+
+    @property
+    def running_now(self) -> int:
+        """What a vLLM server reports as running (llama.cpp: busy slots)."""
+        if self.queued_mode:
+            return self.running
+        return min(self.in_flight, self.config.batch_size)
+
+    @property
+    def slots(self) -> int:
+        """Slots a llama.cpp server would list: ``max_running`` in queue mode, else B."""
+        return self.config.max_running if self.queued_mode else self.config.batch_size
+
+    async def acquire_slot(self) -> bool:
+        """Wait FIFO for an engine slot (queue mode); True when one is now held."""
+        if not self.queued_mode:
+            return False
+        if self.running < self.config.max_running and not self.waiting:
+            self.running += 1
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release_slot()  # granted just as the client left: pass it on
+            raise
+        finally:
+            if waiter in self._queue:
+                self._queue.remove(waiter)
+        return True
+
+    def release_slot(self) -> None:
+        """Free a slot; the oldest waiter still there takes it (``running`` unchanged)
+        unless ``max_running`` was lowered meanwhile or queue mode turned off (then all go)."""
+        if not self.queued_mode:
+            for waiter in self._queue:
+                if not waiter.done():
+                    waiter.set_result(None)
+                    self.running += 1
+            self._queue.clear()
+        while self._queue and self.running <= self.config.max_running:
+            waiter = self._queue.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.running -= 1
 
     # -- request lifecycle -----------------------------------------------------------------
 
@@ -259,3 +333,68 @@ class MockState:
         if with_requests:
             data["recent_requests"] = [r.to_dict() for r in self.recent]
         return data
+
+
+#: where a mock app keeps its state: ``request.app[MOCK_STATE]``
+MOCK_STATE = web.AppKey("mock_state", MockState)
+
+
+# -- one request on the GPU ----------------------------------------------------------------
+
+
+def check_alive(request: web.Request) -> None:
+    """Raise if the client went away; covers servers that do not cancel handlers."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("client disconnected")
+
+
+async def gpu_step(request: web.Request, state: MockState, base_s: float) -> None:
+    """One GPU step: ``base_s`` stretched by the load at this moment."""
+    if base_s > 0:
+        await asyncio.sleep(base_s * state.slowdown())
+        check_alive(request)
+
+
+async def hold_until_gone(request: web.Request) -> None:
+    """Hold the request until the client leaves (or the handler is cancelled)."""
+    while True:
+        await asyncio.sleep(0.02)
+        check_alive(request)
+
+
+class ActiveRequest:
+    """One request's hold on the GPU; released exactly once."""
+
+    __slots__ = ("state", "model", "open", "started_at", "slot")
+
+    def __init__(self, state: MockState, model: str) -> None:
+        self.state = state
+        self.model = model
+        self.open = True
+        self.slot = False
+        self.started_at = time.perf_counter()
+        state.begin(model)
+
+    async def first_step(self, request: web.Request, base_s: float) -> None:
+        """The step to the first token, after the wait for an engine slot in queue mode."""
+        if self.open and not self.slot:
+            self.slot = await self.state.acquire_slot()
+            check_alive(request)
+        await gpu_step(request, self.state, base_s)
+
+    def finish(self, outcome: str) -> None:
+        if self.slot:
+            self.slot = False
+            self.state.release_slot()
+        if self.open:
+            self.open = False
+            self.state.end(self.model, outcome, time.perf_counter() - self.started_at)
+
+    def complete(self, prompt_tokens: int, n_tokens: int, finish_reason: str) -> None:
+        """Count a finished generation; called before its last bytes go out."""
+        state = self.state
+        state.prompt_tokens += prompt_tokens
+        state.completion_tokens += n_tokens
+        state.finished_by_reason[finish_reason] += 1
+        self.finish("completed")

@@ -241,6 +241,22 @@ class ServiceGroup:
         await self._wait_http(service, "/healthz")
         return service
 
+    async def start_llama_server(self, binary: str, model: str, slots: int,
+                                 threads: int = 1, name: str = "llama-server") -> Service:
+        """llama.cpp's server on CPU (``scripts/build-llama-server.sh``), its log in a file:
+        it logs about 1 KB per request, and a pipe nobody reads blocks it within a minute."""
+        port = free_port()
+        service = self._spawn(
+            name, [binary, "-m", model, "-np", str(slots), "-c", "2048", "--host", "127.0.0.1",
+                   "--port", str(port), "--no-repack", "--metrics", "-t", str(threads)],
+            f"http://127.0.0.1:{port}")
+        ready, self.ready_timeout_s = self.ready_timeout_s, max(self.ready_timeout_s, 120.0)
+        try:
+            await self._wait_http(service, "/health")
+        finally:
+            self.ready_timeout_s = ready
+        return service
+
     async def start_quick_proxy(self, upstream: str, max_in_flight: int,
                                 name: str = "proxy") -> Service:
         """The file-less mode: ``llm-throttle serve --upstream URL --max-in-flight N``."""

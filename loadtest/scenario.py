@@ -290,11 +290,17 @@ def parse_scenario(data: Any, path: Path) -> Scenario:
         passthrough=passthrough)
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read a scenario file: a path, or the name of one under ``loadtest/scenarios``."""
+def scenario_path(path: str | Path) -> Path:
+    """A path, or the file of that name under ``loadtest/scenarios``."""
     p = Path(path)
     if not p.exists() and (SCENARIO_DIR / f"{path}.yaml").exists():
         p = SCENARIO_DIR / f"{path}.yaml"
+    return p
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read a scenario file: a path, or the name of one under ``loadtest/scenarios``."""
+    p = scenario_path(path)
     try:
         data = load_yaml(p.read_text())
     except OSError as exc:
@@ -305,7 +311,10 @@ def load_scenario(path: str | Path) -> Scenario:
 
 
 def scenario_files() -> list[Path]:
-    return sorted(SCENARIO_DIR.glob("*.yaml"))
+    """The phase scenarios (files naming a runner are ``loadtest/scenario_runner.py``'s)."""
+    from loadtest.scenario_runner import read_runner_file
+
+    return sorted(p for p in SCENARIO_DIR.glob("*.yaml") if read_runner_file(p) is None)
 
 
 def build_load_spec(load: Mapping[str, Any], base_url: str | list[str], **extra: Any) -> LoadSpec:
@@ -578,12 +587,32 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def cli_main(args: argparse.Namespace) -> int:
     """``python -m loadtest scenario``; exit 1 when a run failed or a hard check did not hold."""
     from loadtest.analysis import write_section
+    from loadtest.scenario_runner import (
+        RunnerFileError,
+        read_runner_file,
+        run_runner_file,
+        runner_args,
+    )
 
+    runners = {}
+    for name in args.scenario:
+        data = read_runner_file(scenario_path(name))
+        if data is not None:
+            runners[name] = data
     try:
-        scenarios = [load_scenario(s) for s in args.scenario]
-    except ScenarioError as exc:
+        for name, data in runners.items():
+            runner_args(data, scenario_path(name), args.out, args.smoke)  # validate first
+        scenarios = [load_scenario(s) for s in args.scenario if s not in runners]
+    except (ScenarioError, RunnerFileError) as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.check:
+        for name in runners:
+            print(f"{scenario_path(name)}: OK  runs loadtest {runners[name]['runner']}")
+    elif runners:
+        for name, data in runners.items():
+            if run_runner_file(data, scenario_path(name), args.out, args.smoke):
+                return 1
     if args.check:
         for s in scenarios:
             print(f"{s.path}: OK  {len(s.phases)} phases, targets "

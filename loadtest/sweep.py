@@ -33,6 +33,7 @@ import aiohttp
 
 from loadtest.generator import percentile
 from loadtest.runtime import loop_factory
+from loadtest.sse import SSEData
 
 #: prompt text: one word per token, near enough for sizing
 _WORD = "token "
@@ -155,12 +156,7 @@ async def _one(session: aiohttp.ClientSession, spec: SweepSpec, url: str,
                 await resp.read()
                 level.fail(f"http_{resp.status}")
                 return
-            async for line in resp.content:
-                if not line.startswith(b"data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    break
+            async for payload in SSEData(resp.content):
                 data = json.loads(payload)
                 if data.get("usage"):
                     usage_tokens = int(data["usage"].get("completion_tokens") or 0)

@@ -42,6 +42,7 @@ from .errors import (
     Throttled,
     UpstreamTimeout,
 )
+from .events import EVENTS_PATH, EventHub
 from .families import RouteFamily, admits, family_for
 from .flow_metrics import FlowCollector, FlowShares
 from .forward import (
@@ -66,7 +67,7 @@ from .upstream_metrics import fetch_upstream_metrics, is_upstream_metrics_path, 
 
 log = logging.getLogger("llm_throttle")
 
-ADMIN_PATHS = ("/throttle/status", "/metrics", "/healthz")
+ADMIN_PATHS = ("/throttle/status", EVENTS_PATH, "/metrics", "/healthz")
 
 
 def make_store(config: Config, policy: AdmissionPolicy) -> LimitStore:
@@ -108,8 +109,13 @@ class Proxy:
         self._ids = itertools.count()
         self._admin_routes: dict[str, Callable[[Request], Awaitable[Response]]] = {
             "/throttle/status": self.handle_status, "/metrics": self.handle_metrics,
-            "/healthz": self.handle_healthz,
+            "/healthz": self.handle_healthz, EVENTS_PATH: self.handle_events,
         }
+        #: ``GET /throttle/events`` subscribers (see ``proxy/events.py``)
+        self.events = EventHub(self.status_json, max_subscribers=config.events.max_subscribers,
+                               poll_s=config.events.poll_s,
+                               keepalive_s=config.events.keepalive_s,
+                               stall_s=config.events.stall_s)
         #: requests between arrival and the end of their response (graceful shutdown waits)
         self.active = 0
         self._idle = asyncio.Event()
@@ -125,6 +131,7 @@ class Proxy:
     async def stop(self) -> None:
         """Graceful: refuse new work, answer the queued 503, let streams finish, release all."""
         self.draining = True
+        await self.events.close()  # event streams never end on their own
         await self.store.cancel_waiters(ShuttingDown(retry_after_s=1.0))
         if self.active:
             try:
@@ -178,6 +185,12 @@ class Proxy:
         if request.query.get("format") == "table":
             return Response.text(render_table(doc) + "\n")
         return Response.json_bytes(json.dumps(doc).encode())
+
+    async def handle_events(self, request: Request) -> Response | StreamResponse:
+        self.check_admin(request)
+        if request.method == "HEAD":
+            return Response(200, b"", [("Content-Type", "text/event-stream")])
+        return await self.events.stream(request)
 
     async def handle_metrics(self, request: Request | None) -> Response:
         if request is not None:
@@ -252,8 +265,8 @@ class Proxy:
             raise ShuttingDown()
         target = checked_target(request.method, request.target)
         if self.config.admin_listen and self._arrived_on_admin_port(request):
-            raise NotFound("the admin listener serves only /metrics, /throttle/status, /healthz, "
-                           "/upstreams/<name>/metrics")
+            raise NotFound("the admin listener serves only /metrics, /throttle/status, "
+                           "/throttle/events, /healthz, /upstreams/<name>/metrics")
         path = target.partition("?")[0]  # normalized: what admission and the upstream see
         identity = self.auth.authenticate(request.headers, request.method, path)
         record.client = self.attribution.label(identity)

@@ -32,6 +32,7 @@ from .config_schema import (
     ClientConfig,
     Config,
     ConfigError,
+    EventsConfig,
     GpuConfig,
     ModelConfig,
     QueueConfig,
@@ -45,7 +46,7 @@ from .yamlfile import YamlProblems, load_yaml
 __all__ = [
     "ACCESS_LOG_FORMATS", "DEFAULT_PASSTHROUGH_PATHS", "ENGINES", "FAIRNESS_MODES", "PRIORITIES",
     "STORE_ERROR_POLICIES", "WILDCARD_MODEL", "AccessLogConfig", "AdaptiveConfig",
-    "AttributionConfig", "ClientConfig", "Config", "ConfigError", "GpuConfig", "ModelConfig",
+    "AttributionConfig", "ClientConfig", "Config", "ConfigError", "EventsConfig", "GpuConfig", "ModelConfig",
     "QueueConfig", "RedisConfig", "Section", "UpstreamConfig", "defaults_of", "interpolate_env",
     "load_config", "parse_config", "parse_listen", "quick_config",
 ]

@@ -28,6 +28,7 @@ from .config_schema import (
     ClientConfig,
     Config,
     ConfigError,
+    EventsConfig,
     GpuConfig,
     ModelConfig,
     QueueConfig,
@@ -293,6 +294,16 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
     )
     ad.finish()
 
+    ev, evd = top.section("events"), defaults_of(EventsConfig)
+    events = EventsConfig(
+        max_subscribers=ev.number("max_subscribers", evd["max_subscribers"], integer=True,
+                                  minimum=0, exclusive=False),
+        poll_s=ev.number("poll_s", evd["poll_s"]),
+        keepalive_s=ev.number("keepalive_s", evd["keepalive_s"]),
+        stall_s=ev.number("stall_s", evd["stall_s"]),
+    )
+    ev.finish()
+
     al, ald = top.section("access_log"), defaults_of(AccessLogConfig)
     access_log = AccessLogConfig(
         enabled=al.flag("enabled", ald["enabled"]),
@@ -331,6 +342,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
         redis=redis_config,
         adaptive=adaptive,
         access_log=access_log,
+        events=events,
         max_body_bytes=top.number("max_body_bytes", cd["max_body_bytes"], integer=True),
         passthrough_upstream=top.str("passthrough_upstream"),
         passthrough_paths=_passthrough_paths(top),

@@ -117,6 +117,16 @@ class AccessLogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EventsConfig:
+    """``GET /throttle/events``, the pushed admission state (proxy/events.py)."""
+
+    max_subscribers: int = 16  # one more is refused with a 503
+    poll_s: float = 0.1  # how often the state is looked at while someone listens
+    keepalive_s: float = 15.0  # a comment line after this long without an event
+    stall_s: float = 30.0  # a subscriber that takes nothing this long is disconnected
+
+
+@dataclass(frozen=True, slots=True)
 class AdaptiveConfig:
     """Tuning shared by every adaptive cap (docs/capacity.md)."""
 
@@ -155,6 +165,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     max_body_bytes: int = 16 * 1024 * 1024
     passthrough_upstream: str | None = None  # where model-less paths go; default: the first
     #: normalized paths whose POSTs pass through without admission (cheap engine routes)

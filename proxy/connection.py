@@ -1,5 +1,6 @@
 """One client connection of the front server (``proxy/server.py``): its life, pipelining,
-backpressure and the answers' framing.
+backpressure and when an answer is the connection's last (which bytes frame it:
+``proxy/answer_framing.py``).
 
 Theory of operation: the parser (``proxy/request_parser.py``) calls back as bytes arrive.
 When a request's head is complete a ``Request`` (``proxy/messages.py``, with the answers
@@ -12,14 +13,8 @@ streams with ``Request.start_stream`` (one write per chunk, awaiting only while 
 socket buffer is full). The connection then serves the next request, or closes when either
 side asked for it or the request body was not read whole.
 
-The connection's life is ``ConnState`` (transitions kept as data in ``_NEXT_STATES``)::
-
-    IDLE --head--> ACTIVE --answered, nothing parsed ahead--> IDLE
-    ACTIVE --draining, Upgrade--> MUST_CLOSE   (finish the message being read and the
-                                                 answers due, take no new request, close)
-    IDLE | ACTIVE | MUST_CLOSE --unreadable input--> ERROR  (read nothing more; answer what
-                                                 was parsed before it, then its error; close)
-    any --> CLOSED
+The connection's life is ``ConnState``, its transitions kept as data in
+``proxy/connection_state.py``.
 
 Memory stays bounded whatever the client does (``proxy/flow_control.py`` holds the pauses):
 a read is parsed in slices of ``FEED_SLICE`` bytes, and between slices the rest is held
@@ -33,7 +28,6 @@ followed by a lingering close, so the client reads it instead of a reset.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import socket
 import struct
@@ -44,9 +38,18 @@ from typing import Protocol
 
 from multidict import CIMultiDict
 
+from .answer_framing import (
+    ONE_WRITE_MAX,
+    answer_head,
+    connection_header,
+    stream_framing,
+    stream_framing_header,
+    whole_framing,
+)
+from .connection_state import READING, ConnState, check_move
 from .errors import ProxyError, TooManyConnections
 from .flow_control import FlowControl, ReadPause
-from .messages import NO_BODY_STATUS, Request, Response, StreamResponse
+from .messages import Request, Response, StreamResponse
 from .request_parser import FEED_SLICE, RequestParser
 
 log = logging.getLogger("llm_throttle.server")
@@ -62,29 +65,6 @@ _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 Handler = Callable[["Request"], Awaitable["Response | StreamResponse"]]
 
 
-class ConnState(enum.Enum):
-    """Where a client connection is in its life (see the module docstring)."""
-
-    __hash__ = object.__hash__  # members are singletons; C-level hashing for the table
-
-    IDLE = "idle"  # waiting for a request head; the idle timer runs
-    ACTIVE = "active"  # answering a request (others may wait, parsed ahead)
-    MUST_CLOSE = "must_close"  # finish the message being read and the answers due, then close
-    ERROR = "error"  # input unreadable: read nothing more, answer what is due, then close
-    CLOSED = "closed"  # closed by us or by the client
-
-
-_NEXT_STATES: dict[ConnState, frozenset[ConnState]] = {
-    ConnState.IDLE: frozenset({ConnState.ACTIVE, ConnState.ERROR, ConnState.CLOSED}),
-    ConnState.ACTIVE: frozenset({ConnState.IDLE, ConnState.ACTIVE, ConnState.MUST_CLOSE,
-                                 ConnState.ERROR, ConnState.CLOSED}),
-    ConnState.MUST_CLOSE: frozenset({ConnState.MUST_CLOSE, ConnState.ERROR, ConnState.CLOSED}),
-    ConnState.ERROR: frozenset({ConnState.ERROR, ConnState.CLOSED}),
-    ConnState.CLOSED: frozenset({ConnState.CLOSED}),
-}
-_READING = (ConnState.IDLE, ConnState.ACTIVE)
-
-
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
     max_body_bytes: int
@@ -92,6 +72,7 @@ class ServerLimits:
     header_read_timeout_s: float
     #: client connections served at once; one more gets a 503 and is closed
     max_connections: int = 4096
+
 
 class ConnectionHost(Protocol):
     """What a connection needs from its server (``server.HttpServer``)."""
@@ -142,8 +123,7 @@ class ClientConnection(asyncio.Protocol):
         return self._task
 
     def _move(self, state: ConnState) -> None:
-        if state not in _NEXT_STATES[self.state]:
-            raise RuntimeError(f"connection state {self.state.name} -> {state.name}")
+        check_move(self.state, state)
         self.state = state
 
     # -- asyncio protocol ----------------------------------------------------------------------
@@ -165,7 +145,7 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         state = self.state
-        if state not in _READING and (state is not ConnState.MUST_CLOSE or self._parsing is None):
+        if state not in READING and (state is not ConnState.MUST_CLOSE or self._parsing is None):
             return  # nothing more is read (a body still arriving while draining is)
         if self._held or self.flow.read_paused:
             self._held += data
@@ -175,7 +155,7 @@ class ClientConnection(asyncio.Protocol):
             return
         view = memoryview(data)
         for start in range(0, len(data), FEED_SLICE):
-            if self.state not in _READING and self._parsing is None:
+            if self.state not in READING and self._parsing is None:
                 return
             if self.flow.read_paused:
                 self._held = bytes(view[start:])
@@ -321,31 +301,18 @@ class ClientConnection(asyncio.Protocol):
     def _head(self, request: Request, status: int, reason: str | None,
               headers: bytes | Iterable[tuple[str, str]], framing: bytes) -> bytes:
         request.started = True
-        status_line = self.server.status_line(status, reason)
-        if not isinstance(headers, bytes):
-            headers = "".join([f"{name}: {value}\r\n" for name, value in headers]).encode(
-                "utf-8", "surrogateescape")
-        if self._last_answer(request):
-            connection = b"Connection: close\r\n"
-        elif request.version == "1.0":
-            connection = b"Connection: keep-alive\r\n"
-        else:
-            connection = b""
-        return b"".join((status_line, headers, framing, connection, self.server.date_line,
-                         b"\r\n"))
+        return answer_head(self.server.status_line(status, reason), headers, framing,
+                           connection_header(last=self._last_answer(request),
+                                             version=request.version),
+                           self.server.date_line)
 
     def _write_whole(self, request: Request, response: Response) -> None:
-        status = response.status
         body = response.body
-        if status in NO_BODY_STATUS:
-            head = self._head(request, status, response.reason, response.headers, b"")
+        framing, send_body = whole_framing(request.method, response.status, len(body))
+        head = self._head(request, response.status, response.reason, response.headers, framing)
+        if not send_body or not body:
             self.transport.write(head)
-            return
-        head = self._head(request, status, response.reason, response.headers,
-                          b"Content-Length: %d\r\n" % len(body))
-        if request.method == "HEAD" or not body:
-            self.transport.write(head)
-        elif len(body) < 65536:
+        elif len(body) < ONE_WRITE_MAX:
             self.transport.write(head + body)
         else:
             self.transport.writelines((head, body))
@@ -360,13 +327,12 @@ class ClientConnection(asyncio.Protocol):
                      defer_head: bool) -> StreamResponse:
         if self.flow.lost:
             raise ConnectionResetError("the client closed the connection")
-        silent = request.method == "HEAD" or status in NO_BODY_STATUS
-        chunked = not silent and request.version != "1.0"
+        chunked, silent = stream_framing(request.method, status, request.version)
         if not chunked and not silent:
             request.keep_alive = False  # an HTTP/1.0 body ends when the connection does
-        framing = b"Transfer-Encoding: chunked\r\n" if chunked else b""
         response = StreamResponse(self, status, chunked, silent,
-                                  self._head(request, status, reason, headers, framing))
+                                  self._head(request, status, reason, headers,
+                                             stream_framing_header(chunked)))
         if not defer_head:
             response.send_head()
         return response

@@ -29,7 +29,8 @@ it into the body OpenAI's SDKs expect (``{"error": {"message", "type", "code"}}`
     │   └── UpstreamTimeout           504
     └── ShuttingDown              503 service_unavailable (carries retry_after_s)
         ├── StoreUnavailable          code store_unavailable (Redis down, policy "closed")
-        └── TooManyConnections        code too_many_connections (over ``max_connections``)
+        ├── TooManyConnections        code too_many_connections (over ``max_connections``)
+        └── TooManySubscribers        code too_many_subscribers (``/throttle/events`` full)
 """
 
 from __future__ import annotations
@@ -227,3 +228,9 @@ class TooManyConnections(ShuttingDown):
     """503 at accept: the proxy already holds ``max_connections`` client connections."""
 
     code = "too_many_connections"
+
+
+class TooManySubscribers(ShuttingDown):
+    """503: ``GET /throttle/events`` already streams to as many subscribers as it allows."""
+
+    code = "too_many_subscribers"

@@ -15,13 +15,16 @@ the upstream to stop generating. Idle connections expire after ``idle_timeout_s`
 upstream's own keep-alive timeout, so a reused connection is rarely closed under a request;
 when one is anyway (written, then closed before any answer byte), the request is sent again
 on another connection only if its method is idempotent: a POST may have reached the upstream
-and started generating. Silence longer than the read timeout and idle expiry are found by one
-sweep per pool, not a timer per request.
+and started generating. An upstream that closes connections right after answering, though it
+announced keep-alive (llama-server after every stream), is learnt per body framing and not
+raced at all (``proxy/upstream_reuse.py``). Silence longer than the read timeout, idle expiry
+and the end of a reuse probe are found by one sweep per pool, not a timer per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Iterable
 from urllib.parse import urlsplit
@@ -30,6 +33,9 @@ from .config import UpstreamConfig
 from .errors import UpstreamError, UpstreamTimeout
 from .upstream_connection import StaleConnection, UpstreamConnection
 from .upstream_response import UpstreamResponse
+from .upstream_reuse import QUICK_CLOSE_S, Reuse, ReusePolicy
+
+log = logging.getLogger("llm_throttle.upstream")
 
 __all__ = ["UpstreamPool", "UpstreamResponse", "client_tls", "encode_headers"]
 
@@ -72,6 +78,9 @@ class UpstreamPool:
         self.max_body_bytes = config.max_response_body_bytes
         self._idle: list[UpstreamConnection] = []
         self._open: set[UpstreamConnection] = set()
+        #: which framings the upstream closes after (not pooled), and their probes
+        self.reuse = ReusePolicy()
+        self._probes: list[UpstreamConnection] = []
         #: silence and idle expiry are checked by one sweep per pool, not a timer per request
         self._sweep_every = max(0.01, min(1.0, config.read_timeout_s / 4,
                                           config.idle_timeout_s / 4))
@@ -135,7 +144,20 @@ class UpstreamPool:
         expired_before = now - self.idle_timeout_s
         for conn in [c for c in self._idle if c.idle_since < expired_before]:
             conn.abort()
+        if self._probes:
+            self._end_probes(now)
         self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
+
+    def _end_probes(self, now: float) -> None:
+        """Probes still open ``QUICK_CLOSE_S`` after their exchange: the upstream keeps
+        connections after that framing after all; pool them again."""
+        for conn in [c for c in self._probes if now - c.idle_since >= QUICK_CLOSE_S]:
+            self._probes.remove(conn)
+            if conn.usable:
+                log.info("upstream '%s' kept a connection open after a %s answer: pooling "
+                         "those again", self.name, conn.framing.value)
+                self.reuse.probe_survived(conn.framing)
+                self._idle.append(conn)  # the idle expiry applies from its exchange's end
 
     async def _connect(self) -> UpstreamConnection:
         try:
@@ -159,12 +181,28 @@ class UpstreamPool:
         return conn
 
     def put_back(self, conn: UpstreamConnection) -> None:
-        self._idle.append(conn)
+        """An exchange ended cleanly with keep-alive: pool the connection, unless the
+        upstream is known to close it now (``proxy/upstream_reuse.py``)."""
+        decision = self.reuse.after_exchange(conn.framing)
+        if decision is Reuse.POOL:
+            self._idle.append(conn)
+        elif decision is Reuse.CLOSE:
+            conn.retire()
+        else:
+            self._probes.append(conn)
+
+    def closed_by_upstream(self, conn: UpstreamConnection) -> None:
+        if self.reuse.closed_by_upstream(conn.framing, self.loop.time() - conn.idle_since):
+            log.info("upstream '%s' closes connections right after %s answers although it "
+                     "announces keep-alive; not pooling those (a request on one would race "
+                     "its close)", self.name, conn.framing.value)
 
     def forget(self, conn: UpstreamConnection) -> None:
         self._open.discard(conn)
         if conn in self._idle:
             self._idle.remove(conn)
+        elif conn in self._probes:
+            self._probes.remove(conn)
 
     @property
     def idle_count(self) -> int:
@@ -176,6 +214,7 @@ class UpstreamPool:
         for conn in list(self._open):
             conn.abort()
         self._idle.clear()
+        self._probes.clear()
 
 
 def encode_headers(headers: Iterable[tuple[str, str]]) -> bytes:

@@ -44,6 +44,7 @@ from .upstream_framing import (
     MAX_INTERIM,
     NO_BODY_STATUS,
     Exchange,
+    Framing,
     framing_doubt,
 )
 from .upstream_response import UpstreamResponse
@@ -70,6 +71,8 @@ class ConnectionOwner(Protocol):
 
     def forget(self, conn: UpstreamConnection) -> None: ...
 
+    def closed_by_upstream(self, conn: UpstreamConnection) -> None: ...
+
 
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an upstream, serving one request at a time."""
@@ -85,6 +88,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         #: when it went back to the pool (idle connections expire)
         self.idle_since = 0.0
+        #: how the body of its last final answer was delimited (``proxy/upstream_reuse.py``)
+        self.framing = Framing.NONE
         self._expect_no_body = False
         self._reset()
 
@@ -157,8 +162,15 @@ class UpstreamConnection(asyncio.Protocol):
                 and self._head_bytes > MAX_HEAD_BYTES:
             self._fail(self._too_large(f"a response head over {MAX_HEAD_BYTES} bytes"))
 
+    def eof_received(self) -> None:
+        if self.state is Exchange.IDLE and self.reused:
+            self.owner.closed_by_upstream(self)  # the earliest sign: before connection_lost
+
     def connection_lost(self, exc: Exception | None) -> None:
         state = self.state
+        if self.reused and (state is Exchange.IDLE or (
+                state is Exchange.AWAITING and not self._got_bytes)):
+            self.owner.closed_by_upstream(self)  # idle, or under a request it never answered
         self.state = Exchange.CLOSED
         if self.flow is not None:
             self.flow.connection_lost()
@@ -229,10 +241,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._stop = self._bad(f"upstream '{self.owner.name}' sent {doubt}")
             raise self._stop
         no_body = status in NO_BODY_STATUS or self._expect_no_body
-        self._eof_body = (
-            not no_body and "Content-Length" not in headers
-            and "chunked" not in headers.get("Transfer-Encoding", "").lower()
-        )
+        chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        self._eof_body = not no_body and "Content-Length" not in headers and not chunked
+        self.framing = (Framing.NONE if no_body else Framing.CHUNKED if chunked
+                        else Framing.CLOSE if self._eof_body else Framing.LENGTH)
         # The reason phrase is not read (no on_status callback): it carries no meaning (RFC
         # 9110 section 15) and the client gets the standard one for the status.
         response = UpstreamResponse(self, status, "", headers, raw)
@@ -406,6 +418,13 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and self.state is not Exchange.CLOSED:
             self.state = Exchange.CLOSED
             self.transport.abort()  # tells the upstream to stop generating
+        self.owner.forget(self)
+
+    def retire(self) -> None:
+        """Close a connection whose exchange ended cleanly (a FIN, not a reset)."""
+        if self.transport is not None and self.state is not Exchange.CLOSED:
+            self.state = Exchange.CLOSED
+            self.transport.close()
         self.owner.forget(self)
 
     def _close_leftover(self, state: Exchange) -> None:

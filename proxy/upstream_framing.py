@@ -39,3 +39,12 @@ class Exchange(enum.Enum):
     BODY = "body"  # final head in, body arriving
     DONE = "done"  # final message complete: nothing more may arrive
     CLOSED = "closed"
+
+
+class Framing(enum.Enum):
+    """How the body of a final answer was delimited (a pooled connection remembers its last)."""
+
+    NONE = "none"  # no body: 204, 304, the answer to HEAD
+    LENGTH = "length"  # Content-Length
+    CHUNKED = "chunked"
+    CLOSE = "close"  # by the connection closing: never pooled

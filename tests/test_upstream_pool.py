@@ -13,7 +13,16 @@ import json
 import aiohttp
 
 from tests.conftest import one_model_config
-from tests.raw_upstream import Seen, answer, per_request, post, sends, split_head
+from tests.raw_upstream import (
+    CHAT_BODY,
+    Script,
+    Seen,
+    answer,
+    per_request,
+    post,
+    sends,
+    split_head,
+)
 
 CHAT = "/v1/chat/completions"
 
@@ -114,3 +123,99 @@ async def test_connection_paused_for_a_slow_client_at_the_end_is_reusable(raw_up
         assert [seen.conn for seen in upstream.seen] == [0, 0]
     finally:
         pool.close()
+
+
+def llama_stream(close_after_s: float | None) -> Script:
+    """What llama-server (cpp-httplib 0.58) does on a streamed answer: it announces
+    keep-alive, sends the SSE stream chunked and its terminator, then closes the connection
+    (``close_after_s`` later; None: keeps it) without reading what came meanwhile. A JSON
+    answer (``"stream": false``) keeps the connection, as llama-server does."""
+    events = (b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n',
+              b"data: [DONE]\n\n")
+    head = (b"HTTP/1.1 200 OK\r\nServer: llama.cpp\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\nKeep-Alive: timeout=5, max=100\r\n\r\n")
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+
+    async def script(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        if not json.loads(seen.body).get("stream"):
+            writer.write(answer(200, b'{"choices":[]}', "Keep-Alive: timeout=5, max=100"))
+            return
+        writer.write(head)
+        await writer.drain()
+        writer.write(chunked)
+        await writer.drain()
+        if close_after_s is not None:
+            await asyncio.sleep(close_after_s)
+            writer.close()
+
+    return script
+
+
+async def stream_chat(session: aiohttp.ClientSession, url: str) -> tuple[int, bytes]:
+    body = {**CHAT_BODY, "stream": True}
+    async with session.post(url + CHAT, json=body,
+                            timeout=aiohttp.ClientTimeout(total=15)) as response:
+        return response.status, await response.read()
+
+
+async def test_post_never_races_an_upstream_that_closes_after_each_stream(raw_upstream,
+                                                                          make_proxy):
+    """Hazard (llama-server under closed-loop streams, issue 13): the upstream announces
+    keep-alive but closes each connection right after a stream's last chunk; the proxy pooled
+    it, the next POST went out on it before the close arrived, found it closed unanswered,
+    and the client got a 502 (a POST is never sent twice). Once seen, that upstream's
+    connections are not pooled after a stream; its JSON answers still are."""
+    upstream = await raw_upstream(llama_stream(close_after_s=0.3))
+    proxy = await make_proxy(one_model_config(upstream.url, max_in_flight=1))
+    pool = proxy.proxy.forwarder.pool("up")
+    async with aiohttp.ClientSession() as session:
+        status, body = await stream_chat(session, proxy.url)
+        assert status == 200 and body.endswith(b"data: [DONE]\n\n")
+        for _ in range(100):  # the upstream closes its first connection 0.3 s later
+            if upstream.connections == 1 and pool.idle_count == 0:
+                break
+            await asyncio.sleep(0.02)
+        # back to back, well inside the 0.3 s before the upstream closes each connection
+        results = [await stream_chat(session, proxy.url) for _ in range(3)]
+        assert [status for status, _ in results] == [200, 200, 200], results
+        assert [seen.conn for seen in upstream.seen] == [0, 1, 2, 3]
+        # a JSON answer is still pooled: two of them share one connection
+        for _ in range(2):
+            status, _, _ = await post(proxy.url + CHAT, {**CHAT_BODY, "stream": False})
+            assert status == 200
+        assert [seen.conn for seen in upstream.seen][-2:] == [4, 4]
+    from proxy.upstream_framing import Framing
+
+    assert pool.reuse.marked == {Framing.CHUNKED}
+
+
+async def test_an_upstream_seen_closing_once_is_pooled_again_after_a_probe(raw_upstream,
+                                                                           make_proxy):
+    """Hazard: one close right after a stream (an upstream restarted, say) would stop the
+    pooling of streams for good: every later stream paid a new connection. A probe (a
+    connection held out of use for a while, never raced) brings the pooling back."""
+    from proxy.upstream_reuse import PROBE_EVERY
+
+    upstream = await raw_upstream(per_request(llama_stream(close_after_s=0.0),
+                                              llama_stream(close_after_s=None)))
+    proxy = await make_proxy(one_model_config(upstream.url, max_in_flight=1))
+    pool = proxy.proxy.forwarder.pool("up")
+    async with aiohttp.ClientSession() as session:
+        assert (await stream_chat(session, proxy.url))[0] == 200
+        for _ in range(100):
+            if pool.reuse.marked:
+                break
+            await asyncio.sleep(0.02)
+        assert pool.reuse.marked
+        for _ in range(PROBE_EVERY):
+            assert (await stream_chat(session, proxy.url))[0] == 200
+        for _ in range(200):  # the probe ends at the first sweep 1 s after its exchange
+            if not pool.reuse.marked:
+                break
+            await asyncio.sleep(0.05)
+        assert not pool.reuse.marked
+        assert pool.idle_count == 1
+        before = upstream.connections
+        for _ in range(3):
+            assert (await stream_chat(session, proxy.url))[0] == 200
+        assert upstream.connections == before  # all three on the probed connection

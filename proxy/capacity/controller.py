@@ -13,7 +13,10 @@ load. Each closed window compares its median TPOT and normalised TTFT with their
   (``cap * ERROR_DECREASE``), at most once per window;
 - ratio (the worse of TPOT / baseline and TTFT / baseline) above ``1 + tolerance`` in two
   windows running (one may be noise), or above ``1 + 2 * tolerance`` once: shrink along the
-  gradient, ``cap * (1 + tolerance) / ratio``, never by more than half;
+  gradient, ``cap * (1 + tolerance) / ratio``, never by more than half; but when the last
+  shrink brought no relief (the ratio's excess over 1 kept more than ``NO_RELIEF`` of itself),
+  the latency is not this upstream's load (a busy host, an engine slower at any load): the
+  window's medians become the baseline and the cap holds, instead of sliding to the floor;
 - ratio within tolerance, the cap was actually reached in the window (growth is meaningless
   while the load does not fill the cap), and the engine does not report a waiting queue or a
   nearly full KV cache: grow by one;
@@ -58,6 +61,8 @@ PROBE_DROP = 4
 BASELINE_ALPHA = 0.1
 #: share of the TTFT ratio's excess that counts (TPOT counts whole)
 TTFT_WEIGHT = 0.5
+#: a shrink relieved the latency when the ratio's excess fell below this share of what it was
+NO_RELIEF = 0.75
 
 
 class Phase(enum.Enum):
@@ -130,6 +135,8 @@ class AdaptiveCap:
         self._since_knee_try = 0
         self._grew_last = False
         self._bad_streak = 0
+        #: the ratio that made the last shrink (None: no shrink since a good window)
+        self._shrunk_at: float | None = None
         self._next_probe = now + settings.probe_interval_s
         self._probe_return = self.cap
         #: listeners called with every change (the capacity manager applies it to the store)
@@ -230,12 +237,18 @@ class AdaptiveCap:
         if ratio <= 1.0 + tolerance / 2:
             self._follow_baseline(stats)
         self._bad_streak = self._bad_streak + 1 if ratio > 1.0 + tolerance else 0
+        if not self._bad_streak:
+            self._shrunk_at = None
         # one window over tolerance may be noise (a scheduler hiccup): act on two in a row,
         # or at once on a clear overload
         if self._bad_streak >= 2 or ratio > 1.0 + 2 * tolerance:
             self._bad_streak = 0
-            if self.cap <= self.settings.floor:
-                self._take_baseline(stats)  # slower at any load: the baseline moved
+            shrunk_at = self._shrunk_at
+            if self.cap <= self.settings.floor or (
+                    shrunk_at is not None and ratio - 1.0 > (shrunk_at - 1.0) * NO_RELIEF):
+                # slower at any load (a smaller cap did not help): the baseline moved
+                self._shrunk_at = None
+                self._take_baseline(stats)
                 return
             if self._grew_last:
                 self._knee = self.cap
@@ -243,6 +256,7 @@ class AdaptiveCap:
             target = self.cap * max(MAX_SHRINK, (1.0 + tolerance) / ratio)
             new = max(self.settings.floor, min(self.cap - 1, math.floor(target)))
             self._set(new, Reason.GRADIENT)
+            self._shrunk_at = ratio
             return
         if ratio > 1.0 + tolerance:
             return  # wait for the next window to confirm
@@ -299,6 +313,7 @@ class AdaptiveCap:
         now = self._clock()
         if reason is not Reason.GROW:
             self._grew_last = False
+        self._shrunk_at = None  # GRADIENT sets it again after this
         self._window = []
         self._window_start = now
         self._window_peak = self.in_flight

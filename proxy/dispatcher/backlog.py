@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
 
@@ -52,6 +52,9 @@ class Backlog:
     attributed_open: int | None = None
     #: of those, the ones in flight (a queued request may not show on its attribution)
     attributed_in_flight: int | None = None
+    #: the attributed values (the part after ``<client>/``: for Hermes workers, task ids)
+    #: with a request open, which tells when a spawned worker first reached the proxy
+    attributed_values: frozenset[str] = frozenset()
 
     @property
     def free_capacity(self) -> int | None:
@@ -63,6 +66,13 @@ class BacklogSource(Protocol):
     async def read(self) -> Backlog: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ChangeSignal(Protocol):
+    """A source that can tell when the backlog changed (the proxy's event stream)."""
+
+    async def wait_changed(self, timeout: float) -> bool: ...
 
 
 def _count(value: Any, where: str) -> int:
@@ -87,18 +97,23 @@ def _entry(table: Mapping[str, Any], route: str) -> Mapping[str, Any]:
     return entry
 
 
-def _attributed(doc: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    """(in flight + queued, in flight) over the attributed entries; None: there are none."""
+def _attributed(doc: Mapping[str, Any]) -> tuple[int | None, int | None, frozenset[str]]:
+    """(in flight + queued, in flight, values with a request open) over the attributed
+    entries; None: there are none."""
     table = doc.get("attributed")
     if not isinstance(table, Mapping) or not table:
-        return None, None
+        return None, None, frozenset()
     total = in_flight = 0
+    values: set[str] = set()
     for name, entry in table.items():
         if isinstance(entry, Mapping):
             n = _count(entry.get("in_flight", 0), f"attributed.{name}.in_flight")
             in_flight += n
-            total += n + _count(entry.get("queued", 0), f"attributed.{name}.queued")
-    return total, in_flight
+            opened = n + _count(entry.get("queued", 0), f"attributed.{name}.queued")
+            total += opened
+            if opened:
+                values.add(str(name).rpartition("/")[2])
+    return total, in_flight, frozenset(values)
 
 
 def backlog_from_status(doc: Any, models: Sequence[str] | None = None) -> Backlog:
@@ -115,7 +130,7 @@ def backlog_from_status(doc: Any, models: Sequence[str] | None = None) -> Backlo
     if models and not isinstance(table, Mapping):
         raise BacklogError("status document has no models table")
     table = table if isinstance(table, Mapping) else {}
-    attributed, attributed_in_flight = _attributed(doc)
+    attributed, attributed_in_flight, attributed_values = _attributed(doc)
     routes: dict[str, str] = {}
     missing: list[str] = []
     if models:
@@ -148,7 +163,8 @@ def backlog_from_status(doc: Any, models: Sequence[str] | None = None) -> Backlo
             raise BacklogError("status document has no queue.depth")
         return Backlog(queued=_count(queue["depth"], "queue.depth"), degraded=degraded,
                        cap=cap if watched else None, in_flight=in_flight,
-                       attributed_open=attributed, attributed_in_flight=attributed_in_flight)
+                       attributed_open=attributed, attributed_in_flight=attributed_in_flight,
+                       attributed_values=attributed_values)
     return Backlog(
         queued=sum(per_route.values()),
         per_model={name: per_route[route] for name, route in routes.items()},
@@ -159,6 +175,7 @@ def backlog_from_status(doc: Any, models: Sequence[str] | None = None) -> Backlo
         in_flight=in_flight,
         attributed_open=attributed,
         attributed_in_flight=attributed_in_flight,
+        attributed_values=attributed_values,
     )
 
 

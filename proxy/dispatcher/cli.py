@@ -30,10 +30,12 @@ from .lock import (
     gateway_dispatch_warnings,
     redis_lock_factory,
 )
-from .loop import Dispatcher, DispatchSettings
+from .loop import Dispatcher
 from .metrics import status_app
 from .policy import Watermarks
+from .pushed import PushedBacklog, events_url_for
 from .ratio import RatioSettings
+from .settings import DispatchSettings
 
 log = logging.getLogger("llm_throttle.dispatch")
 
@@ -99,6 +101,11 @@ def add_dispatch_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--models", type=_csv, default=(), metavar="A,B",
                      help="models the boards' workers use; backlog = their queued requests "
                      "(default: the proxy's whole queue depth)")
+    src.add_argument("--events", default="auto", metavar="auto|off|URL",
+                     help="follow the proxy's GET /throttle/events stream, so a freed slot is "
+                     "seen within 0.1 s and reads cost no request; auto: next to --status-url; "
+                     "without a stream (an older proxy) the status is polled "
+                     "(default: %(default)s)")
     src.add_argument("--redis", metavar="URL",
                      help="the Redis store shared by the proxies: the backlog is read from it "
                      "(unless --status-url is given) and the board locks live there, so "
@@ -264,8 +271,11 @@ async def _main(args: argparse.Namespace) -> int:
     if args.redis and not args.status_url:
         backlog = RedisStatusBacklog(args.redis, args.models, key_prefix=args.redis_key_prefix)
     else:
-        backlog = HttpStatusBacklog(args.status_url or DEFAULT_STATUS_URL, args.models,
-                                    api_key=args.status_key)
+        status_url = args.status_url or DEFAULT_STATUS_URL
+        backlog = HttpStatusBacklog(status_url, args.models, api_key=args.status_key)
+        if args.events.lower() != "off":
+            url = events_url_for(status_url) if args.events.lower() == "auto" else args.events
+            backlog = PushedBacklog(url, args.models, backlog, api_key=args.status_key)
 
     redis_client = None
     if args.dry_run:

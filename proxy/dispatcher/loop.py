@@ -19,11 +19,16 @@ One tick, in order:
 6. one log line, metrics, and the report kept for ``/status``.
 
 A failing ``hermes`` call fails that board's step only; it is logged and retried next tick.
+The pieces live in their own modules: the settings (:mod:`.settings`), the decision
+(:mod:`.policy`), the slow start (:mod:`.ramp`), the look ahead (:mod:`.forecast`), the
+dispatch calls (:mod:`.passes`), the ``/status`` document (:mod:`.status_view`); this module
+runs them in order, and decides when.
 
-Between ticks a watcher reads the proxy every ``react_s`` (and the boards too, when the probe is
-the cheap read-only SQLite one) and runs the same pure decision on what it saw: when that would
-spawn (a slot freed, a task finished, the ramp grew), it starts a tick at once. ``interval_s``
-is only the cadence of the full maintenance tick.
+Between ticks a watcher reads the proxy every ``react_s``, or at each change the proxy pushes
+(:mod:`.pushed`), and the boards too when the probe is the cheap read-only SQLite one, and
+runs the same pure decision on what it saw: when that would spawn (a slot freed, a task
+finished, the ramp grew), it starts a tick at once. ``interval_s`` is only the cadence of the
+full maintenance tick.
 """
 
 from __future__ import annotations
@@ -34,11 +39,11 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from .backlog import Backlog, BacklogError, BacklogSource, ProxyUnreachable
+from .backlog import Backlog, BacklogError, BacklogSource, ChangeSignal, ProxyUnreachable
+from .forecast import BacklogTrend, LeadTime
 from .hermes import (
     BoardCounts,
     BoardProbe,
@@ -46,54 +51,28 @@ from .hermes import (
     HermesError,
     HermesVersion,
     MaxSemantics,
-    max_argument,
 )
 from .lock import BoardLocks
 from .metrics import DispatcherMetrics
+from .passes import BoardPasses
 from .policy import (
     BoardLoad,
     Decision,
     HoldReason,
-    Watermarks,
     blocked,
     decide,
-    ramp_allowance,
 )
-from .ratio import RatioSettings, TasksPerSlot
+from .ramp import Ramp
+from .ratio import TasksPerSlot
 from .report import BoardTick, TickReport
-from .signals import open_requests, outside_requests, pending_workers
+from .settings import DispatchSettings
+from .signals import open_requests, outside_requests, pending_workers, starting_workers
+from .status_view import status_document
 
 log = logging.getLogger("llm_throttle.dispatch")
 
-
-@dataclass(frozen=True, slots=True)
-class DispatchSettings:
-    marks: Watermarks
-    #: optional ceiling on running tasks summed over the selected boards
-    max_running: int | None = None
-    interval_s: float = 10.0
-    maintenance_interval_s: float = 60.0
-    #: boards to manage; None: every board Hermes lists (new ones are picked up)
-    boards: tuple[str, ...] | None = None
-    dry_run: bool = False
-    #: None: from the installed Hermes version at start
-    semantics: MaxSemantics | None = None
-    #: seconds between the watcher's cheap reads; 0: no watcher, ticks only
-    react_s: float = 0.5
-    #: failed proxy reads in a row after which /healthz answers 503
-    unhealthy_after: int = 3
-    #: a hold at least this long (or any outage) ends in a slow-start ramp
-    ramp_after_s: float = 30.0
-    ratio: RatioSettings = field(default_factory=RatioSettings)
-
-    def __post_init__(self) -> None:
-        if self.max_running is not None and self.max_running < 1:
-            raise ValueError("--max-running must be at least 1")
-        if self.interval_s <= 0 or self.maintenance_interval_s <= 0:
-            raise ValueError("intervals must be positive")
-        if self.react_s < 0 or self.ramp_after_s < 0 or self.unhealthy_after < 1:
-            raise ValueError("--react-interval and --ramp-after must not be negative, "
-                             "--unhealthy-after at least 1")
+#: the tasks-per-slot estimate takes one reading per this many seconds (the poll's cadence)
+RATIO_SAMPLE_S = 0.5
 
 
 class Dispatcher:
@@ -130,18 +109,27 @@ class Dispatcher:
         self.last: TickReport | None = None
         self.recent: deque[TickReport] = deque(maxlen=30)
         self.ratio = TasksPerSlot(settings.ratio)
+        #: a worker's start-up, learned from spawned tasks' first requests
+        self.lead = LeadTime(settings.lead_time_s)
+        #: the queue's recent drain, to end a hold one start-up before the queue is empty
+        self.trend = BacklogTrend()
         #: proxy reads that failed in a row (ticks and watcher alike)
         self.failed_reads = 0
-        self._ticks = 0
-        self._last_pass: dict[str, float] = {}
-        self._blocked_since: float | None = None
-        self._outage = False
-        self._ramp_started: float | None = None
-        self._ramp_spawned = 0
+        #: ticks run since start
+        self.ticks = 0
+        #: the tick's dispatch calls (and when each board last had one)
+        self.passes = BoardPasses(hermes, locks, self.metrics,
+                                  maintenance_interval_s=settings.maintenance_interval_s,
+                                  dry_run=settings.dry_run)
+        #: the slow start after an outage or a long hold
+        self.ramp = Ramp(settings.ramp_after_s)
         self._owned: set[str] = set()
         self._last_counts: dict[str, BoardCounts] = {}
         self._last_seen: Backlog | None = None
         self._wake = asyncio.Event()
+        #: some worker has had a request open: readings now say something about the ratio
+        self._reached_gpu = False
+        self._ratio_sampled_at = -math.inf
         self._ticking = False
 
     async def start(self) -> None:
@@ -180,17 +168,27 @@ class Dispatcher:
             self.metrics.read_failures.inc()
             raise
         self.failed_reads = 0
+        now = self.clock()
         running = sum(b.running for b in self._loads(self._last_counts, set()).values())
-        self.ratio.observe(self.clock(), running, open_requests(backlog))
+        self._reached_gpu |= open_requests(backlog) > 0
+        # Before any worker's first request every running task is starting at once: a ratio
+        # read then says "infinitely many tasks per slot" (clamped to the bound). And at most
+        # one sample per RATIO_SAMPLE_S: pushed reads come at every change, and samples bunched
+        # around busy moments would weigh them over quiet ones.
+        if self._reached_gpu and now - self._ratio_sampled_at >= RATIO_SAMPLE_S:
+            self._ratio_sampled_at = now
+            self.ratio.observe(now, running, open_requests(backlog))
+        self.trend.observe(now, backlog.queued)
+        self.lead.observe(now, backlog.attributed_values)
         return backlog
 
     # -- one tick ---------------------------------------------------------------------------
 
     async def tick(self, trigger: str = "interval") -> TickReport:
         self._ticking = True
-        self._ticks += 1
+        self.ticks += 1
         started = self.clock()
-        report = TickReport(number=self._ticks, at=self.wall_clock(), holding=self.holding,
+        report = TickReport(number=self.ticks, at=self.wall_clock(), holding=self.holding,
                             dry_run=self.settings.dry_run, trigger=trigger)
         try:
             await self._tick(report, started)
@@ -261,8 +259,7 @@ class Dispatcher:
                             f"dispatcher holds ({','.join(sorted(taken))})")
         decision = self._decide(report, counts, owned, block, backlog, now)
         await self._dispatch(report, decision, counts, owned, now)
-        if self._ramp_started is not None:
-            self._ramp_spawned += report.spawned
+        self.ramp.spawned(report.spawned)
 
     def _select(self, counts: Mapping[str, BoardCounts], report: TickReport) -> list[str]:
         wanted = self.settings.boards
@@ -283,29 +280,23 @@ class Dispatcher:
     def _order(self, owned: set[str]) -> list[str]:
         order = sorted(owned)
         if order:
-            shift = self._ticks % len(order)
+            shift = self.ticks % len(order)
             order = order[shift:] + order[:shift]
         return order
 
-    def _allowance(self, now: float) -> int | None:
-        """The ramp's allowance now. A ramp runs once spawning resumes after an outage or a
-        hold of ``ramp_after_s`` (1, 2, 4, ... per second); None: no ramp limits the grant."""
-        if self._ramp_started is not None:
-            return ramp_allowance(now - self._ramp_started, self._ramp_spawned)
-        if self._blocked_since is not None and (
-                self._outage or now - self._blocked_since >= self.settings.ramp_after_s):
-            return ramp_allowance(0.0, 0)
-        return None
-
     def _policy(self, backlog: Backlog, counts: Mapping[str, BoardCounts], owned: set[str],
                 now: float) -> Decision:
+        loads = self._loads(counts, owned)
+        pending = pending_workers(backlog, counts, loads)
         return decide(
             holding=self.holding, backlog=backlog.queued, marks=self.settings.marks,
-            boards=self._loads(counts, owned), max_running=self.settings.max_running,
+            boards=loads, max_running=self.settings.max_running,
             cap=backlog.cap, outside=outside_requests(backlog), in_flight=backlog.in_flight,
-            pending=pending_workers(backlog, counts, self._loads(counts, owned)),
-            tasks_per_slot=self.ratio.value(now), allowance=self._allowance(now),
-            tiebreak=self._order(owned))
+            pending=pending, tasks_per_slot=self.ratio.value(now),
+            allowance=self.ramp.allowance(now), tiebreak=self._order(owned),
+            forecast=self.trend.forecast(backlog.queued, self.lead.value()),
+            starting=starting_workers(backlog, self.lead.starting,
+                                      sum(load.running for load in loads.values())))
 
     def _decide(self, report: TickReport, counts: Mapping[str, BoardCounts], owned: set[str],
                 block: Decision | None, backlog: Backlog | None, now: float) -> Decision:
@@ -317,20 +308,7 @@ class Dispatcher:
                 self.metrics.hold_transitions.labels(
                     to="hold" if decision.holding else "release").inc()
             self.holding = decision.holding
-        if decision.holding:
-            if self._blocked_since is None:
-                self._blocked_since = now
-            self._outage |= decision.hold_reason is HoldReason.PROXY_UNREACHABLE
-            self._ramp_started = None
-        elif decision.grants:
-            if self._ramp_started is None and self._allowance(now) is not None:
-                self._ramp_started, self._ramp_spawned = now, 0  # resuming: slow start
-            self._blocked_since, self._outage = None, False
-        elif decision.free_slots == 0:
-            self._blocked_since, self._outage = None, False  # at target: nothing to ramp
-        if self._ramp_started is not None and decision.target is not None and \
-                (1 << min(int(now - self._ramp_started) + 1, 30)) - 1 >= decision.target:
-            self._ramp_started = None  # the ramp no longer limits anything
+        self.ramp.observe(decision, now)
         self.hold_reason = decision.hold_reason
         report.holding = decision.holding
         report.hold_reason = decision.hold_reason.value if decision.hold_reason else None
@@ -338,45 +316,15 @@ class Dispatcher:
         report.free_slots = decision.free_slots
         report.target = decision.target
         report.tasks_per_slot = self.ratio.value(now)
-        report.ramp_allowance = self._allowance(now)
+        report.ramp_allowance = self.ramp.allowance(now)
         return decision
 
     async def _dispatch(self, report: TickReport, decision: Decision,
                         counts: Mapping[str, BoardCounts], owned: set[str], now: float) -> None:
         assert self.semantics is not None, "start() first"
-        for slug in sorted(owned):
-            board, c = report.boards[slug], counts[slug]
-            board.grant = decision.grants.get(slug, 0)
-            due = now - self._last_pass.get(slug, -math.inf) >= self.settings.maintenance_interval_s
-            if board.grant > 0:
-                board.max_arg = max_argument(self.semantics, c.running, board.grant)
-            elif due and c.unfinished > 0:
-                board.max_arg = 0
-                board.maintenance = True
-            else:
-                continue
-            if self.settings.dry_run:
-                self._last_pass[slug] = now  # as if it ran, so the printout stays realistic
-                continue
-            if not await self.locks.still_owned(slug):
-                board.skipped, board.max_arg = "lock lost before dispatch", None
-                continue
-            if board.grant > 0 and await self._backlog_reached_high():
-                # a dispatch call takes seconds: a burst may have arrived since we decided
-                board.skipped, board.max_arg, board.grant = \
-                    "backlog reached the high mark before dispatch", None, 0
-                continue
-            try:
-                outcome = await self.hermes.dispatch(slug, board.max_arg)
-            except HermesError as exc:
-                board.error = str(exc)
-                self.metrics.hermes_failures.labels(command="dispatch").inc()
-                continue
-            self._last_pass[slug] = now
-            board.spawned = outcome.spawned
-            board.reclaimed = outcome.reclaimed + len(outcome.crashed)
-            board.promoted = outcome.promoted
-            board.failures = {k: v for k, v in outcome.failures.items() if v}
+        spawned = await self.passes.run(report, decision, counts, owned, now, self.semantics,
+                                        self._backlog_reached_high)
+        self.lead.spawned(now, spawned)
 
     async def _backlog_reached_high(self) -> bool:
         """A fresh look right before a spawning call; an unreadable proxy counts as high."""
@@ -424,11 +372,16 @@ class Dispatcher:
         return False
 
     async def _watch(self, stop: asyncio.Event) -> None:
+        """Look every ``react_s``, or at once when the proxy pushes a change."""
+        signal = self.backlog if isinstance(self.backlog, ChangeSignal) else None
         while not stop.is_set():
             try:
                 await self.watch_once()
             except Exception:  # a bug in the watcher must not end the companion
                 log.exception("dispatch watcher failed")
+            if signal is not None:
+                await _first(stop.wait(), signal.wait_changed(self.settings.react_s))
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.react_s)
 
@@ -470,42 +423,15 @@ class Dispatcher:
         return "interval"
 
     def status(self) -> dict[str, Any]:
-        s = self.settings
-        now = self.clock()
-        return {
-            "holding": self.hold_reason is not None,
-            "hold_reason": self.hold_reason.value if self.hold_reason else None,
-            "healthy": self.healthy,
-            "failed_reads": self.failed_reads,
-            "dry_run": s.dry_run,
-            "settings": {
-                "max_running": s.max_running,
-                "high_watermark": s.marks.high,
-                "low_watermark": s.marks.low,
-                "interval_s": s.interval_s,
-                "react_s": s.react_s,
-                "maintenance_interval_s": s.maintenance_interval_s,
-                "unhealthy_after": s.unhealthy_after,
-                "ramp_after_s": s.ramp_after_s,
-                "boards": list(s.boards) if s.boards is not None else "all",
-            },
-            "tasks_per_slot": {"value": round(self.ratio.value(now), 3),
-                               "learned": self.ratio.learned,
-                               "prior": s.ratio.prior},
-            "ramping": self._ramp_started is not None,
-            "hermes": {
-                "executable": self.hermes.executable,
-                "version": str(self.version) if self.version else None,
-                "max_semantics": self.semantics.value if self.semantics else None,
-            },
-            "locks": self.locks.describe(),
-            "warnings": list(self.warnings),
-            "ticks": self._ticks,
-            "last_tick": self.last.to_dict() if self.last else None,
-            "recent": [
-                {"tick": r.number, "at": r.at, "backlog": r.backlog, "holding": r.holding,
-                 "hold_reason": r.hold_reason, "spawned": r.spawned, "ok": r.ok,
-                 "running": sum(b.running for b in r.boards.values())}
-                for r in self.recent
-            ],
-        }
+        """The ``/status`` document (see :mod:`.status_view`)."""
+        return status_document(self)
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Until the first of ``waits`` is done; the others are cancelled."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

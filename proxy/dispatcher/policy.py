@@ -6,7 +6,10 @@ per board, how many tasks run and how many are ready. From those alone, :func:`d
 
 1. whether to hold: hysteresis between two watermarks. Holding starts when the backlog reaches
    ``high`` and ends only when it falls below ``low``, so a backlog hovering around one value
-   never flaps between spawning and holding;
+   never flaps between spawning and holding -- or, below ``high``, when the ``forecast`` (the
+   backlog expected by the time a worker spawned now sends its first request, see
+   :mod:`.forecast`) is below ``low``: a worker takes seconds to start, and one started only
+   once the queue is empty arrives to an idle GPU;
 2. while not holding, how many running tasks the GPUs want. A worker spends part of its life
    off the GPU (starting, running tools, its own thinking), so the GPUs stay busy only with more
    running tasks than slots -- some requests already waiting when a slot frees, since a worker
@@ -17,7 +20,13 @@ per board, how many tasks run and how many are ready. From those alone, :func:`d
 3. how many new workers each board may start: the room under the target, under the
    ``allowance`` of a ramp after an outage, and under the queue's room: the queue the workers
    would make if every running task without an open request (``pending``: starting, running a
-   tool) sent one now must stay below ``high``, so the workers do not hold themselves. That
+   tool) sent one now must stay below ``high`` (the queue as it is, not as forecast: a
+   dispatch call takes seconds, and requests keep arriving meanwhile), so the workers do not
+   hold themselves; and under the slots for the
+   tasks less the workers still ``starting`` (spawned, no request sent yet): workers that
+   start together compete for the host's CPUs -- on the bench machine six starting at once
+   took 16-25 s to their first request, three took 8-9 s -- and a surplus worker is only
+   needed once a slot frees, so the next wave starts as the first one reaches the GPU. That
    room is handed out one at a time to the board with the
    fewest tasks running (counting the grants so far) that still has ready work. That is
    max-min fairness over running tasks: boards with ready work converge to equal shares, and
@@ -26,9 +35,11 @@ per board, how many tasks run and how many are ready. From those alone, :func:`d
    tick so no board always wins the odd slot.
 
 Guarantee: no grant while holding (so none from the moment the backlog reaches ``high`` until
-it is below ``low``); the grants never take the sum of running tasks plus grants over the
-target nor over ``max_running``, never exceed ``allowance``, nor the queue's room, nor a
-board's ready count.
+it is below ``low``, or below ``high`` with a forecast below ``low``; never one while the
+backlog is at or above ``high``, whatever the forecast); the grants never take the sum of
+running tasks plus grants over the target nor over ``max_running``, never exceed
+``allowance``, nor the queue's room, nor a board's ready count, nor (with a cap) the slots for
+the tasks less the workers starting.
 """
 
 from __future__ import annotations
@@ -94,9 +105,13 @@ def blocked(reason: HoldReason, text: str) -> Decision:
     return Decision(holding=True, reason=text, hold_reason=reason)
 
 
-def next_holding(holding: bool, backlog: int, marks: Watermarks) -> bool:
-    """Hysteresis: start holding at ``high``, keep holding until below ``low``."""
+def next_holding(holding: bool, backlog: int, marks: Watermarks,
+                 forecast: int | None = None) -> bool:
+    """Hysteresis: start holding at ``high``, keep holding until below ``low`` -- or until
+    below ``high`` with the ``forecast`` below ``low``."""
     if holding:
+        if forecast is not None and backlog < marks.high and forecast < marks.low:
+            return False
         return backlog >= marks.low
     return backlog >= marks.high
 
@@ -156,9 +171,13 @@ def decide(
     tasks_per_slot: float = 1.0,
     allowance: int | None = None,
     tiebreak: Sequence[str] = (),
+    forecast: int | None = None,
+    starting: int = 0,
 ) -> Decision:
     """The whole tick decision; see the module docstring."""
-    now_holding = next_holding(holding, backlog, marks)
+    if forecast is not None:
+        forecast = min(forecast, backlog)
+    now_holding = next_holding(holding, backlog, marks, forecast)
     target = target_running(cap, tasks_per_slot, max_running, outside)
     if now_holding:
         if holding:
@@ -167,7 +186,11 @@ def decide(
             why = f"hold: backlog {backlog} >= high {marks.high}"
         return Decision(holding=True, reason=why, hold_reason=HoldReason.BACKLOG_HIGH,
                         target=target)
-    prefix = f"resume: backlog {backlog} < low {marks.low}; " if holding else ""
+    prefix = ""
+    if holding and backlog < marks.low:
+        prefix = f"resume: backlog {backlog} < low {marks.low}; "
+    elif holding:
+        prefix = f"resume: backlog {backlog} forecast {forecast} < low {marks.low}; "
     running = sum(b.running for b in boards.values())
     ready = sum(b.ready for b in boards.values())
     room = 0 if target is None else max(target - running, 0)
@@ -182,12 +205,17 @@ def decide(
     else:
         free = room if allowance is None else min(room, max(allowance, 0))
         free = min(free, queue_room)
+        start_room = None if cap is None else max(cap - outside - max(starting, 0), 0)
+        if start_room is not None:
+            free = min(free, start_room)
         grants = fair_grants(free, boards, tiebreak)
         why = f"spawn {sum(grants.values())}: {room} below target {target}"
         if allowance is not None and allowance < room:
             why += f" (ramp allows {max(allowance, 0)})"
-        elif queue_room < room:
+        elif queue_room < room and (start_room is None or queue_room <= start_room):
             why += f" (queue room {queue_room})"
+        elif start_room is not None and start_room < room:
+            why += f" (at most {cap - outside} starting at once; {max(starting, 0)} are)"
         return Decision(holding=False, reason=prefix + why, grants=grants, free_slots=room,
                         target=target)
     return Decision(holding=False, reason=prefix + why, free_slots=room, target=target)

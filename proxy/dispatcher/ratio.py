@@ -68,6 +68,11 @@ class TasksPerSlot:
         return min(max(self._running / self._open, s.low), s.high)
 
     @property
+    def readings(self) -> int:
+        """Readings in the window now."""
+        return len(self._samples)
+
+    @property
     def learned(self) -> bool:
         s = self.settings
         return (len(self._samples) >= s.min_samples and self._open > 0

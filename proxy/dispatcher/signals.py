@@ -33,3 +33,11 @@ def pending_workers(backlog: Backlog, counts: Mapping[str, BoardCounts],
         return 0
     running = sum(load.running for load in loads.values())
     return max(running - backlog.attributed_open, 0)
+
+
+def starting_workers(backlog: Backlog, spawned_not_seen: int, running: int) -> int:
+    """Workers spawned that have not sent their first request yet: the spawned tasks not seen
+    asking, but never more than the running tasks without a request open (a task whose
+    attribution the proxy folded into ``other`` is never seen by name; without attribution
+    every request on the routes counts as a worker's)."""
+    return max(min(spawned_not_seen, running - open_requests(backlog)), 0)

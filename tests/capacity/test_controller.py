@@ -34,13 +34,14 @@ class Engine:
     thrash: float = 0.2
     other_tenant: int = 0  # requests of someone else on the same engine
     tokens: int = 16
+    host: float = 1.0  # slowdown of the host itself, whatever the engine's load
 
     def slowdown(self, n: int) -> float:
         active = n + self.other_tenant
         if active <= self.batch:
-            return 1.0
+            return self.host
         r = active / self.batch
-        return r * (1.0 + self.thrash * (r - 1.0))
+        return self.host * r * (1.0 + self.thrash * (r - 1.0))
 
 
 def step(ctrl: AdaptiveCap, clock: Clock, engine: Engine, prompt_tokens: int = 20,
@@ -113,6 +114,23 @@ def test_shrinks_when_another_tenant_takes_half_the_engine():
     trace = run(ctrl, clock, engine, 40)
     late = [cap for t, cap in trace if t - trace[0][0] > 20]
     assert max(late) <= 5, sorted(set(late))
+
+
+def test_a_rise_that_a_smaller_cap_does_not_relieve_does_not_slide_to_the_floor():
+    """Hazard (the other-tenant benchmark on a shared 2-core host, issue 13): the tenant
+    arrives and the host gets 25% slower at any load as well; every shrink left that part of
+    the latency in place, so the cap slid to the floor (1) though the engine had room for
+    3-4 of ours, and our goodput halved."""
+    clock = Clock()
+    ctrl = make(clock, probe_interval_s=1e9)
+    engine = Engine(batch=8)
+    run(ctrl, clock, engine, 40)
+    assert 7 <= ctrl.cap <= 9
+    engine.other_tenant, engine.host = 4, 1.25
+    trace = run(ctrl, clock, engine, 60)
+    after = [cap for t, cap in trace if t - trace[0][0] > 5]
+    assert min(after) >= 3, sorted(set(after))
+    assert max(after[len(after) // 2:]) <= 5, sorted(set(after))
 
 
 def test_never_above_ceiling_or_below_floor():

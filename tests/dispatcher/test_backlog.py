@@ -92,6 +92,15 @@ def test_attributed_requests_are_the_workers_open_requests() -> None:
     assert backlog_from_status(STATUS, ["qwen"]).attributed_open is None
 
 
+def test_the_attributed_values_with_a_request_open_are_named() -> None:
+    """The lead-time estimate needs to see which spawned task first reached the proxy."""
+    doc = {**STATUS, "attributed": {
+        "workers/t_1": {"in_flight": 1, "cap": 1, "queued": 0},
+        "workers/t_2": {"in_flight": 0, "cap": 1, "queued": 1},
+        "workers/t_3": {"in_flight": 0, "cap": 1, "queued": 0}}}
+    assert backlog_from_status(doc, ["qwen"]).attributed_values == {"t_1", "t_2"}
+
+
 def test_degraded_is_passed_on() -> None:
     doc = {**STATUS, "degraded": True}
     assert backlog_from_status(doc).degraded

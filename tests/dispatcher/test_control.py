@@ -12,9 +12,10 @@ from aiohttp.test_utils import TestClient
 
 from proxy.dispatcher.hermes import MaxSemantics
 from proxy.dispatcher.lock import BoardLocks, NullLock
-from proxy.dispatcher.loop import Dispatcher, DispatchSettings
+from proxy.dispatcher.loop import Dispatcher
 from proxy.dispatcher.metrics import status_app
 from proxy.dispatcher.policy import Watermarks
+from proxy.dispatcher.settings import DispatchSettings
 
 from .fakes import FakeBacklog, FakeClock, FakeHermes, HeldElsewhere
 
@@ -41,9 +42,16 @@ def make(boards: dict[str, dict[str, int]], *, cap: int | None = 3, in_flight: i
 
 
 async def test_spawns_up_to_cap_times_tasks_per_slot_without_max_running() -> None:
-    d, hermes, _, _ = make({"a": {"ready": 20}}, cap=3)
+    d, hermes, source, _ = make({"a": {"ready": 20}}, cap=3)
+    source.extra.update(attributed_open=0, attributed_in_flight=0)  # workers are attributed
     report = await d.tick()
-    assert report.target == 6 and hermes.calls == [("a", 6)]
+    assert report.target == 6 and hermes.calls == [("a", 3)]  # a first wave, one per slot
+    report = await d.tick()
+    assert report.spawned == 0 and "3 are" in report.decision  # still starting
+    source.extra.update(in_flight=3, attributed_open=3, attributed_in_flight=3,
+                        attributed_values=frozenset({"t0", "t1", "t2"}))
+    report = await d.tick()  # the first wave reached the GPU: the surplus starts
+    assert hermes.calls[-1] == ("a", 6) and hermes.boards["a"]["running"] == 6
 
 
 async def test_a_locked_out_instance_says_so() -> None:
@@ -109,7 +117,7 @@ async def test_a_model_the_proxy_does_not_serve_warns_every_tick(
 
 async def test_after_an_outage_the_ramp_goes_1_2_4() -> None:
     """Hazard: after the proxy came back the dispatcher jumped straight to the full grant."""
-    d, hermes, source, clock = make({"a": {"ready": 30}}, cap=8, max_running=12)
+    d, hermes, source, clock = make({"a": {"ready": 30}}, cap=20, max_running=12)
     source.queued = None
     await d.tick()
     source.queued = 0
@@ -129,7 +137,7 @@ async def test_a_short_hold_resumes_at_once_but_a_long_one_ramps() -> None:
     await d.tick()
     clock.now += 10
     source.queued = 0
-    assert (await d.tick()).spawned == 6  # held 10 s: no ramp
+    assert (await d.tick()).spawned == 3  # held 10 s: no ramp (a first wave of 3)
     d, _hermes, source, clock = make({"a": {"ready": 30}}, cap=3, ramp_after_s=30)
     source.queued = 5
     await d.tick()
@@ -206,22 +214,134 @@ async def test_an_outside_burst_shrinks_the_target() -> None:
     d, hermes, source, _ = make({"a": {"ready": 20}}, cap=3)
     source.extra.update(in_flight=3, attributed_open=1, attributed_in_flight=1)  # 2 outside
     report = await d.tick()
-    assert report.target == 2 and hermes.calls == [("a", 2)]
+    assert report.target == 2 and hermes.calls == [("a", 1)]  # one free slot: one starts
 
 
 async def test_no_spawn_when_a_burst_arrives_between_the_decision_and_the_call() -> None:
-    """Hazard: a dispatch call takes seconds; a burst that reached the high mark after the
-    tick decided still got a worker started."""
+    """Hazard: deciding and counting take time; a burst that reached the high mark after the
+    tick decided still got workers started. The passes start together right after one fresh
+    read, and a high backlog in it skips every spawning pass."""
     d, hermes, source, _ = make({"a": {"ready": 5}, "b": {"ready": 5}}, cap=3)
-    real_dispatch = hermes.dispatch
+    real_read = source.read
 
-    async def dispatch_then_burst(board: str, max_spawn: int) -> Any:
-        outcome = await real_dispatch(board, max_spawn)
-        source.queued = 9  # the burst lands while the first board is dispatched
-        return outcome
+    async def read_then_burst() -> Any:
+        backlog = await real_read()
+        source.queued = 9  # the burst lands right after the tick's own read
+        return backlog
 
-    hermes.dispatch = dispatch_then_burst  # type: ignore[method-assign]
+    source.read = read_then_burst  # type: ignore[method-assign]
     report = await d.tick()
-    assert len(hermes.calls) == 1 and report.spawned == 3
+    assert hermes.calls == [] and report.spawned == 0
     skipped = [b.skipped for b in report.boards.values() if b.skipped]
-    assert skipped == ["backlog reached the high mark before dispatch"]
+    assert skipped == ["backlog reached the high mark before dispatch"] * 2
+
+
+async def test_a_draining_hold_ends_one_worker_start_up_before_the_queue_is_empty() -> None:
+    """Hazard (issue-14 bench): after the outside burst the hold ended only at an empty queue;
+    the workers spawned then took seconds to reach the GPU, which meanwhile went from 3 busy
+    slots to 0. With the queue draining a request a second and a 5 s start-up, the hold ends
+    at 3 queued (below the high mark of 4), the watcher wakes a tick for it, and workers start
+    as soon as the queue as it is leaves room (2 queued), not at 0."""
+    d, hermes, source, clock = make({"a": {"ready": 20}}, cap=3, in_flight=3, cheap=True)
+    source.queued = 9
+    assert (await d.tick()).holding
+    woke = []
+    for queued in (8, 7, 6, 5, 4, 3):
+        clock.now += 1.0
+        source.queued = queued
+        woke.append(await d.watch_once())
+    assert woke == [False] * 5 + [True]
+    report = await d.tick("watch")
+    assert not report.holding and "forecast 0 < low 1" in report.decision
+    assert report.spawned == 0  # released; but 3 queued + 1 new would reach the high mark
+    clock.now += 1.0
+    source.queued = 2
+    assert await d.watch_once()
+    report = await d.tick("watch")
+    assert report.spawned == 1 and hermes.calls[-1] == ("a", 1)  # before the queue is empty
+
+
+async def test_the_lead_time_is_learned_from_a_spawned_task_s_first_request() -> None:
+    d, _, source, clock = make({"a": {"ready": 20}}, cap=3)
+    await d.tick()  # spawns t0..t5
+    assert d.status()["lead_time_s"] == {"value": 5.0, "learned": False, "prior": 5.0}
+    clock.now += 7.5
+    source.extra["attributed_values"] = frozenset({"t0"})
+    await d.watch_once()
+    assert d.status()["lead_time_s"]["value"] == 7.5 and d.lead.learned
+
+
+class SlowHermes(FakeHermes):
+    """Each dispatch call takes a while, as the real CLI's seconds do; counts overlaps."""
+
+    def __init__(self, boards: dict[str, dict[str, int]]) -> None:
+        super().__init__(boards)
+        self.active = self.most_at_once = 0
+
+    async def dispatch(self, board: str, max_spawn: int) -> Any:
+        self.active += 1
+        self.most_at_once = max(self.most_at_once, self.active)
+        try:
+            await asyncio.sleep(0.05)
+            return await super().dispatch(board, max_spawn)
+        finally:
+            self.active -= 1
+
+
+async def test_the_boards_passes_run_at_once() -> None:
+    """Hazard (issue-14 bench): the first tick's three dispatch calls ran one after the other
+    (~1.5 s each), so the third board's workers started 3 s after the decision."""
+    hermes = SlowHermes({"a": {"ready": 8}, "b": {"ready": 8}, "c": {"ready": 8}})
+    source = FakeBacklog(0)
+    source.extra = {"cap": 3, "in_flight": 0}
+    d = Dispatcher(DispatchSettings(marks=Watermarks(high=4, low=1),
+                                    semantics=MaxSemantics.RUNNING),
+                   hermes=hermes, probe=hermes, backlog=source,  # type: ignore[arg-type]
+                   locks=BoardLocks(lambda slug: NullLock()), clock=FakeClock())
+    report = await d.tick()
+    assert report.spawned == 3 and sorted(hermes.calls) == [("a", 1), ("b", 1), ("c", 1)]
+    assert hermes.most_at_once == 3
+    assert source.reads == 2  # the tick's read, and one fresh look before the spawning calls
+
+
+async def test_the_first_wave_waits_even_before_any_request_is_attributed() -> None:
+    """Hazard (a bench run): at the start the proxy lists no attributed request yet, the
+    dispatcher read that as "nothing known" and started the second wave of 3 at once, which
+    slowed the first wave's start-up to 20 s."""
+    d, _hermes, source, clock = make({"a": {"ready": 20}}, cap=3)
+    assert (await d.tick()).spawned == 3
+    clock.now += 2
+    report = await d.tick()
+    assert report.spawned == 0 and "3 are" in report.decision
+    source.extra["in_flight"] = 3  # the first wave reached the GPU (unattributed: all count)
+    clock.now += 5
+    assert (await d.tick()).spawned == 3
+
+
+async def test_readings_before_the_first_request_do_not_feed_the_ratio() -> None:
+    """Hazard (a bench run): 20 s of six running workers all starting, no request open, went
+    into the window as "3 tasks per slot" (the bound) and set the target to 9."""
+    d, _hermes, source, clock = make({"a": {"running": 6, "ready": 10}}, cap=3, cheap=True,
+                                     max_running=6)
+    await d.tick()
+    for _ in range(40):  # 40 s of start-up: nothing asked yet
+        clock.now += 1
+        await d.watch_once()
+    source.extra["in_flight"] = 3
+    for _ in range(40):  # then half of them have a request open at any time
+        clock.now += 1
+        await d.watch_once()
+    assert d.ratio.learned and abs(d.ratio.value(clock.now) - 2.0) < 0.01
+
+
+async def test_pushed_reads_feed_the_ratio_at_the_poll_s_cadence() -> None:
+    """Hazard: with the event stream a read comes at every change of the proxy's state, so
+    busy moments would fill the ratio's window with samples and outweigh quiet ones."""
+    d, _hermes, _source, clock = make({"a": {"running": 4, "ready": 10}}, cap=3, cheap=True,
+                                      in_flight=2)
+    await d.tick()
+    before = d.ratio.readings
+    for _ in range(20):  # twenty changes within one second
+        clock.now += 0.05
+        await d.watch_once()
+    assert 1 <= d.ratio.readings - before <= 3

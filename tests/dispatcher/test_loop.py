@@ -15,9 +15,10 @@ from aiohttp.test_utils import TestClient
 
 from proxy.dispatcher.hermes import MaxSemantics
 from proxy.dispatcher.lock import BoardLocks, NullLock
-from proxy.dispatcher.loop import Dispatcher, DispatchSettings
+from proxy.dispatcher.loop import Dispatcher
 from proxy.dispatcher.metrics import status_app
 from proxy.dispatcher.policy import Watermarks
+from proxy.dispatcher.settings import DispatchSettings
 
 from .fakes import FakeBacklog, FakeClock, FakeHermes, HeldElsewhere
 
