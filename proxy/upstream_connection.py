@@ -38,11 +38,11 @@ from multidict import CIMultiDict
 
 from .errors import UpstreamError, UpstreamTimeout
 from .flow_control import FlowControl, ReadPause
+from .messages import NO_BODY_STATUS
 from .upstream_framing import (
     MAX_HEAD_BYTES,
     MAX_HEADERS,
     MAX_INTERIM,
-    NO_BODY_STATUS,
     Exchange,
     Framing,
     framing_doubt,

@@ -14,7 +14,6 @@ MAX_HEAD_BYTES = 65536
 MAX_HEADERS = 128
 #: interim (1xx) answers tolerated before the final one
 MAX_INTERIM = 8
-NO_BODY_STATUS = frozenset({204, 304})
 
 
 def framing_doubt(version: str, headers: CIMultiDict[str]) -> str | None:
