@@ -28,6 +28,8 @@ from typing import Any
 
 import aiohttp
 
+from ..tasks import cancel_and_wait
+
 log = logging.getLogger("llm_throttle.capacity")
 
 
@@ -218,13 +220,8 @@ class EnginePoller:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def poll_once(self, session: aiohttp.ClientSession) -> None:
         names = list(self.probes)

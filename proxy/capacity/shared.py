@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..tasks import cancel_and_wait
 from .signals import Outcome, Sample
 
 if TYPE_CHECKING:
@@ -67,12 +68,7 @@ class SharedCapacity:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         client = self.store.client
         if self.leader and client is not None:  # hand the lease on at once
             try:

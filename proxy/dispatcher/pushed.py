@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import aiohttp
 
 from ..cli_errors import describe_failure
+from ..tasks import cancel_and_wait
 from .backlog import Backlog, BacklogError, BacklogSource, backlog_from_status
 
 log = logging.getLogger("llm_throttle.dispatch")
@@ -79,10 +80,7 @@ class PushedBacklog:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         await self.fallback.close()
 
     # -- the follower ------------------------------------------------------------------------
