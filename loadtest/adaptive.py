@@ -154,6 +154,8 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 results["llamacpp/adaptive"] = run
                 continue
             for target, cap, adaptive in RUNS[experiment]:
+                if args.targets and target not in args.targets:
+                    continue
                 print(f"{experiment} / {target} ({2 * args.phase:g}s)", flush=True)
                 run = await one_run(experiment, target, cap, adaptive, args, Path(tmp))
                 variant = ("-queue" if args.engine_queue else "") + ("-open" if args.rate else "")
@@ -222,6 +224,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "(default: --clients closed-loop clients)")
     parser.add_argument("--experiments", nargs="+", default=["batch", "tenant"],
                         choices=[*sorted(RUNS), "llamacpp"])
+    parser.add_argument("--targets", nargs="+", default=None,
+                        choices=sorted({t for runs in RUNS.values() for t, _, _ in runs}),
+                        help="run only these targets (default: all of each experiment)")
     parser.add_argument("--engine-clients", type=int, default=6,
                         help="llamacpp: closed-loop clients through the proxy")
     parser.add_argument("--engine-step", type=float, default=10.0,

@@ -25,7 +25,7 @@ load. Each closed window compares its median TPOT and normalised TTFT with their
 - ratio within tolerance, the cap was actually reached in the window (growth is meaningless
   while the load does not fill the cap), and the engine does not report a waiting queue or a
   nearly full KV cache in a reading taken since the last change (growth must not outrun the
-  poller): grow by one;
+  poller, and a try of the knee has not held before the engine said so): grow by one;
 - otherwise hold.
 
 Stability at the knee: a shrink right after a growth marks the cap that failed as the
@@ -288,6 +288,9 @@ class AdaptiveCap:
             return
         if ratio > 1.0 + tolerance:
             return  # wait for the next window to confirm
+        engine = self.fresh_engine()
+        if engine is not None and engine.fetched_at < self._changed_at:
+            return  # the engine's word on this cap is still to come: a try has not held yet
         if self._grew_last and self._knee is not None and self.cap >= self._knee:
             self._knee, self._backoff = None, 1  # the try held: the knee was not there
         self._grew_last = False
