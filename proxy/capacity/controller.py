@@ -54,6 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .engines import EngineSignals
+from .occupancy import Occupancy
 from .signals import Outcome, Sample, WindowStats
 
 ERROR_DECREASE = 0.7
@@ -88,6 +89,7 @@ class Reason(enum.Enum):
     PROBE_DONE = "baseline probe done"
     SLOTS = "engine slot count"
     ENGINE_QUEUE = "engine queue"
+    OTHERS = "engine slots held by others"
     CONFIG = "configuration"
     SHARED = "shared cap from another host"
 
@@ -146,6 +148,13 @@ class AdaptiveCap:
         self._shrunk_at: float | None = None
         self._next_probe = now + settings.probe_interval_s
         self._probe_return = self.cap
+        #: the engine's slot count, fullness and others' share (``occupancy.py``)
+        self.occupancy = Occupancy(relearn_s=settings.probe_interval_s)
+        #: whether engine readings are of this controller's own engine and our in-flight
+        #: count is all of ours there (off for a GPU fed by several upstreams, and once the
+        #: shared lease holder feeds the pool's count: others' share is then unknown)
+        self.owns_engine = True
+        self._poll_peak = 0  # our peak in flight since the engine poll began
         #: listeners called with every change (the capacity manager applies it to the store)
         self.listeners: list[Callable[[AdaptiveCap, Change], None]] = []
 
@@ -155,10 +164,16 @@ class AdaptiveCap:
         """A request of this upstream went out (for the in-window peak)."""
         self.in_flight += 1
         self._window_peak = max(self._window_peak, self.in_flight)
+        self._poll_peak = max(self._poll_peak, self.in_flight)
+
+    def polling(self) -> None:
+        """The engine poller is about to read: ours at the engine are counted from now."""
+        self._poll_peak = self.in_flight
 
     def observe_in_flight(self, count: int) -> None:
         """In flight across every host (the shared lease holder reads the pool's count)."""
         self._window_peak = max(self._window_peak, count)
+        self.owns_engine = False  # other hosts' requests count as ours: others unknown
 
     def finished(self, sample: Sample) -> None:
         self.in_flight = max(0, self.in_flight - 1)
@@ -179,9 +194,18 @@ class AdaptiveCap:
 
     def set_engine(self, signals: EngineSignals | None) -> None:
         self.engine = signals
+        if signals is not None:
+            ours = max(self._poll_peak, self.in_flight) if self.owns_engine else None
+            self.occupancy.observe(signals, ours)
+        self._poll_peak = self.in_flight
         ceiling = self.ceiling
         if self.cap > ceiling:
             self._set(ceiling, Reason.SLOTS)
+            return
+        room = self.occupancy.room(self._clock(), self.settings.engine_stale_s)
+        if room is not None and self.owns_engine and self.fresh_engine() is not None and \
+                max(self.settings.floor, room) < self.cap:
+            self._set(max(self.settings.floor, room), Reason.OTHERS)  # others hold the rest
 
     def adopt(self, cap: int, reason: Reason = Reason.SHARED) -> None:
         """Take a cap decided elsewhere (another host's controller, a reload)."""
@@ -211,9 +235,10 @@ class AdaptiveCap:
             return f"engine queue {e.waiting}"
         if e.kv_usage is not None and e.kv_usage >= KV_FULL:
             return f"KV cache {e.kv_usage:.0%}"
-        if e.fetched_at < self._changed_at:
+        if e.fetched_at < self._changed_at or (
+                e.running is not None and not self.occupancy.read_since_change):
             return "engine not read since the last change"
-        return None
+        return self.occupancy.full_since_change(self._clock())
 
     def _engine_queue_since_change(self) -> int:
         """The engine's waiting queue in a fresh reading taken under the current cap."""
@@ -349,6 +374,7 @@ class AdaptiveCap:
         self._window_start = now
         self._window_peak = self.in_flight
         self._changed_at = now
+        self.occupancy.changed()
         if new == self.cap:
             return
         change = Change(now, self.cap, new, reason)
@@ -377,6 +403,8 @@ class AdaptiveCap:
                 "ratio": self.last_ratio,
             },
             "knee": self._knee,
+            "engine_slots": self.occupancy.slots(now),
+            "engine_others": self.occupancy.others(now, self.settings.engine_stale_s),
             "growth_blocked": self.growth_blocked(),
             "engine": None if e is None else e.to_dict(now - e.fetched_at),
             "last_change": {
