@@ -25,7 +25,9 @@ load. Each closed window compares its median TPOT and normalised TTFT with their
 - ratio within tolerance, the cap was actually reached in the window (growth is meaningless
   while the load does not fill the cap), and the engine does not report a waiting queue or a
   nearly full KV cache in a reading taken since the last change (growth must not outrun the
-  poller, and a try of the knee has not held before the engine said so): grow by one;
+  poller, and a try of the knee has not held before the engine said so), nor, where it
+  reports what it runs, a full engine (``running`` at its slot count) in any reading since
+  the last change: grow by one;
 - otherwise hold.
 
 Stability at the knee: a shrink right after a growth marks the cap that failed as the
@@ -40,8 +42,11 @@ window the cap drops by a quarter, that window's medians replace the baseline, a
 cap comes back. A cap stuck at the floor with a high ratio also takes its medians as the new
 baseline (the engine got slower at any load: a model change, a slower GPU).
 
-An engine slot count (llama.cpp ``--parallel``) lowers the effective ceiling; stale engine
-signals are ignored (latency alone decides). Time comes from one injected clock; nothing
+Engine occupancy (``occupancy.py``): the slot count, reported (llama.cpp ``--parallel``, which
+also lowers the effective ceiling) or learnt from readings of a full engine, and the share
+other tenants hold (the engine's running + waiting less ours); when the slots others leave
+are fewer than the cap, the cap drops to them at the next reading, whether or not our load
+fills it. Stale engine signals are ignored (latency alone decides). Time comes from one injected clock; nothing
 here sleeps or does I/O.
 """
 
@@ -89,7 +94,7 @@ class Reason(enum.Enum):
     PROBE_DONE = "baseline probe done"
     SLOTS = "engine slot count"
     ENGINE_QUEUE = "engine queue"
-    OTHERS = "engine slots held by others"
+    OTHERS = "engine slots full (ours and others')"
     CONFIG = "configuration"
     SHARED = "shared cap from another host"
 
@@ -238,13 +243,15 @@ class AdaptiveCap:
         if e.fetched_at < self._changed_at or (
                 e.running is not None and not self.occupancy.read_since_change):
             return "engine not read since the last change"
-        return self.occupancy.full_since_change(self._clock())
+        return self.occupancy.growth_blocked(self._clock(), self.settings.engine_stale_s,
+                                             self.cap)
 
     def _engine_queue_since_change(self) -> int:
         """The engine's waiting queue in a fresh reading taken under the current cap."""
         e = self.fresh_engine()
-        if e is None or e.fetched_at < self._changed_at or not e.waiting:
-            return 0
+        if e is None or e.fetched_at < self._changed_at or not e.waiting or (
+                e.running is not None and not self.occupancy.read_since_change):
+            return 0  # (a reading that made the last change is not one taken under it)
         return e.waiting
 
     # -- decisions ---------------------------------------------------------------------------

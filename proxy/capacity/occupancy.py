@@ -12,8 +12,9 @@ adaptive cap need not probe past the engine's capacity to find it:
   forgotten. Full readings that all run fewer (``RELEARN_READINGS`` in a row) mean it got
   smaller: their largest becomes the count. A learnt count unconfirmed for ``relearn_s`` is
   forgotten too, so one try past it now and then finds a bigger engine that only we use.
-- **full since the last change**: a reading taken since the cap last changed showed
-  ``running >= slots`` or ``waiting > 0``. The cap grows only when the engine had a free slot.
+- **room to grow**: the cap grows only when the engine had a free slot for one more of ours
+  in a reading taken since the cap last changed: the slots less others' share (the larger of
+  the last two readings) above the cap, or, where ours are unknown, ``running < slots``.
 - **others' share**: ``running + waiting - ours``, where ``ours`` is the peak of this
   upstream's own requests in flight during the poll (never fewer than the engine ran for us,
   so others are never overcounted), the smaller of the last two fresh readings (one reading
@@ -52,7 +53,7 @@ class Occupancy:
         self.learnt_slots: int | None = None
         self._learnt_at = 0.0
         self._smaller: list[int] = []  # running in consecutive full readings below the count
-        self._since_change: list[Reading] = []
+        self._latest: Reading | None = None  # the latest reading since the cap changed
         self._recent: deque[Reading] = deque(maxlen=OTHERS_READINGS)
         self.reported_slots: int | None = None
 
@@ -66,8 +67,7 @@ class Occupancy:
         self._learn(running, waiting, signals.fetched_at)
         others = None if ours is None else max(0, running + waiting - ours)
         reading = Reading(signals.fetched_at, running, waiting, others)
-        self._since_change.append(reading)
-        del self._since_change[:-16]  # bounded: only "any full?" is asked of them
+        self._latest = reading
         self._recent.append(reading)
 
     def _learn(self, running: int, waiting: int, at: float) -> None:
@@ -96,18 +96,26 @@ class Occupancy:
 
     def changed(self) -> None:
         """The cap changed: readings from now on say how the engine takes the new one."""
-        self._since_change = []
+        self._latest = None
 
     @property
     def read_since_change(self) -> bool:
-        return bool(self._since_change)
+        return self._latest is not None
 
-    def full_since_change(self, now: float) -> str | None:
-        """Why the engine was full in a reading since the last change (None: it was not)."""
+    def growth_blocked(self, now: float, stale_s: float, cap: int) -> str | None:
+        """Why one more of ours would find no free slot (None: it would, or unknown)."""
         slots = self.slots(now)
-        for r in self._since_change:
-            if r.waiting > 0 or (slots is not None and r.running >= slots):
-                return f"engine full ({r.running} running, {r.waiting} waiting, slots {slots})"
+        latest = self._latest
+        if slots is None or latest is None:
+            return None
+        known = [r.others for r in self._recent if now - r.at <= stale_s and r.others is not None]
+        if latest.others is None or not known:  # ours unknown: the engine's own count
+            if latest.running >= slots:
+                return f"engine full ({latest.running} running of {slots} slots)"
+            return None
+        others = max(known)  # the larger share: growth waits until every reading has room
+        if slots - others <= cap:
+            return f"engine full ({slots} slots, others hold {others}, cap {cap})"
         return None
 
     def others(self, now: float, stale_s: float) -> int | None:
