@@ -25,9 +25,9 @@ load. Each closed window compares its median TPOT and normalised TTFT with their
 - ratio within tolerance, the cap was actually reached in the window (growth is meaningless
   while the load does not fill the cap), and the engine does not report a waiting queue or a
   nearly full KV cache in a reading taken since the last change (growth must not outrun the
-  poller, and a try of the knee has not held before the engine said so), nor, where it
-  reports what it runs, a full engine (``running`` at its slot count) in any reading since
-  the last change: grow by one;
+  poller, and a try of the knee has not held before the engine said so), and, where it
+  reports what it runs and its slot count is known, the latest reading since the change left
+  room for one more of ours (slots less others' share above the cap): grow by one;
 - otherwise hold.
 
 Stability at the knee: a shrink right after a growth marks the cap that failed as the
@@ -46,8 +46,8 @@ Engine occupancy (``occupancy.py``): the slot count, reported (llama.cpp ``--par
 also lowers the effective ceiling) or learnt from readings of a full engine, and the share
 other tenants hold (the engine's running + waiting less ours); when the slots others leave
 are fewer than the cap, the cap drops to them at the next reading, whether or not our load
-fills it. Stale engine signals are ignored (latency alone decides). Time comes from one injected clock; nothing
-here sleeps or does I/O.
+fills it. Stale engine signals are ignored (latency alone decides). Time comes from one
+injected clock; nothing here sleeps or does I/O.
 """
 
 from __future__ import annotations
