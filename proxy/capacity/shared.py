@@ -24,15 +24,15 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from ..tasks import cancel_and_wait
+from .controller import AdaptiveCap
 from .signals import Outcome, Sample
 
 if TYPE_CHECKING:
     from ..limits.redis import RedisStore
-    from .manager import CapacityManager
 
 log = logging.getLogger("llm_throttle.capacity")
 
@@ -40,10 +40,25 @@ MAX_SAMPLES = 10_000
 LEASE_TTL_TICKS = 3
 
 
+class SharedHost(Protocol):
+    """What the shared cap needs of this host's capacity manager (``CapacityManager``).
+
+    A protocol, not the class, so that the manager can build this object without the two
+    modules importing each other."""
+
+    controllers: Mapping[str, AdaptiveCap]
+    deciding: Callable[[], bool]
+    forward: Callable[[str, Sample], None] | None
+
+    def adopt(self, caps: Mapping[str, int | None]) -> None: ...
+
+    def record_forwarded(self, upstream: str, sample: Sample) -> None: ...
+
+
 class SharedCapacity:
     """Runs the lease, the sample exchange and cap adoption for one host."""
 
-    def __init__(self, manager: CapacityManager, store: RedisStore, tick_s: float = 1.0,
+    def __init__(self, manager: SharedHost, store: RedisStore, tick_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic):
         self.manager = manager
         self.store = store
