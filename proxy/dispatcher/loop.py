@@ -66,7 +66,13 @@ from .ramp import Ramp
 from .ratio import TasksPerSlot
 from .report import BoardTick, TickReport
 from .settings import DispatchSettings
-from .signals import open_requests, outside_requests, pending_workers, starting_workers
+from .signals import (
+    finishing_workers,
+    open_requests,
+    outside_requests,
+    pending_workers,
+    starting_workers,
+)
 from .status_view import status_document
 
 log = logging.getLogger("llm_throttle.dispatch")
@@ -296,7 +302,8 @@ class Dispatcher:
             allowance=self.ramp.allowance(now), tiebreak=self._order(owned),
             forecast=self.trend.forecast(backlog.queued, self.lead.value()),
             starting=starting_workers(backlog, self.lead.starting,
-                                      sum(load.running for load in loads.values())))
+                                      sum(load.running for load in loads.values())
+                                      + finishing_workers(counts, loads)))
 
     def _decide(self, report: TickReport, counts: Mapping[str, BoardCounts], owned: set[str],
                 block: Decision | None, backlog: Backlog | None, now: float) -> Decision:

@@ -25,14 +25,20 @@ def outside_requests(backlog: Backlog) -> int:
     return max(backlog.in_flight - backlog.attributed_in_flight, 0)
 
 
+def finishing_workers(counts: Mapping[str, BoardCounts], loads: Mapping[str, BoardLoad]) -> int:
+    """Live workers of tasks already done (their final LLM call is still to come or open)."""
+    return sum(len(counts[slug].finishing) for slug in loads if slug in counts)
+
+
 def pending_workers(backlog: Backlog, counts: Mapping[str, BoardCounts],
                     loads: Mapping[str, BoardLoad]) -> int:
-    """Running tasks with no request open (starting, running a tool): each may ask the GPU
-    any moment. 0 when requests are not attributed (then they cannot be told apart)."""
+    """Workers with no request open -- running tasks (starting, running a tool) and live
+    workers of finished tasks (their final turn): each may ask the GPU any moment. 0 when
+    requests are not attributed (then they cannot be told apart)."""
     if backlog.attributed_open is None:
         return 0
     running = sum(load.running for load in loads.values())
-    return max(running - backlog.attributed_open, 0)
+    return max(running + finishing_workers(counts, loads) - backlog.attributed_open, 0)
 
 
 def starting_workers(backlog: Backlog, spawned_not_seen: int, running: int) -> int:

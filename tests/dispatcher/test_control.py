@@ -236,6 +236,24 @@ async def test_no_spawn_when_a_burst_arrives_between_the_decision_and_the_call()
     assert skipped == ["backlog reached the high mark before dispatch"] * 2
 
 
+@pytest.mark.parametrize("finishing", [0, 1])
+async def test_a_finished_task_s_live_worker_counts_as_about_to_ask(finishing: int) -> None:
+    """Hazard (issue-14 bench, one spawn at the high mark in 7 runs): a worker makes its final
+    LLM call after ``kanban_complete`` marked its task done, so the board counts no longer
+    show it; a spawn decided at a queue of 2 (room for one below 4) met that call and the
+    queue reached 4. Live workers of finished tasks now count as about to ask."""
+    d, hermes, source, _ = make({"a": {"ready": 5, "running": 5}}, cap=3)
+    source.queued = 2  # 3 in flight and 2 queued: every running task has its request open
+    source.extra.update(in_flight=3, attributed_open=5, attributed_in_flight=3)
+    hermes.finishing = {"a": frozenset({"t-done"})} if finishing else {}
+    report = await d.tick()
+    if finishing:
+        assert report.spawned == 0 and hermes.calls == [("a", 0)]  # maintenance only
+        assert "queue full soon" in report.decision
+    else:
+        assert hermes.calls == [("a", 6)]  # room for one: 5 running + 1
+
+
 async def test_a_draining_hold_ends_one_worker_start_up_before_the_queue_is_empty() -> None:
     """Hazard (issue-14 bench): after the outside burst the hold ended only at an empty queue;
     the workers spawned then took seconds to reach the GPU, which meanwhile went from 3 busy
