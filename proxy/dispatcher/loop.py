@@ -67,7 +67,8 @@ from .ratio import TasksPerSlot
 from .report import BoardTick, TickReport
 from .settings import DispatchSettings
 from .signals import (
-    finishing_workers,
+    FinishingTracker,
+    finishing_tasks,
     open_requests,
     outside_requests,
     pending_workers,
@@ -119,6 +120,8 @@ class Dispatcher:
         self.lead = LeadTime(settings.lead_time_s)
         #: the queue's recent drain, to end a hold one start-up before the queue is empty
         self.trend = BacklogTrend()
+        #: which finished tasks' workers already made their final call
+        self.finishing = FinishingTracker()
         #: proxy reads that failed in a row (ticks and watcher alike)
         self.failed_reads = 0
         #: ticks run since start
@@ -186,6 +189,9 @@ class Dispatcher:
             self.ratio.observe(now, running, open_requests(backlog))
         self.trend.observe(now, backlog.queued)
         self.lead.observe(now, backlog.attributed_values)
+        self.finishing.saw_asking(
+            finishing_tasks(self._last_counts, self._loads(self._last_counts, set())),
+            backlog.attributed_values)
         return backlog
 
     # -- one tick ---------------------------------------------------------------------------
@@ -293,7 +299,9 @@ class Dispatcher:
     def _policy(self, backlog: Backlog, counts: Mapping[str, BoardCounts], owned: set[str],
                 now: float) -> Decision:
         loads = self._loads(counts, owned)
-        pending = pending_workers(backlog, counts, loads)
+        finishing = self.finishing.observe(finishing_tasks(counts, loads),
+                                           backlog.attributed_values)
+        pending = pending_workers(backlog, loads, finishing)
         return decide(
             holding=self.holding, backlog=backlog.queued, marks=self.settings.marks,
             boards=loads, max_running=self.settings.max_running,
@@ -303,7 +311,7 @@ class Dispatcher:
             forecast=self.trend.forecast(backlog.queued, self.lead.value()),
             starting=starting_workers(backlog, self.lead.starting,
                                       sum(load.running for load in loads.values())
-                                      + finishing_workers(counts, loads)))
+                                      + finishing.asking))
 
     def _decide(self, report: TickReport, counts: Mapping[str, BoardCounts], owned: set[str],
                 block: Decision | None, backlog: Backlog | None, now: float) -> Decision:

@@ -10,12 +10,14 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from proxy.dispatcher.backlog import Backlog
 from proxy.dispatcher.hermes import MaxSemantics
 from proxy.dispatcher.lock import BoardLocks, NullLock
 from proxy.dispatcher.loop import Dispatcher
 from proxy.dispatcher.metrics import status_app
-from proxy.dispatcher.policy import Watermarks
+from proxy.dispatcher.policy import BoardLoad, Watermarks
 from proxy.dispatcher.settings import DispatchSettings
+from proxy.dispatcher.signals import Finishing, FinishingTracker, pending_workers
 
 from .fakes import FakeBacklog, FakeClock, FakeHermes, HeldElsewhere
 
@@ -252,6 +254,40 @@ async def test_a_finished_task_s_live_worker_counts_as_about_to_ask(finishing: i
         assert "queue full soon" in report.decision
     else:
         assert hermes.calls == [("a", 6)]  # room for one: 5 running + 1
+
+
+async def test_a_finished_worker_that_made_its_final_call_no_longer_holds_spawns() -> None:
+    """A worker lives a second or two after its final call; counting it as about to ask
+    kept a ready task waiting on an idle slot (seen in a bench run). Once seen asking
+    after its task finished, it is not counted again."""
+    d, hermes, source, _ = make({"a": {"ready": 5, "running": 5}}, cap=3)
+    hermes.finishing = {"a": frozenset({"t-done"})}
+    source.queued = 3  # no room below the high mark (4) this tick
+    # its final call is open: 3 in flight, 3 queued, of which 4 are the running tasks'
+    source.extra.update(in_flight=3, attributed_open=6, attributed_in_flight=3,
+                        attributed_values=frozenset({"t-done", "r1", "r2", "r3", "r4"}))
+    assert (await d.tick()).spawned == 0
+    # the call ended; the process has not exited yet
+    source.queued = 2
+    source.extra.update(attributed_open=5,
+                        attributed_values=frozenset({"r1", "r2", "r3", "r4"}))
+    report = await d.tick()
+    assert report.spawned == 1, report.decision
+
+
+def test_a_running_task_s_first_call_is_not_its_final_one() -> None:
+    """Only requests seen after a task finished count as its worker's final call."""
+    tracker = FinishingTracker()
+    tracker.saw_asking(frozenset(), frozenset({"t1"}))  # t1 running, first call open
+    seen = tracker.observe(frozenset({"t1"}), frozenset())  # t1 done, no request open
+    assert seen == Finishing(asking=0, to_ask=1)
+    assert tracker.observe(frozenset({"t1"}), frozenset({"t1"})) == Finishing(1, 0)
+    assert tracker.observe(frozenset({"t1"}), frozenset()) == Finishing(0, 0)
+    backlog = Backlog(queued=0, in_flight=2, attributed_open=2, attributed_in_flight=2)
+    loads = {"a": BoardLoad(running=3, ready=0)}
+    # 3 running, 1 of the 2 open requests is a final call: 2 running tasks have none open
+    assert pending_workers(backlog, loads, Finishing(asking=1, to_ask=1)) == 3
+    assert pending_workers(backlog, loads) == 1
 
 
 async def test_a_draining_hold_ends_one_worker_start_up_before_the_queue_is_empty() -> None:
