@@ -178,20 +178,23 @@ class Dispatcher:
             raise
         self.failed_reads = 0
         now = self.clock()
-        running = sum(b.running for b in self._loads(self._last_counts, set()).values())
+        loads = self._loads(self._last_counts, set())
+        running = sum(b.running for b in loads.values())
+        finishing = finishing_tasks(self._last_counts, loads)
         self._reached_gpu |= open_requests(backlog) > 0
         # Before any worker's first request every running task is starting at once: a ratio
         # read then says "infinitely many tasks per slot" (clamped to the bound). And at most
         # one sample per RATIO_SAMPLE_S: pushed reads come at every change, and samples bunched
-        # around busy moments would weigh them over quiet ones.
+        # around busy moments would weigh them over quiet ones. The ratio is of the running
+        # tasks' own requests: a finished task's final call is not one (counting it read as
+        # fewer tasks per slot, and the target held the last ready tasks back at the end).
         if self._reached_gpu and now - self._ratio_sampled_at >= RATIO_SAMPLE_S:
             self._ratio_sampled_at = now
-            self.ratio.observe(now, running, open_requests(backlog))
+            final_calls = len(finishing & backlog.attributed_values)
+            self.ratio.observe(now, running, max(open_requests(backlog) - final_calls, 0))
         self.trend.observe(now, backlog.queued)
         self.lead.observe(now, backlog.attributed_values)
-        self.finishing.saw_asking(
-            finishing_tasks(self._last_counts, self._loads(self._last_counts, set())),
-            backlog.attributed_values)
+        self.finishing.saw_asking(finishing, backlog.attributed_values)
         return backlog
 
     # -- one tick ---------------------------------------------------------------------------

@@ -388,6 +388,25 @@ async def test_readings_before_the_first_request_do_not_feed_the_ratio() -> None
     assert d.ratio.learned and abs(d.ratio.value(clock.now) - 2.0) < 0.01
 
 
+async def test_final_calls_of_finished_tasks_do_not_feed_the_ratio() -> None:
+    """Hazard (issue-14 bench, three runs of four): near the end the GPU serves the final calls
+    of tasks already done; counted as the running tasks' requests they read as ~1 task per
+    slot, the target fell to the running count, and the last ready task waited 12-20 s for
+    a running one to finish although the queue had room."""
+    d, hermes, source, clock = make({"a": {"running": 4, "ready": 10}}, cap=3, cheap=True,
+                                    max_running=4)  # at the ceiling: nothing starts
+    hermes.finishing = {"a": frozenset({"d1", "d2"})}
+    await d.tick()
+    # 4 open requests: the final calls of d1 and d2, and 2 of the 4 running tasks'
+    source.extra.update(in_flight=3, attributed_open=4, attributed_in_flight=3,
+                        attributed_values=frozenset({"d1", "d2", "r1", "r2"}))
+    source.queued = 1
+    for _ in range(40):
+        clock.now += 1
+        await d.watch_once()
+    assert d.ratio.learned and abs(d.ratio.value(clock.now) - 2.0) < 0.01  # 4 running / 2
+
+
 async def test_pushed_reads_feed_the_ratio_at_the_poll_s_cadence() -> None:
     """Hazard: with the event stream a read comes at every change of the proxy's state, so
     busy moments would fill the ratio's window with samples and outweigh quiet ones."""
