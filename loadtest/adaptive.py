@@ -9,7 +9,9 @@ clients through the proxy (``--clients``):
   after the change its cap first came within one step of 8.
 - ``tenant``: the mock batches B=8; from the middle of the run another tenant sends 4
   closed-loop clients straight to the mock (half the engine). Targets: static cap 8, adaptive.
-  TTFT p99 before and after.
+  TTFT p99 before and after: the clients', and the engine's as the mock recorded it, ours
+  and the tenant's apart (``loadtest/adaptive_tenant.py``). ``--rate`` makes our load an open
+  loop (Poisson arrivals) instead of ``--clients`` closed-loop clients.
 
 - ``llamacpp``: the real llama-server (``-np 2``) behind an adaptive cap, then the capacity
   sweep against it; the two must agree within one step (``loadtest/adaptive_engine.py``).
@@ -31,7 +33,9 @@ from typing import Any
 
 import aiohttp
 
+from loadtest import adaptive_tenant
 from loadtest.adaptive_common import cap_sampler, per_second, phase_figures, plot
+from loadtest.adaptive_tenant import TENANT_MODEL, cap_trace, engine_figures, engine_samples
 from loadtest.generator import LoadSpec, RequestRecord, run_load
 from loadtest.processes import ServiceGroup
 from loadtest.runtime import loop_factory
@@ -61,8 +65,8 @@ def proxy_config(cap: int, adaptive: bool, engine_queue: bool = False) -> dict[s
 
 async def _tenant(mock_url: str, clients: int, until: float) -> list[RequestRecord]:
     """Another tenant's own closed loop straight to the mock (times from its own start)."""
-    spec = LoadSpec(base_url=mock_url + "/v1", clients=clients, duration=until, stream=True,
-                    max_tokens=16, timeout=120, label="tenant")
+    spec = LoadSpec(base_url=mock_url + "/v1", model=TENANT_MODEL, clients=clients,
+                    duration=until, stream=True, max_tokens=16, timeout=120, label="tenant")
     return (await run_load(spec)).records
 
 
@@ -75,11 +79,13 @@ async def one_run(experiment: str, target: str, cap: int, adaptive: bool,
         mock = await group.start_mock({**MOCK, **mock_for(first_batch, queue)})
         proxy = await group.start_proxy("proxy", proxy_config(cap, adaptive, queue),
                                         {"MOCK_URL": mock.url})
-        spec = LoadSpec(base_url=proxy.url + "/v1", clients=args.clients, duration=2 * phase,
-                        stream=True, max_tokens=16, timeout=120, label=f"{experiment}-{target}")
+        spec = LoadSpec(base_url=proxy.url + "/v1", clients=args.clients, rate=args.rate,
+                        duration=2 * phase, stream=True, max_tokens=16, timeout=120,
+                        label=f"{experiment}-{target}")
         caps: list[tuple[float, int | None]] = []
         stop = asyncio.Event()
-        t0 = time.perf_counter()
+        seen: dict[str, Any] = {}
+        t0, wall0 = time.perf_counter(), time.time()
         sampler = asyncio.create_task(cap_sampler(proxy.url, t0, stop, caps))
 
         async def change() -> list[RequestRecord]:
@@ -88,6 +94,8 @@ async def one_run(experiment: str, target: str, cap: int, adaptive: bool,
                 async with aiohttp.ClientSession() as session:
                     await session.post(mock.url + "/mock/config", json=mock_for(8, queue))
                 return []
+            seen["peak_before"] = (await adaptive_tenant.mock_json(mock.url,
+                                                                   "/mock/stats"))["peak"]
             return await _tenant(mock.url, 4, phase)
 
         load_task = asyncio.create_task(run_load(spec))
@@ -96,12 +104,13 @@ async def one_run(experiment: str, target: str, cap: int, adaptive: bool,
         tenant = await changer
         stop.set()
         await sampler
+        first_tokens = await engine_samples(mock.url)
     records = result.records
     settle = args.settle
     out: dict[str, Any] = {
         "experiment": experiment, "target": target, "cap": cap, "adaptive": adaptive,
         "clients": args.clients, "phase_s": phase, "settle_s": settle,
-        "engine_queue": args.engine_queue,
+        "engine_queue": args.engine_queue, "rate": args.rate,
         "before": phase_figures(records, settle, phase),
         "after": phase_figures(records, phase + settle, 2 * phase),
         "lost": sum(1 for r in records if not r.ok),
@@ -110,6 +119,11 @@ async def one_run(experiment: str, target: str, cap: int, adaptive: bool,
         # the other tenant's own view once it runs (its engine TTFT: no proxy in its way)
         "tenant": phase_figures(tenant, settle, phase) if tenant else None,
     }
+    if experiment == "tenant":
+        out.update(engine_before=engine_figures(first_tokens, wall0, settle, phase),
+                   engine_after=engine_figures(first_tokens, wall0, phase + settle, 2 * phase),
+                   cap_trace=cap_trace(caps, phase, settle),
+                   mock_peak_before=seen.get("peak_before"))
     if adaptive and experiment == "batch":
         reached = next((t for t, c in caps if t >= phase and c is not None and c >= 7), None)
         out["converged_after_s"] = None if reached is None else round(reached - phase, 1)
@@ -140,9 +154,12 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 results["llamacpp/adaptive"] = run
                 continue
             for target, cap, adaptive in RUNS[experiment]:
+                if args.targets and target not in args.targets:
+                    continue
                 print(f"{experiment} / {target} ({2 * args.phase:g}s)", flush=True)
                 run = await one_run(experiment, target, cap, adaptive, args, Path(tmp))
-                plot(run, out_dir / f"adaptive-{experiment}-{target}.png")
+                variant = ("-queue" if args.engine_queue else "") + ("-open" if args.rate else "")
+                plot(run, out_dir / f"adaptive-{experiment}{variant}-{target}.png")
                 results[f"{experiment}/{target}"] = run
     (out_dir / "adaptive.json").write_text(json.dumps(results, indent=1))
     return results
@@ -178,6 +195,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
                 f"({_ratio(a['engine_ttft_p99_s'], b['engine_ttft_p99_s'])}) | "
                 f"{_ms(t['ttft_p50_s'])} / {_ms(t['ttft_p99_s'])} | "
                 f"{a['goodput_tokens_per_s']:.0f} tok/s |")
+    lines += adaptive_tenant.summary_lines(results)
     for name, run in results.items():
         if "converged_after_s" in run:
             lines.append(f"\n{name}: cap within one step of 8 after {run['converged_after_s']}s")
@@ -201,8 +219,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settle", type=float, default=15.0,
                         help="seconds of each phase left out of its figures")
     parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--rate", type=float, default=None,
+                        help="our load as an open loop: Poisson arrivals per second "
+                             "(default: --clients closed-loop clients)")
     parser.add_argument("--experiments", nargs="+", default=["batch", "tenant"],
                         choices=[*sorted(RUNS), "llamacpp"])
+    parser.add_argument("--targets", nargs="+", default=None,
+                        choices=sorted({t for runs in RUNS.values() for t, _, _ in runs}),
+                        help="run only these targets (default: all of each experiment)")
     parser.add_argument("--engine-clients", type=int, default=6,
                         help="llamacpp: closed-loop clients through the proxy")
     parser.add_argument("--engine-step", type=float, default=10.0,

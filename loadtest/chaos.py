@@ -125,9 +125,9 @@ class _Peaks:
 async def run_chaos(minutes: float, fault_every_s: float, clients: int, seed: int,
                     policy: str = "local_share", log: _LogWatch | None = None,
                     kinds: tuple[Fault, ...] = tuple(Fault)) -> dict[str, Any]:
-    from proxy.app import start_proxy
     from proxy.config import parse_config
     from proxy.limits.redis import mark_fresh
+    from proxy.runner import start_proxy
 
     rng = random.Random(seed + 1)  # the clients' draws; the faults have their own
     server, replica = master_and_replica()

@@ -38,6 +38,19 @@ async def set_config(request: web.Request) -> web.Response:
     return web.json_response(state.config.to_dict())
 
 
+async def first_tokens(request: web.Request) -> web.Response:
+    """``GET /mock/ttft[?since=<unix s>][&model=<m>]``: one sample per request's first token
+    (``loadtest/mock_ttft.py``), oldest first."""
+    since = request.query.get("since")
+    try:
+        since_t = None if since is None else float(since)
+    except ValueError:
+        return error_response(400, f"bad since: {since!r}", "invalid_request_error",
+                              "bad_query")
+    samples = request.app[MOCK_STATE].first_tokens.select(since_t, request.query.get("model"))
+    return web.json_response({"samples": [s.to_dict() for s in samples]})
+
+
 async def echo(request: web.Request) -> web.Response:
     body = await request.read()
     return web.json_response(

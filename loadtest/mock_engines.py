@@ -87,6 +87,7 @@ def vllm_metrics_text(state: MockState) -> str:
     for reason in ("length", "stop"):
         count = float(state.finished_by_reason.get(reason, 0))
         lines.append(f'vllm:request_success_total{{finished_reason="{reason}",{label}}} {count}')
+    lines += state.first_tokens.metric_lines(label)  # TTFT and queue-time histograms
     lines += [
         "# HELP mock_requests_in_flight Inference requests active now, by requested model.",
         "# TYPE mock_requests_in_flight gauge",

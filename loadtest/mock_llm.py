@@ -17,8 +17,10 @@ Per-request fault injection, through headers the proxy forwards untouched:
   (stream: the body's terminating chunk comes that long after ``[DONE]``, as from servers that
   send them in separate writes).
 
-Introspection: ``GET /mock/stats``, ``POST /mock/reset``, ``POST /mock/config`` (JSON fields of
-:class:`MockLLMConfig`), and ``/mock/echo`` (any method) which returns what it received.
+Introspection: ``GET /mock/stats``, ``GET /mock/ttft`` (each request's own time to first
+token and slot wait, :mod:`loadtest.mock_ttft`), ``POST /mock/reset``, ``POST /mock/config``
+(JSON fields of :class:`MockLLMConfig`), and ``/mock/echo`` (any method) which returns what
+it received.
 
 Layout: this module builds the app (:func:`create_app`), runs it (:class:`MockLLM`) and holds
 the command line; the routes are in ``mock_generate`` (chat, completions), ``mock_embeddings``,
@@ -38,7 +40,14 @@ from contextlib import asynccontextmanager, suppress
 from aiohttp import web
 
 from loadtest import mock_engines
-from loadtest.mock_control import echo, record_requests, reset, set_config, stats
+from loadtest.mock_control import (
+    echo,
+    first_tokens,
+    record_requests,
+    reset,
+    set_config,
+    stats,
+)
 from loadtest.mock_embeddings import embeddings
 from loadtest.mock_generate import chat_completions, completions
 from loadtest.mock_probes import (
@@ -91,6 +100,7 @@ def create_app(
     add("GET", "/slots", slots)
     add("GET", "/api/ps", ollama_ps)
     add("GET", "/mock/stats", stats)
+    add("GET", "/mock/ttft", first_tokens)
     add("POST", "/mock/reset", reset)
     add("POST", "/mock/config", set_config)
     add("*", "/mock/echo", echo)

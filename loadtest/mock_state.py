@@ -14,7 +14,6 @@ decide how many steps a request takes.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -23,6 +22,8 @@ from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
+
+from loadtest.mock_ttft import FirstToken, FirstTokenLog, nearest_rank
 
 #: completed requests whose service time is kept (about 0.8 MB at most)
 SERVICE_TIMES_KEPT = 100_000
@@ -114,6 +115,7 @@ class MockState:
         "completion_tokens",
         "recent",
         "service_times",
+        "first_tokens",
         "running",
         "_queue",
         "_ids",
@@ -142,6 +144,8 @@ class MockState:
         self.recent: deque[RecordedRequest] = deque(maxlen=max(1, config.recent_requests))
         #: seconds each completed request was active (its service time, no client-side queue)
         self.service_times: deque[float] = deque(maxlen=SERVICE_TIMES_KEPT)
+        #: each request's arrival-to-first-token and slot wait, as the engine saw them
+        self.first_tokens = FirstTokenLog()
         #: requests holding one of the ``max_running`` engine slots (queue mode only)
         self.running = 0
         #: requests waiting in the engine's own queue for a slot, oldest first
@@ -273,6 +277,7 @@ class MockState:
         self.prompt_tokens = self.completion_tokens = 0
         self.recent.clear()
         self.service_times.clear()
+        self.first_tokens.clear()
 
     # -- introspection ---------------------------------------------------------------------
 
@@ -298,15 +303,11 @@ class MockState:
         """Percentiles of the kept service times (nearest rank; None when empty)."""
         data = sorted(self.service_times)
         n = len(data)
-
-        def rank(q: float) -> float | None:
-            return data[min(n - 1, max(0, math.ceil(q / 100 * n) - 1))] if n else None
-
         return {
             "count": n,
-            "p50": rank(50),
-            "p90": rank(90),
-            "p99": rank(99),
+            "p50": nearest_rank(data, 50),
+            "p90": nearest_rank(data, 90),
+            "p99": nearest_rank(data, 99),
             "max": data[-1] if n else None,
             "mean": sum(data) / n if n else None,
         }
@@ -328,6 +329,7 @@ class MockState:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "service_s": self.service_summary(),
+            "ttft_s": self.first_tokens.summary(),
             "config": self.config.to_dict(),
         }
         if with_requests:
@@ -366,22 +368,30 @@ async def hold_until_gone(request: web.Request) -> None:
 class ActiveRequest:
     """One request's hold on the GPU; released exactly once."""
 
-    __slots__ = ("state", "model", "open", "started_at", "slot")
+    __slots__ = ("state", "model", "open", "started_at", "slot", "first_token")
 
     def __init__(self, state: MockState, model: str) -> None:
         self.state = state
         self.model = model
         self.open = True
         self.slot = False
+        self.first_token: FirstToken | None = None
         self.started_at = time.perf_counter()
         state.begin(model)
 
     async def first_step(self, request: web.Request, base_s: float) -> None:
-        """The step to the first token, after the wait for an engine slot in queue mode."""
+        """The step to the first token, after the wait for an engine slot in queue mode;
+        recorded in ``state.first_tokens`` (once per request)."""
+        asked = time.perf_counter()
         if self.open and not self.slot:
             self.slot = await self.state.acquire_slot()
             check_alive(request)
+        queued = time.perf_counter() - asked
         await gpu_step(request, self.state, base_s)
+        if self.first_token is None:
+            ttft = time.perf_counter() - self.started_at
+            self.first_token = FirstToken(time.time() - ttft, self.model, ttft, queued)
+            self.state.first_tokens.add(self.first_token)
 
     def finish(self, outcome: str) -> None:
         if self.slot:

@@ -1,4 +1,4 @@
-"""The proxy: routes, the request path, start-up and graceful shutdown.
+"""The proxy: routing, the request path, start-up and graceful shutdown.
 
 One request, admitted path::
 
@@ -9,42 +9,32 @@ Admission is the default: every request with a body (POST, PUT, PATCH) is admitt
 normalized path is in ``passthrough_paths``; GET/HEAD/OPTIONS probes and those cheap routes
 pass through to an upstream untouched. One ``RequestRecord`` per request feeds metrics and the
 access log. All state hangs off the
-``Proxy`` object; nothing is module-global. HTTP is served by ``proxy/server.py``.
+``Proxy`` object; nothing is module-global. HTTP is served by ``proxy/server.py``, the admin
+routes by ``proxy/admin.py``; ``proxy/runner.py`` puts a proxy on its sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import itertools
-import json
 import logging
-import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from .access_log import AccessLog
+from .admin import AdminRoutes, on_admin_listener
 from .admission import AdmissionPolicy, requested_max_wait, settlement
 from .attribution import AttributionLabels
-from .auth import Authenticator, Identity, bearer_token
+from .auth import Authenticator, Identity
 from .capacity.manager import CapacityManager
-from .capacity.metrics import CapacityGauges, annotate
-from .capacity.signals import Outcome, make_sample
+from .capacity.metrics import annotate
 from .catalog import ModelCatalog
 from .config import Config
-from .errors import (
-    AuthenticationFailed,
-    NotFound,
-    ProxyError,
-    ShuttingDown,
-    Throttled,
-    UpstreamTimeout,
-)
-from .events import EVENTS_PATH, EventHub
+from .errors import NotFound, ProxyError, ShuttingDown, Throttled
+from .events import EventHub
 from .families import RouteFamily, admits, family_for
-from .flow_metrics import FlowCollector, FlowShares
+from .flow_metrics import FlowShares
 from .forward import (
     QUEUE_MS_HEADER,
     Exchange,
@@ -61,13 +51,10 @@ from .metrics import ProxyMetrics
 from .parse import parse_body
 from .paths import checked_target
 from .record import CLIENT_GONE, RequestRecord
-from .server import HttpServer, ServerLimits
-from .status import RequestRates, SaturationTracker, render_table, status_document
-from .upstream_metrics import fetch_upstream_metrics, is_upstream_metrics_path, upstream_of
+from .relay_accounting import capacity_sample, tokens_used
+from .status import RequestRates, SaturationTracker, status_document
 
 log = logging.getLogger("llm_throttle")
-
-ADMIN_PATHS = ("/throttle/status", EVENTS_PATH, "/metrics", "/healthz")
 
 
 def make_store(config: Config, policy: AdmissionPolicy) -> LimitStore:
@@ -80,7 +67,7 @@ def make_store(config: Config, policy: AdmissionPolicy) -> LimitStore:
 
 
 class Proxy:
-    """Everything one proxy instance owns; the handlers are its methods."""
+    """Everything one proxy instance owns; ``dispatch`` is its one handler."""
 
     def __init__(self, config: Config, store: LimitStore | None = None):
         self.config = config
@@ -94,9 +81,6 @@ class Proxy:
         self.forwarder = Forwarder(config.upstreams)
         self.catalog = ModelCatalog(config, self.forwarder)
         self.metrics = ProxyMetrics()
-        self.capacity_gauges = CapacityGauges(self.metrics.registry)
-        self.flow_collector = FlowCollector()
-        self.metrics.registry.register(self.flow_collector)
         self.flow_shares = FlowShares()
         self.access_log = AccessLog(config.access_log) if config.access_log.enabled else None
         self.rates = RequestRates()
@@ -107,15 +91,12 @@ class Proxy:
         #: request ids: unique per proxy instance (random prefix) and cheap (a counter)
         self._id_prefix = uuid.uuid4().hex[:12] + "-"
         self._ids = itertools.count()
-        self._admin_routes: dict[str, Callable[[Request], Awaitable[Response]]] = {
-            "/throttle/status": self.handle_status, "/metrics": self.handle_metrics,
-            "/healthz": self.handle_healthz, EVENTS_PATH: self.handle_events,
-        }
         #: ``GET /throttle/events`` subscribers (see ``proxy/events.py``)
         self.events = EventHub(self.status_json, max_subscribers=config.events.max_subscribers,
                                poll_s=config.events.poll_s,
                                keepalive_s=config.events.keepalive_s,
                                stall_s=config.events.stall_s)
+        self.admin = AdminRoutes(self)
         #: requests between arrival and the end of their response (graceful shutdown waits)
         self.active = 0
         self._idle = asyncio.Event()
@@ -142,7 +123,7 @@ class Proxy:
         await self.store.close()
         await self.forwarder.close()
 
-    # -- admin endpoints -----------------------------------------------------------------------
+    # -- state as shown (the admin routes and the event stream read it) -------------------------
 
     async def snapshot(self) -> Snapshot:
         """The store's snapshot as shown: attribution values bounded (``AttributionLabels``),
@@ -151,6 +132,7 @@ class Proxy:
         return self.attribution.fold(await self.store.snapshot())
 
     async def status_json(self) -> dict:
+        """The ``GET /throttle/status`` document."""
         snapshot = await self.snapshot()
         doc = status_document(snapshot, self.saturation, self.rates,
                               self.config.queue.max_depth, self.config.queue.max_wait_s)
@@ -159,62 +141,6 @@ class Proxy:
         for name, entry in doc["flows"].items():
             entry["share_last_minute"] = shares.get(name, 0.0)
         return doc
-
-    def _arrived_on_admin_port(self, request: Request) -> bool:
-        admin = self.config.admin_listen
-        return bool(admin and request.local_port == admin[1])
-
-    def check_admin(self, request: Request, *, probe: bool = False) -> None:
-        """Admin routes: only on the admin listener when one is set, and behind the admin key;
-        a health ``probe`` on the admin listener needs no key (probes that cannot send one
-        use ``admin_listen``, a private address)."""
-        on_admin_port = self._arrived_on_admin_port(request)
-        if self.config.admin_listen and not on_admin_port:
-            raise NotFound(f"no route for {request.path}")
-        if probe and on_admin_port:
-            return
-        if self.config.admin_key:
-            token = bearer_token(request.headers) or ""
-            if not hmac.compare_digest(token.encode("utf-8", "surrogateescape"),
-                                       self.config.admin_key.encode()):
-                raise AuthenticationFailed("admin key required for this route")
-
-    async def handle_status(self, request: Request) -> Response:
-        self.check_admin(request)
-        doc = await self.status_json()
-        if request.query.get("format") == "table":
-            return Response.text(render_table(doc) + "\n")
-        return Response.json_bytes(json.dumps(doc).encode())
-
-    async def handle_events(self, request: Request) -> Response | StreamResponse:
-        self.check_admin(request)
-        if request.method == "HEAD":
-            return Response(200, b"", [("Content-Type", "text/event-stream")])
-        return await self.events.stream(request)
-
-    async def handle_metrics(self, request: Request | None) -> Response:
-        if request is not None:
-            self.check_admin(request)
-        snapshot = await self.snapshot()
-        self.metrics.refresh(snapshot)
-        self.flow_collector.update(snapshot.flows)
-        self.capacity_gauges.refresh(self.capacity.status())
-        return Response(200, self.metrics.render(),
-                        [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
-
-    async def handle_upstream_metrics(self, request: Request) -> Response:
-        self.check_admin(request)
-        upstream = upstream_of(self.config, request.path)
-        return await fetch_upstream_metrics(self.forwarder, upstream, request)
-
-    async def handle_healthz(self, request: Request) -> Response:
-        self.check_admin(request, probe=True)
-        if self.draining:
-            return Response.json_bytes(b'{"status": "draining"}', status=503)
-        reason = self.store.degraded_reason  # still serving, under the degraded policy
-        body = {"status": "degraded", "store": self.store.name, "reason": reason} if reason \
-            else {"status": "ok", "store": self.store.name}
-        return Response.json_bytes(json.dumps(body).encode())
 
     # -- the request path ------------------------------------------------------------------------
 
@@ -255,16 +181,14 @@ class Proxy:
                ) -> Awaitable[Response | StreamResponse]:
         """Admin route, admitted, or passed through (see ``proxy/families.py``): the handler's
         awaitable (not awaited here: one coroutine less per request); raises a refusal."""
-        admin = self._admin_routes.get(request.path)
-        if admin is None and is_upstream_metrics_path(request.path):
-            admin = self.handle_upstream_metrics
+        admin = self.admin.handler_for(request.path)
         if admin is not None and request.method in ("GET", "HEAD"):
             record.admin = True
             return admin(request)
         if self.draining:
             raise ShuttingDown()
         target = checked_target(request.method, request.target)
-        if self.config.admin_listen and self._arrived_on_admin_port(request):
+        if on_admin_listener(self.config, request):
             raise NotFound("the admin listener serves only /metrics, /throttle/status, "
                            "/throttle/events, /healthz, /upstreams/<name>/metrics")
         path = target.partition("?")[0]  # normalized: what admission and the upstream see
@@ -323,14 +247,15 @@ class Proxy:
             except ProxyError as exc:  # the head is sent: tell it in-band
                 return _ended_with(started, exc)
         finally:
-            used = self._tokens_used(outcome, reserved)
+            used = tokens_used(outcome, reserved)
             grant.used = used  # corrects the flow's fair-share counter
             self.flow_shares.add(demand.priority.name.lower(), demand.flow, used)
             self.store.release_nowait(
                 grant, settlement(grant, reserved, used) if grant.charges else ())
             record.upstream_s, record.upstream_failure = outcome.upstream_s, outcome.failure
             record.first_byte_at, record.tokens = outcome.first_byte_at, outcome.usage
-            self._sample(upstream.name, outcome, started_at, len(parsed.body))
+            self.capacity.finished(upstream.name, capacity_sample(
+                outcome, started_at, self.clock(), len(parsed.body)))
 
     def _keepalive_configured(self, identity: Identity) -> bool:
         client = self.config.clients.get(identity.name)
@@ -353,41 +278,6 @@ class Proxy:
         record.queue_s = grant.queued_s
         return grant
 
-    def _sample(self, upstream: str, outcome: RelayOutcome, started: float,
-                body_bytes: int) -> None:
-        """What this request says about the upstream's capacity (adaptive caps)."""
-        if outcome.failure == UpstreamTimeout.code:
-            failed = Outcome.TIMEOUT
-        elif outcome.failure is not None and outcome.status == 0:
-            failed = Outcome.CONNECTION_ERROR  # no answer at all
-        elif outcome.client_gone:
-            failed = Outcome.IGNORED
-        elif outcome.status in (429, 503):
-            failed = Outcome.OVERLOADED
-        elif outcome.status >= 400 or outcome.status == 0:
-            failed = Outcome.IGNORED
-        elif not outcome.complete:
-            failed = Outcome.CONNECTION_ERROR  # the upstream broke off mid-stream
-        else:
-            failed = Outcome.OK
-        if outcome.usage is not None:
-            prompt, completion = outcome.usage
-        else:
-            prompt, completion = body_bytes // 4, outcome.chunks
-        self.capacity.finished(upstream, make_sample(
-            failed, started, self.clock(), outcome.first_byte_at, prompt, completion))
-
-    @staticmethod
-    def _tokens_used(outcome: RelayOutcome, reserved: int) -> int:
-        """Real usage when known; what a cut-short stream generated; else the reservation."""
-        if outcome.usage is not None:
-            return outcome.usage[0] + outcome.usage[1]
-        if outcome.status == 0 or outcome.status >= 400:
-            return 0  # nothing was generated
-        if outcome.chunks:
-            return outcome.chunks + 1
-        return reserved
-
     async def _passthrough(self, request: Request, target: str,
                            record: RequestRecord) -> Response | StreamResponse:
         if self.catalog.serves(request.method, request.path):  # every upstream's models
@@ -404,75 +294,6 @@ class Proxy:
                                       None)
         finally:
             upstream_response.close()
-
-
-@dataclass
-class RunningProxy:
-    """A proxy listening on its sockets (tests, the CLI)."""
-
-    proxy: Proxy
-    server: HttpServer
-    url: str
-
-    async def close(self) -> None:
-        """Graceful: stop accepting, drain (see ``Proxy.stop``), then close connections."""
-        self.server.stop_listening()
-        await self.proxy.stop()
-        await self.server.close()
-
-
-async def start_proxy(config: Config, host: str | None = None, port: int | None = None,
-                      store: LimitStore | None = None) -> RunningProxy:
-    """Start listening; ``port=0`` picks a free port (see ``RunningProxy.url``)."""
-    proxy = Proxy(config, store)
-    await proxy.start()
-    server = HttpServer(proxy.dispatch, ServerLimits(
-        max_body_bytes=config.max_body_bytes, body_read_timeout_s=config.body_read_timeout_s,
-        header_read_timeout_s=config.header_read_timeout_s,
-        max_connections=config.max_connections))
-    try:
-        bound_host, bound_port = await server.listen(
-            host or config.listen_host, config.listen_port if port is None else port)
-        if config.admin_listen:
-            await server.listen(*config.admin_listen, admin=True)
-    except BaseException:
-        await server.close()
-        await proxy.stop()
-        raise
-    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    return RunningProxy(proxy, server, f"http://{shown}:{bound_port}")
-
-
-async def serve_forever(config: Config, host: str | None = None, port: int | None = None,
-                        on_ready: Callable[[str], None] | None = None,
-                        config_path: str | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully (see ``Proxy.stop``); SIGHUP
-    reloads ``config_path`` (see ``proxy/reload.py``)."""
-    from .reload import reload_file
-
-    running = await start_proxy(config, host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    reloads: set[asyncio.Task[bool]] = set()
-    if config_path is not None:
-        def reload() -> None:
-            task = loop.create_task(reload_file(running.proxy, config_path))
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
-        loop.add_signal_handler(signal.SIGHUP, reload)
-    if on_ready is not None:
-        on_ready(running.url)
-    try:
-        await stop.wait()
-        log.info("shutting down: draining up to %gs", config.shutdown_grace_s)
-    finally:
-        await running.close()
-
-
-def dumps(doc: dict) -> str:
-    return json.dumps(doc, indent=2, sort_keys=True)
 
 
 def _ended_with(response: StreamResponse, error: ProxyError) -> StreamResponse:

@@ -38,9 +38,9 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .app import serve_forever
     from .config import parse_listen
     from .limits.redis_errors import StoreMisconfigured
+    from .runner import serve_forever
 
     try:
         config = _config_from_args(args)

@@ -20,17 +20,14 @@ Bounds: the head (all interim heads and the final one) is at most ``MAX_HEAD_BYT
 client) is at most ``max_body_bytes``. Past either the exchange fails with a 502 and the
 connection closes, so the proxy never holds more than one read beyond the bound.
 
-The body is queued for ``read`` (reading pauses past ``HIGH_WATER`` queued bytes) or, once a
-relay calls ``pump``, handed to its sink from the parser callback itself, so a streamed chunk
-reaches the client without a task switch.
+The body of the final answer goes to an ``ArrivingBody`` (``proxy/upstream_body.py``): queued
+for ``read``, or handed to a relay's sink from the parser callback itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import httptools
@@ -38,20 +35,22 @@ from multidict import CIMultiDict
 
 from .errors import UpstreamError, UpstreamTimeout
 from .flow_control import FlowControl, ReadPause
-from .messages import NO_BODY_STATUS
+from .upstream_body import ArrivingBody
 from .upstream_framing import (
     MAX_HEAD_BYTES,
     MAX_HEADERS,
     MAX_INTERIM,
     Exchange,
     Framing,
+    announces_forbidden_body,
+    body_framing,
     framing_doubt,
 )
 from .upstream_response import UpstreamResponse
 
 log = logging.getLogger("llm_throttle.upstream")
 
-HIGH_WATER = 1 << 20
+
 class StaleConnection(Exception):
     """A reused connection closed after the request was written, before any answer byte."""
 
@@ -96,19 +95,13 @@ class UpstreamConnection(asyncio.Protocol):
     def _reset(self) -> None:
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._head: asyncio.Future[UpstreamResponse] | None = None
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
+        self.body = ArrivingBody(self.loop, self.flow)
         self._head_bytes = 0  # bytes received while no final head was complete
         self._header_bytes = 0  # header fields, over the interim heads and the final one
         self._interim = 0
         self._got_bytes = False
-        self._complete = False
-        self._error: Exception | None = None
         self._stop: Exception | None = None  # why a callback stopped the parser
-        self._waiter: asyncio.Future[None] | None = None
         self._keep_alive = True
-        self._sink: Callable[[bytes, bool], bool] | None = None
-        self._end_delivered = False
         self._eof_body = False
         #: when bytes last came (or the request went out): the pool's sweep times out silence
         self.last_activity = 0.0
@@ -240,40 +233,25 @@ class UpstreamConnection(asyncio.Protocol):
         if doubt is not None:
             self._stop = self._bad(f"upstream '{self.owner.name}' sent {doubt}")
             raise self._stop
-        no_body = status in NO_BODY_STATUS or self._expect_no_body
-        chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
-        self._eof_body = not no_body and "Content-Length" not in headers and not chunked
-        self.framing = (Framing.NONE if no_body else Framing.CHUNKED if chunked
-                        else Framing.CLOSE if self._eof_body else Framing.LENGTH)
+        self.framing = body_framing(status, headers, self._expect_no_body)
+        self._eof_body = self.framing is Framing.CLOSE
         # The reason phrase is not read (no on_status callback): it carries no meaning (RFC
         # 9110 section 15) and the client gets the standard one for the status.
-        response = UpstreamResponse(self, status, "", headers, raw)
-        if status == 204 and ("Transfer-Encoding" in headers
-                              or headers.get("Content-Length", "0") != "0"):
-            # A 204 announcing a body (RFC 9110 s. 8.6 forbids it): if those bytes come,
-            # they come after the message. Not reused.
+        response = UpstreamResponse(self, self.body, status, "", headers, raw)
+        if announces_forbidden_body(status, headers):
             self._keep_alive = False
         if self._expect_no_body:
             # After HEAD a body length may be announced but never sent: don't reuse.
             self._keep_alive = False
             self.state = Exchange.DONE
-            self._complete = True
+            self.body.end()
         if self._head is not None and not self._head.done():
             self._head.set_result(response)
 
     def on_body(self, body: bytes) -> None:
         if self.state is not Exchange.BODY:
             return  # bytes after a HEAD answer: dropped (the connection is not reused)
-        sink = self._sink
-        if sink is not None:  # pumping: straight to the relay, no queue, no wake-up
-            if not sink(body, False):
-                self._pause_for_sink()
-            return
-        self._chunks.append(body)
-        self._buffered += len(body)
-        if self._buffered > HIGH_WATER and self.flow is not None:
-            self.flow.pause_reading(ReadPause.BUFFER)
-        self._wake()
+        self.body.feed(body)
 
     def on_message_complete(self) -> None:
         state = self.state
@@ -285,12 +263,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _message_done(self) -> None:
         if self.state is not Exchange.CLOSED:
             self.state = Exchange.DONE
-        self._complete = True
-        sink = self._sink
-        if sink is not None:
-            self._end_delivered = True
-            sink(b"", True)  # the relay ends its body in this same callback
-        self._wake()
+        self.body.end()
 
     # -- used by the pool and the response ---------------------------------------------------------
 
@@ -317,93 +290,13 @@ class UpstreamConnection(asyncio.Protocol):
         return self.state in (Exchange.AWAITING, Exchange.INTERIM, Exchange.BODY)
 
     @property
-    def body_ready(self) -> bool:
-        return bool(self._chunks) or self._complete
-
-    @property
     def max_body_bytes(self) -> int:
         return self.owner.max_body_bytes
 
-    def read_now(self) -> bytes | None:
-        """The whole body if it has all arrived already (the usual case for small answers)."""
-        if not self._complete or self._error is not None:
-            return None
-        return self._take_chunks()
-
-    async def next_chunk(self) -> bytes | None:
-        while True:
-            if self._chunks:
-                # Hand over everything that has arrived: one write downstream, not one each.
-                return self._take_chunks()
-            if self._error is not None:
-                raise self._error
-            if self._complete:
-                return None
-            await self._wait()
-
-    def _take_chunks(self) -> bytes:
-        """Everything queued, as one piece; reading resumes if the queue had paused it."""
-        chunks = self._chunks
-        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self._buffered = 0
-        if self.flow is not None:
-            self.flow.resume_reading(ReadPause.BUFFER)
-        return data
-
-    async def _wait(self) -> None:
-        """Until the next body bytes, the end, an error, or a pause for the sink."""
-        self._waiter = self.loop.create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    async def pump(self, sink: Callable[[bytes, bool], bool],
-                   wait_ready: Callable[[], Awaitable[None]]) -> None:
-        self._sink = sink
-        flow = self.flow
-        assert flow is not None
-        try:
-            if self._chunks or self._complete:  # what came with the head
-                self._deliver()
-            while True:
-                if self._error is not None:
-                    raise self._error
-                if self._complete:
-                    if not self._end_delivered:  # a body that ended with the connection
-                        self._deliver()
-                    return
-                if flow.paused_for(ReadPause.CONSUMER):
-                    await wait_ready()
-                    flow.resume_reading(ReadPause.CONSUMER)
-                    if self._chunks:
-                        self._deliver()
-                    continue
-                await self._wait()
-        finally:
-            self._sink = None
-
-    def _deliver(self) -> None:
-        """What arrived before pumping began, to the sink in one call (with the end when it
-        came too: the relay writes its last chunk and its terminator in one write)."""
-        assert self._sink is not None
-        data = self._take_chunks()
-        end = self._complete
-        self._end_delivered = end
-        if not self._sink(data, end) and not end:
-            self._pause_for_sink()
-
-    def _pause_for_sink(self) -> None:
-        assert self.flow is not None
-        if not self.flow.paused_for(ReadPause.CONSUMER):
-            self.flow.pause_reading(ReadPause.CONSUMER)  # the pump waits, then resumes
-            self._wake()
-
     def finish(self) -> None:
         """The reader is done: reuse the connection if the exchange ended cleanly."""
-        if (self.state is Exchange.DONE and self._keep_alive and self._error is None
-                and not self._chunks and self.flow is not None):
+        if (self.state is Exchange.DONE and self._keep_alive and self.body.taken_whole
+                and self.flow is not None):
             # Reading resumes: whatever arrives now is a leftover and closes the connection.
             self.flow.resume_reading(ReadPause.CONSUMER | ReadPause.BUFFER)
             self._head = None
@@ -435,11 +328,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.abort()
 
     def _fail(self, error: Exception) -> None:
-        if self._error is None and not self._complete:
-            self._error = error
         if self._head is not None and not self._head.done():
             self._head.set_exception(error)
-        self._wake()
+        self.body.fail(error)
         self.abort()
 
     def _bad(self, message: str) -> UpstreamError:
@@ -453,10 +344,6 @@ class UpstreamConnection(asyncio.Protocol):
         """A body read whole went past ``limit``: the connection goes (502 for the client)."""
         self.abort()
         return self._too_large(f"a response body over {limit} bytes")
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
     def time_out(self, read_timeout: float) -> None:
         where = "mid-response" if self.state is Exchange.BODY else "before answering"

@@ -9,6 +9,8 @@ import enum
 
 from multidict import CIMultiDict
 
+from .messages import NO_BODY_STATUS
+
 #: like the front server's limits on a request head
 MAX_HEAD_BYTES = 65536
 MAX_HEADERS = 128
@@ -47,3 +49,23 @@ class Framing(enum.Enum):
     LENGTH = "length"  # Content-Length
     CHUNKED = "chunked"
     CLOSE = "close"  # by the connection closing: never pooled
+
+
+def body_framing(status: int, headers: CIMultiDict[str], head_only: bool) -> Framing:
+    """How the body of a final answer is delimited (RFC 9112 section 6.3): none for the
+    statuses that never carry one and after HEAD, else chunked before a length, else the
+    connection's close."""
+    if head_only or status in NO_BODY_STATUS:
+        return Framing.NONE
+    if "chunked" in headers.get("Transfer-Encoding", "").lower():
+        return Framing.CHUNKED
+    if "Content-Length" in headers:
+        return Framing.LENGTH
+    return Framing.CLOSE
+
+
+def announces_forbidden_body(status: int, headers: CIMultiDict[str]) -> bool:
+    """A 204 announcing a body (RFC 9110 section 8.6 forbids it): if those bytes come, they
+    come after the message, so the connection is not reused."""
+    return status == 204 and ("Transfer-Encoding" in headers
+                              or headers.get("Content-Length", "0") != "0")

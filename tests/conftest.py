@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from loadtest.mock_llm import MockLLM, MockLLMConfig
-from proxy.app import RunningProxy, start_proxy
 from proxy.config import parse_config
+from proxy.runner import RunningProxy, start_proxy
 from tests.redis_server import RedisServer, redis_server_binary
 
 #: stores every admission test runs against (the Redis store adds "redis")

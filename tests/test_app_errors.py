@@ -120,7 +120,7 @@ async def test_upstream_throttling_is_passed_on_with_its_headers(mock_llm, make_
     assert got == status
     if status == 429:
         assert headers["retry-after"] == "2"
-    metrics = (await proxy.proxy.handle_metrics(None)).body.decode()
+    metrics = (await proxy.proxy.admin.handle_metrics(None)).body.decode()
     assert f'llm_throttle_upstream_errors_total{{reason="{status}",upstream="up"}} 1.0' in metrics
 
 

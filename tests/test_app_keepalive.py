@@ -166,8 +166,8 @@ async def test_shutdown_while_kept_alive_ends_with_sse_error(store_kind, request
     """Hazard: a graceful stop answers queued requests 503, which a kept-alive stream can no
     longer send: it must end with the ``shutting_down`` SSE error event, while the admitted
     request still finishes."""
-    from proxy.app import start_proxy
     from proxy.config import parse_config
+    from proxy.runner import start_proxy
 
     mock = await mock_llm(ttft_s=0, tpot_s=0, batch_size=8, output_tokens=4)
     config = keepalive_config(mock.url, after_s=0.2, interval_s=0.2)

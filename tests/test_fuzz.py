@@ -38,8 +38,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from loadtest.mock_llm import MOCK_STATE, MockLLMConfig, MockState, create_app
-from proxy.app import RunningProxy, start_proxy
 from proxy.config import parse_config
+from proxy.runner import RunningProxy, start_proxy
 from tests.conftest import assert_nothing_held
 from tests.fuzz_requests import (
     ADMIN_KEY,

@@ -30,8 +30,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from proxy.app import RunningProxy, start_proxy
 from proxy.config import parse_config
+from proxy.runner import RunningProxy, start_proxy
 from tests.conftest import assert_nothing_held
 from tests.raw_client import RawResponse, exchange
 from tests.raw_upstream import RawUpstream, Seen, answer, reset

@@ -59,7 +59,7 @@ async def test_metrics_count_requests_tokens_and_ttft(mock_llm, make_proxy, open
     stream = await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
     async for _ in stream:
         pass
-    metrics = (await proxy.proxy.handle_metrics(None)).body.decode()
+    metrics = (await proxy.proxy.admin.handle_metrics(None)).body.decode()
     assert 'llm_throttle_requests_total{client="anonymous",model="m",status="200"} 2.0' in metrics
     assert 'llm_throttle_tokens_total{client="anonymous",kind="completion",model="m"} 10.0' \
         in metrics

@@ -17,9 +17,15 @@ load. Each closed window compares its median TPOT and normalised TTFT with their
   shrink brought no relief (the ratio's excess over 1 kept more than ``NO_RELIEF`` of itself),
   the latency is not this upstream's load (a busy host, an engine slower at any load): the
   window's medians become the baseline and the cap holds, instead of sliding to the floor;
+- the engine reports a waiting queue in a reading taken since the last change of cap, while
+  this upstream's load filled the cap: the engine runs all it can (another tenant may hold
+  the rest), so shrink by the queue's length (at most by half) whatever the latency says;
+  while the engine reports a queue, a rise a shrink did not relieve is still this load, never
+  a new baseline;
 - ratio within tolerance, the cap was actually reached in the window (growth is meaningless
   while the load does not fill the cap), and the engine does not report a waiting queue or a
-  nearly full KV cache: grow by one;
+  nearly full KV cache in a reading taken since the last change (growth must not outrun the
+  poller, and a try of the knee has not held before the engine said so): grow by one;
 - otherwise hold.
 
 Stability at the knee: a shrink right after a growth marks the cap that failed as the
@@ -81,6 +87,7 @@ class Reason(enum.Enum):
     PROBE = "baseline probe"
     PROBE_DONE = "baseline probe done"
     SLOTS = "engine slot count"
+    ENGINE_QUEUE = "engine queue"
     CONFIG = "configuration"
     SHARED = "shared cap from another host"
 
@@ -204,7 +211,16 @@ class AdaptiveCap:
             return f"engine queue {e.waiting}"
         if e.kv_usage is not None and e.kv_usage >= KV_FULL:
             return f"KV cache {e.kv_usage:.0%}"
+        if e.fetched_at < self._changed_at:
+            return "engine not read since the last change"
         return None
+
+    def _engine_queue_since_change(self) -> int:
+        """The engine's waiting queue in a fresh reading taken under the current cap."""
+        e = self.fresh_engine()
+        if e is None or e.fetched_at < self._changed_at or not e.waiting:
+            return 0
+        return e.waiting
 
     # -- decisions ---------------------------------------------------------------------------
 
@@ -234,6 +250,16 @@ class AdaptiveCap:
         ratio = self._ratio(stats)
         self.last_ratio = ratio
         tolerance = self.settings.tolerance
+        queued = self._engine_queue_since_change()
+        if queued and peak >= self.cap and self.cap > self.settings.floor:
+            # past what the engine runs at once: the excess waits there, before its first token
+            if self._grew_last:
+                self._knee = self.cap
+                self._backoff = min(MAX_BACKOFF_WINDOWS, self._backoff * 2)
+            self._bad_streak = 0
+            shrink = min(queued, math.ceil(self.cap * MAX_SHRINK))
+            self._set(max(self.settings.floor, self.cap - shrink), Reason.ENGINE_QUEUE)
+            return
         if ratio <= 1.0 + tolerance / 2:
             self._follow_baseline(stats)
         self._bad_streak = self._bad_streak + 1 if ratio > 1.0 + tolerance else 0
@@ -244,8 +270,10 @@ class AdaptiveCap:
         if self._bad_streak >= 2 or ratio > 1.0 + 2 * tolerance:
             self._bad_streak = 0
             shrunk_at = self._shrunk_at
+            engine = self.fresh_engine()
             if self.cap <= self.settings.floor or (
-                    shrunk_at is not None and ratio - 1.0 > (shrunk_at - 1.0) * NO_RELIEF):
+                    shrunk_at is not None and ratio - 1.0 > (shrunk_at - 1.0) * NO_RELIEF
+                    and not (engine is not None and engine.waiting)):
                 # slower at any load (a smaller cap did not help): the baseline moved
                 self._shrunk_at = None
                 self._take_baseline(stats)
@@ -260,6 +288,9 @@ class AdaptiveCap:
             return
         if ratio > 1.0 + tolerance:
             return  # wait for the next window to confirm
+        engine = self.fresh_engine()
+        if engine is not None and engine.fetched_at < self._changed_at:
+            return  # the engine's word on this cap is still to come: a try has not held yet
         if self._grew_last and self._knee is not None and self.cap >= self._knee:
             self._knee, self._backoff = None, 1  # the try held: the knee was not there
         self._grew_last = False

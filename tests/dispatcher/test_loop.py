@@ -250,7 +250,13 @@ async def test_run_stops_on_the_event() -> None:
     await d.start()
     stop = asyncio.Event()
     task = asyncio.create_task(d.run(stop))
-    await asyncio.sleep(0.2)
+    # Wait for two ticks rather than sleeping a fixed time: on a loaded CI machine 0.2 s
+    # did not always hold two 0.05 s ticks.
+    for _ in range(200):
+        if d.last is not None and d.last.number >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert not task.done(), "run() returned before the stop event was set"
     stop.set()
     await asyncio.wait_for(task, 2)
     assert d.last is not None and d.last.number >= 2

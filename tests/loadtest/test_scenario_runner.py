@@ -35,7 +35,8 @@ def test_a_runner_file_with_an_unknown_option_is_refused(tmp_path: Path) -> None
 
 def test_adaptive_scenario_smoke_runs_the_tenant_experiment(tmp_path: Path) -> None:
     """Hazard: the scenario dispatch runs nothing, or loses requests, or drops the engine
-    TTFT (the client's less the proxy's queue wait) that the tenant figures need."""
+    TTFT (the client's less the proxy's queue wait, and the mock's own record of ours and the
+    tenant's requests apart) that the tenant figures need."""
     assert main(["scenario", "adaptive", "--smoke", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "adaptive" / "adaptive.json").read_text())
     assert set(results) == {"tenant/static8", "tenant/adaptive"}
@@ -43,3 +44,9 @@ def test_adaptive_scenario_smoke_runs_the_tenant_experiment(tmp_path: Path) -> N
         assert run["lost"] == 0 and run["tenant_requests"] > 0
         assert run["before"]["engine_ttft_p99_s"] is not None
         assert run["tenant"]["ttft_p99_s"] is not None
+        before, after = run["engine_before"], run["engine_after"]
+        assert before["ours"]["count"] > 0 and before["tenant"]["count"] == 0
+        assert after["tenant"]["count"] > 0 and after["tenant"]["ttft_p50_s"] >= 0.01
+        assert after["all"]["count"] == after["ours"]["count"] + after["tenant"]["count"]
+    # the mock never held more of ours than the static cap let through
+    assert results["tenant/static8"]["mock_peak_before"] <= 8
