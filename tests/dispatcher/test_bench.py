@@ -10,7 +10,7 @@ the ceiling running, nothing started while the proxy's queue is at or above the 
 watermark. What is compared with the cron wrapper, on measures a slow machine moves for both
 modes alike: the GPU idle while tasks were ready after the first request (the companion fills
 a freed slot within a second, the wrapper at its next 15 s tick; 0-1 s against 4-5 s on a quiet
-machine), and the makespan within 10% (the companion's 34-35 s against 39 s on a quiet
+machine), and the makespan within 10% (the companion's 30.5-35 s against 38.6-39.3 s on a quiet
 machine; on a loaded two-core machine worker start-ups vary by seconds, and the strict win
 this test asked for before failed in one run of three there).
 Bounded: about a minute and a half on two cores.
