@@ -12,12 +12,11 @@ from typing import Any
 
 from aiohttp import web
 
-from loadtest.mock_faults import parse_faults, refusal
+from loadtest.mock_faults import read_request, refusal
 from loadtest.mock_protocol import (
     BadRequest,
     dumps,
     error_response,
-    read_json,
     tokens_for_chars,
 )
 from loadtest.mock_state import MOCK_STATE, ActiveRequest
@@ -46,17 +45,11 @@ async def embeddings(request: web.Request) -> web.Response:
     state = request.app[MOCK_STATE]
     config = state.config
     try:
-        faults = parse_faults(request.headers)
-        body = await read_json(request)
+        faults, body = await read_request(request)
         inputs = _embedding_inputs(body.get("input"))
     except BadRequest as exc:
         return exc.response()
-    except ValueError as exc:
-        return error_response(
-            400, f"bad x-mock header: {exc}", "invalid_request_error", "bad_fault"
-        )
-    refused = refusal(faults)
-    if refused is not None:
+    if (refused := refusal(faults)) is not None:
         return refused
     model: str = body["model"]
     base64_out = body.get("encoding_format") == "base64"

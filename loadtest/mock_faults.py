@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from loadtest.mock_protocol import BadRequest, error_response
+from loadtest.mock_protocol import BadRequest, error_response, read_json
 
 
 @dataclass(slots=True)
@@ -25,11 +26,19 @@ class Faults:
 
 
 def parse_faults(headers: CIMultiDictProxy[str]) -> Faults | None:
-    """None (the fast path) unless the request carries a fault header."""
+    """None (the fast path) unless the request carries a fault header; a malformed one is a
+    ``BadRequest`` (a 400 on every route)."""
     spec = headers.get("x-mock-fault")
     pause = headers.get("x-mock-pause-after-first")
     if spec is None and pause is None:
         return None
+    try:
+        return _faults(spec, pause)
+    except ValueError as exc:  # a number that does not parse
+        raise BadRequest(f"bad x-mock header: {exc}", "bad_fault") from None
+
+
+def _faults(spec: str | None, pause: str | None) -> Faults:
     faults = Faults()
     if pause is not None:
         faults.pause_after_first = float(pause)
@@ -52,6 +61,13 @@ def parse_faults(headers: CIMultiDictProxy[str]) -> Faults | None:
         elif name:
             raise BadRequest(f"unknown x-mock-fault {name!r}", "unknown_fault")
     return faults
+
+
+async def read_request(request: web.Request) -> tuple[Faults | None, dict[str, Any]]:
+    """What every generation and embedding route reads first: the faults asked for and the
+    JSON body; ``BadRequest`` for either malformed. The refusal a fault asks for comes after
+    the route's own checks (``refusal``), so a bad request is a 400 whatever its faults."""
+    return parse_faults(request.headers), await read_json(request)
 
 
 def rate_limited(retry_s: float) -> web.Response:

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from loadtest.mock_faults import Faults, parse_faults, refusal
+from loadtest.mock_faults import Faults, read_request, refusal
 from loadtest.mock_protocol import (
     DONE,
     SSE_HEADERS,
@@ -24,8 +24,6 @@ from loadtest.mock_protocol import (
     chat_prompt_tokens,
     completion_prompt_tokens,
     dumps,
-    error_response,
-    read_json,
 )
 from loadtest.mock_state import (
     MOCK_STATE,
@@ -68,18 +66,12 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
     state = request.app[MOCK_STATE]
     config = state.config
     try:
-        faults = parse_faults(request.headers)
-        body = await read_json(request)
+        faults, body = await read_request(request)
         prompt_tokens = chat_prompt_tokens(body) if chat else completion_prompt_tokens(body)
         n_tokens, finish_reason = _output_plan(body, config, faults)
     except BadRequest as exc:
         return exc.response()
-    except ValueError as exc:
-        return error_response(
-            400, f"bad x-mock header: {exc}", "invalid_request_error", "bad_fault"
-        )
-    refused = refusal(faults)
-    if refused is not None:
+    if (refused := refusal(faults)) is not None:
         return refused
 
     model: str = body["model"]

@@ -13,7 +13,6 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from loadtest.findings import Findings, fmt_ms, fmt_num, fmt_pct
 from loadtest.provenance import code_version, machine_info, machine_section
@@ -28,10 +27,8 @@ from loadtest.run_stats import (
     stat_of,
     targets_of,
 )
+from loadtest.scenario_model import RunRecord, Scenario, ScenarioResult
 from loadtest.verdicts import analyze
-
-if TYPE_CHECKING:
-    from loadtest.scenario import RunRecord, Scenario, ScenarioResult
 
 
 def _comparison_table(scenario: Scenario, runs: Sequence[RunRecord], phase: str) -> str:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from loadtest.scenario import RunRecord, Scenario
+from loadtest.scenario_model import RunRecord, Scenario
 
 
 def median(values: Iterable[float | None]) -> float | None:

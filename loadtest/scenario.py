@@ -28,6 +28,9 @@ Every server is a subprocess on a free loopback port (CPU time read per process 
 all of them are stopped when the scenario ends, fails or is interrupted. Each run writes its
 full result JSON (``loadtest report`` reads them), ``runs.json`` indexes them, and the report
 section (Markdown + PNGs) can be spliced into a page such as ``docs/benchmarks.md``.
+
+This module runs scenarios and is the command line; the file is read by
+``loadtest/scenario_file.py`` into the types of ``loadtest/scenario_model.py``.
 """
 
 from __future__ import annotations
@@ -42,14 +45,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from loadtest.generator import ClientClass, LoadSpec, run_load
-from loadtest.mock_state import MockLLMConfig
+from loadtest.generator import parse_proxy_status, run_load
 from loadtest.processes import (
     Service,
     ServiceError,
@@ -60,330 +61,30 @@ from loadtest.processes import (
     redis_store_available,
     wait_for_quiet,
 )
+from loadtest.provenance import code_version
+from loadtest.report_section import write_section
 from loadtest.runtime import loop_factory
-from proxy.yamlfile import YamlProblems, load_yaml
+from loadtest.scenario_file import ScenarioError, build_load_spec, load_scenario, scenario_path
+from loadtest.scenario_model import (
+    DIRECT,
+    NGINX,
+    PASSTHROUGH,
+    Phase,
+    RunRecord,
+    Scenario,
+    ScenarioResult,
+)
+from loadtest.scenario_runner import (
+    RunnerFileError,
+    read_runner_file,
+    run_runner_file,
+    runner_args,
+)
 
-SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 DEFAULT_OUT = Path("loadtest/results")
-DIRECT, NGINX, PASSTHROUGH = "direct", "nginx", "passthrough"
-ANALYSES = ("overhead", "streaming", "overload", "priority", "multihost", "fairness")
-
-#: LoadSpec fields a scenario may set (the runner fills in URLs, sampling and labels)
-LOAD_KEYS = frozenset({"clients", "rate", "requests", "duration", "stream", "max_tokens",
-                       "prompt_chars", "mix", "timeout", "headers", "seed", "sample_interval",
-                       "model"})
-#: what --smoke does to every load before the phase's own ``smoke`` overrides
-SMOKE_DURATION_S = 1.5
-SMOKE_REQUESTS = 60
-#: placeholder URLs used when a scenario is only validated
-_CHECK_ENV = {"MOCK_URL": "http://127.0.0.1:9", "REDIS_URL": "redis://127.0.0.1:9/0"}
-
-
-class ScenarioError(ValueError):
-    """A scenario file that cannot be used; ``problems`` holds one line per issue."""
-
-    def __init__(self, path: str, problems: list[str]):
-        self.problems = problems
-        super().__init__(f"{path}: invalid scenario:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-@dataclass(frozen=True)
-class ProxySpec:
-    name: str
-    config: dict[str, Any]
-    replicas: int = 1
-
-
-@dataclass(frozen=True)
-class Phase:
-    name: str
-    targets: tuple[str, ...]
-    #: load name -> LoadSpec fields; one load is called "main"
-    loads: dict[str, dict[str, Any]]
-    mock: dict[str, Any] = field(default_factory=dict)
-    smoke: dict[str, Any] = field(default_factory=dict)
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    title: str
-    description: str
-    analysis: str
-    path: Path
-    mock: dict[str, Any]
-    phases: tuple[Phase, ...]
-    proxies: dict[str, ProxySpec] = field(default_factory=dict)
-    nginx: bool = False
-    redis: bool = False
-    repeat: int = 1
-    passthrough: bool = False
-    targets: dict[str, float] = field(default_factory=dict)
-    smoke_mock: dict[str, Any] = field(default_factory=dict)
-
-    def smoked(self) -> Scenario:
-        """The same scenario shrunk to a couple of seconds per phase (for tests)."""
-        phases = tuple(
-            Phase(p.name, p.targets, {n: _smoke_load(load, p.smoke) for n, load in p.loads.items()},
-                  p.mock, p.smoke, p.description)
-            for p in self.phases
-        )
-        return Scenario(self.name, self.title, self.description, self.analysis, self.path,
-                        {**self.mock, **self.smoke_mock}, phases, self.proxies, self.nginx,
-                        self.redis, 1, self.targets, self.smoke_mock, self.passthrough)
-
-
-def _smoke_load(load: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(load)
-    if out.get("duration") is not None:
-        out["duration"] = min(float(out["duration"]), SMOKE_DURATION_S)
-    if out.get("requests") is not None:
-        out["requests"] = min(int(out["requests"]), SMOKE_REQUESTS)
-    out.update(overrides)
-    return out
-
-
-# -- reading a scenario file -----------------------------------------------------------------
-
-
-def _mapping(value: Any, where: str, problems: list[str]) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        problems.append(f"{where}: expected a mapping")
-        return {}
-    return dict(value)
-
-
-def _check_mock(values: Mapping[str, Any], where: str, problems: list[str]) -> None:
-    known = {f.name for f in fields(MockLLMConfig)}
-    for key in values:
-        if key not in known:
-            problems.append(
-                f"{where}.{key}: not a mock setting (one of {', '.join(sorted(known))})")
-    try:
-        MockLLMConfig().update({k: v for k, v in values.items() if k in known})
-    except (TypeError, ValueError) as exc:
-        problems.append(f"{where}: {exc}")
-
-
-def _check_load(load: Mapping[str, Any], where: str, problems: list[str]) -> None:
-    for key in load:
-        if key not in LOAD_KEYS:
-            problems.append(f"{where}.{key}: unknown load setting")
-    if load.get("duration") is None and load.get("requests") is None:
-        problems.append(f"{where}: needs a duration and/or a requests bound")
-    try:
-        build_load_spec(load, "http://127.0.0.1:9/v1").validate()
-    except (TypeError, ValueError, KeyError) as exc:
-        problems.append(f"{where}: {exc}")
-
-
-def parse_scenario(data: Any, path: Path) -> Scenario:
-    """Validate a decoded scenario; raises ``ScenarioError`` listing every problem."""
-    from proxy.config import ConfigError, parse_config
-
-    problems: list[str] = []
-    top = _mapping(data, "(top level)", problems)
-    known_top = {"name", "title", "description", "analysis", "repeat", "mock", "smoke_mock",
-                 "nginx", "redis", "passthrough", "proxies", "targets", "phases"}
-    for key in top:
-        if key not in known_top:
-            problems.append(f"{key}: unknown key")
-    name = str(top.get("name") or path.stem)
-    analysis = top.get("analysis", "overhead")
-    if analysis not in ANALYSES:
-        problems.append(f"analysis: must be one of {', '.join(ANALYSES)}, got {analysis!r}")
-    repeat = top.get("repeat", 1)
-    if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
-        problems.append("repeat: expected a positive integer")
-        repeat = 1
-    mock = _mapping(top.get("mock"), "mock", problems)
-    _check_mock(mock, "mock", problems)
-    smoke_mock = _mapping(top.get("smoke_mock"), "smoke_mock", problems)
-    _check_mock(smoke_mock, "smoke_mock", problems)
-    targets_cfg = _mapping(top.get("targets"), "targets", problems)
-    for key, value in targets_cfg.items():
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            problems.append(f"targets.{key}: expected a number")
-
-    proxies: dict[str, ProxySpec] = {}
-    for pname, entry in _mapping(top.get("proxies"), "proxies", problems).items():
-        where = f"proxies.{pname}"
-        entry = _mapping(entry, where, problems)
-        if pname in (DIRECT, NGINX, PASSTHROUGH):
-            problems.append(f"{where}: '{pname}' is a reserved target name")
-        for key in entry:
-            if key not in ("config", "replicas"):
-                problems.append(f"{where}.{key}: unknown key")
-        replicas = entry.get("replicas", 1)
-        if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= 8:
-            problems.append(f"{where}.replicas: expected an integer from 1 to 8")
-            replicas = 1
-        config = _mapping(entry.get("config"), f"{where}.config", problems)
-        try:
-            parse_config(config, environ=_CHECK_ENV)
-        except ConfigError as exc:
-            problems.extend(f"{where}.config.{p}" for p in exc.problems)
-        proxies[str(pname)] = ProxySpec(str(pname), config, replicas)
-
-    nginx = bool(top.get("nginx", False))
-    redis = bool(top.get("redis", False))
-    passthrough = bool(top.get("passthrough", False))
-    valid_targets = {DIRECT, *proxies} | ({NGINX} if nginx else set()) | (
-        {PASSTHROUGH} if passthrough else set())
-    phases: list[Phase] = []
-    raw_phases = top.get("phases")
-    if not isinstance(raw_phases, list) or not raw_phases:
-        problems.append("phases: expected a non-empty list")
-        raw_phases = []
-    seen: set[str] = set()
-    for i, raw in enumerate(raw_phases):
-        where = f"phases[{i}]"
-        entry = _mapping(raw, where, problems)
-        for key in entry:
-            if key not in ("name", "description", "targets", "mock", "load", "loads", "smoke"):
-                problems.append(f"{where}.{key}: unknown key")
-        pname = str(entry.get("name") or f"phase{i + 1}")
-        if pname in seen:
-            problems.append(f"{where}.name: duplicate phase {pname!r}")
-        seen.add(pname)
-        targets = entry.get("targets") or []
-        if isinstance(targets, str):
-            targets = [targets]
-        if not isinstance(targets, list) or not targets:
-            problems.append(f"{where}.targets: expected a non-empty list")
-            targets = []
-        for target in targets:
-            if target not in valid_targets:
-                problems.append(f"{where}.targets: unknown target {target!r} "
-                                f"(one of {', '.join(sorted(valid_targets))})")
-        if ("load" in entry) == ("loads" in entry):
-            problems.append(f"{where}: give exactly one of load or loads")
-        loads = ({"main": _mapping(entry.get("load"), f"{where}.load", problems)}
-                 if "load" in entry else _mapping(entry.get("loads"), f"{where}.loads", problems))
-        for lname, load in loads.items():
-            loads[lname] = _mapping(load, f"{where}.loads.{lname}", problems)
-            _check_load(loads[lname], f"{where}.loads.{lname}", problems)
-        phase_mock = _mapping(entry.get("mock"), f"{where}.mock", problems)
-        _check_mock(phase_mock, f"{where}.mock", problems)
-        smoke = _mapping(entry.get("smoke"), f"{where}.smoke", problems)
-        for key in smoke:
-            if key not in LOAD_KEYS:
-                problems.append(f"{where}.smoke.{key}: unknown load setting")
-        phases.append(Phase(pname, tuple(str(t) for t in targets), loads, phase_mock, smoke,
-                            str(entry.get("description") or "")))
-
-    from loadtest.analysis import required_phases
-
-    for needed in required_phases(str(analysis)):
-        if needed not in seen:
-            problems.append(f"phases: analysis {analysis!r} needs a phase named {needed!r}")
-    if problems:
-        raise ScenarioError(str(path), problems)
-    return Scenario(
-        name=name, title=str(top.get("title") or name), description=str(
-            top.get("description") or "").strip(), analysis=str(analysis), path=path, mock=mock,
-        phases=tuple(phases), proxies=proxies, nginx=nginx, redis=redis, repeat=repeat,
-        targets={k: float(v) for k, v in targets_cfg.items()}, smoke_mock=smoke_mock,
-        passthrough=passthrough)
-
-
-def scenario_path(path: str | Path) -> Path:
-    """A path, or the file of that name under ``loadtest/scenarios``."""
-    p = Path(path)
-    if not p.exists() and (SCENARIO_DIR / f"{path}.yaml").exists():
-        p = SCENARIO_DIR / f"{path}.yaml"
-    return p
-
-
-def load_scenario(path: str | Path) -> Scenario:
-    """Read a scenario file: a path, or the name of one under ``loadtest/scenarios``."""
-    p = scenario_path(path)
-    try:
-        data = load_yaml(p.read_text())
-    except OSError as exc:
-        raise ScenarioError(str(p), [f"cannot read: {exc.strerror or exc}"]) from exc
-    except YamlProblems as exc:  # the proxy's reader: duplicate keys refused there too
-        raise ScenarioError(str(p), exc.problems) from exc
-    return parse_scenario(data, p)
-
-
-def scenario_files() -> list[Path]:
-    """The phase scenarios (files naming a runner are ``loadtest/scenario_runner.py``'s)."""
-    from loadtest.scenario_runner import read_runner_file
-
-    return sorted(p for p in SCENARIO_DIR.glob("*.yaml") if read_runner_file(p) is None)
-
-
-def build_load_spec(load: Mapping[str, Any], base_url: str | list[str], **extra: Any) -> LoadSpec:
-    """A LoadSpec from scenario fields (``mix`` as a list of {name, key, weight})."""
-    values = {k: v for k, v in load.items() if k != "mix"}
-    if "mix" in load:
-        values["mix"] = [ClientClass(str(m["name"]), str(m["key"]), float(m.get("weight", 1.0)))
-                         for m in load["mix"]]
-    if isinstance(base_url, list):
-        values["base_url"], values["base_urls"] = base_url[0], list(base_url) if len(
-            base_url) > 1 else []
-    else:
-        values["base_url"] = base_url
-    values.update(extra)
-    return LoadSpec(**values)
 
 
 # -- running ----------------------------------------------------------------------------------
-
-
-@dataclass
-class RunRecord:
-    """One phase x target x repeat: its loads' summaries and what the servers did."""
-
-    phase: str
-    target: str
-    repeat: int
-    #: service names whose CPU is the target's cost (nginx; the proxy replicas)
-    servers: list[str]
-    #: load name -> generator summary
-    loads: dict[str, dict[str, Any]]
-    #: load name -> result JSON file
-    files: dict[str, str]
-    #: service name (and "generator") -> CPU seconds during the run
-    cpu_s: dict[str, float]
-    wall_s: float
-    #: the mock's /mock/stats after the run (peak, service_s, completed...)
-    mock: dict[str, Any]
-    #: the target proxies' queue depth and in flight once the run was over
-    proxy_end: dict[str, float] | None = None
-    #: CPU seconds used during the run by processes outside the scenario (other work on
-    #: the machine; high values mean the run competed for the cores)
-    foreign_cpu_s: float | None = None
-
-    @property
-    def requests(self) -> int:
-        return sum(int(s["count"]) for s in self.loads.values())
-
-    def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> RunRecord:
-        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
-
-
-@dataclass
-class ScenarioResult:
-    scenario: Scenario
-    runs: list[RunRecord]
-    out_dir: Path
-    smoke: bool
-    notes: list[str] = field(default_factory=list)
-    skipped: str | None = None
-    #: the commit the measured code came from (see loadtest.analysis.code_version)
-    code: str | None = None
-    #: the command line that ran it, and when it started (UTC)
-    command: str = ""
-    when: str = ""
 
 
 def skip_reason(scenario: Scenario) -> str | None:
@@ -413,8 +114,6 @@ async def _mock_call(session: aiohttp.ClientSession, mock: Service, path: str,
 async def _proxy_settled(session: aiohttp.ClientSession, proxies: list[Service],
                          timeout: float = 10.0) -> dict[str, float]:
     """Wait until every proxy reports an empty queue and nothing in flight; return the last."""
-    from loadtest.generator import parse_proxy_status
-
     deadline = time.monotonic() + timeout
     while True:
         depth = in_flight = 0.0
@@ -438,8 +137,6 @@ async def run_scenario(scenario: Scenario, out_dir: Path, *, smoke: bool = False
     """
     if smoke:
         scenario = scenario.smoked()
-    from loadtest.analysis import code_version
-
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     result = ScenarioResult(scenario, [], out_dir, smoke, code=code_version(), command=command,
                             when=when)
@@ -586,14 +283,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def cli_main(args: argparse.Namespace) -> int:
     """``python -m loadtest scenario``; exit 1 when a run failed or a hard check did not hold."""
-    from loadtest.analysis import write_section
-    from loadtest.scenario_runner import (
-        RunnerFileError,
-        read_runner_file,
-        run_runner_file,
-        runner_args,
-    )
-
     runners = {}
     for name in args.scenario:
         data = read_runner_file(scenario_path(name))

@@ -8,7 +8,6 @@ behind) makes the command exit non-zero.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from loadtest.findings import Findings, fmt_ms, fmt_num, fmt_pct
 from loadtest.load_result import streamed_rate
@@ -29,9 +28,7 @@ from loadtest.run_stats import (
     targets_of,
     tokens_per_s_of,
 )
-
-if TYPE_CHECKING:
-    from loadtest.scenario import RunRecord, Scenario, ScenarioResult
+from loadtest.scenario_model import RunRecord, Scenario, ScenarioResult
 
 
 def required_phases(kind: str) -> tuple[str, ...]:

@@ -95,6 +95,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _reset(self) -> None:
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._head: asyncio.Future[UpstreamResponse] | None = None
+        #: the body of this exchange's final answer (``UpstreamResponse`` reads it)
         self.body = ArrivingBody(self.loop, self.flow)
         self._head_bytes = 0  # bytes received while no final head was complete
         self._header_bytes = 0  # header fields, over the interim heads and the final one

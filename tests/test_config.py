@@ -198,7 +198,7 @@ def test_parser_defaults_are_the_dataclass_defaults():
 
 def test_scenario_files_refuse_duplicate_keys_too(tmp_path):
     """Hazard: the loadtest scenario reader was a second, laxer YAML reader."""
-    from loadtest.scenario import ScenarioError, load_scenario
+    from loadtest.scenario_file import ScenarioError, load_scenario
 
     path = tmp_path / "s.yaml"
     path.write_text("name: a\nname: b\n")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loadtest.scenario import load_scenario
+from loadtest.scenario_file import load_scenario
 from proxy.cli import main
 from proxy.yamlfile import load_yaml
 

@@ -25,7 +25,9 @@ load. Each closed window compares its median TPOT and normalised TTFT with their
 - ratio within tolerance, the cap was actually reached in the window (growth is meaningless
   while the load does not fill the cap), and the engine does not report a waiting queue or a
   nearly full KV cache in a reading taken since the last change (growth must not outrun the
-  poller, and a try of the knee has not held before the engine said so): grow by one;
+  poller, and a try of the knee has not held before the engine said so), and, where it
+  reports what it runs and its slot count is known, the latest reading since the change left
+  room for one more of ours (slots less others' share above the cap): grow by one;
 - otherwise hold.
 
 Stability at the knee: a shrink right after a growth marks the cap that failed as the
@@ -40,9 +42,12 @@ window the cap drops by a quarter, that window's medians replace the baseline, a
 cap comes back. A cap stuck at the floor with a high ratio also takes its medians as the new
 baseline (the engine got slower at any load: a model change, a slower GPU).
 
-An engine slot count (llama.cpp ``--parallel``) lowers the effective ceiling; stale engine
-signals are ignored (latency alone decides). Time comes from one injected clock; nothing
-here sleeps or does I/O.
+Engine occupancy (``occupancy.py``): the slot count, reported (llama.cpp ``--parallel``, which
+also lowers the effective ceiling) or learnt from readings of a full engine, and the share
+other tenants hold (the engine's running + waiting less ours); when the slots others leave
+are fewer than the cap, the cap drops to them at the next reading, whether or not our load
+fills it. Stale engine signals are ignored (latency alone decides). Time comes from one
+injected clock; nothing here sleeps or does I/O.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .engines import EngineSignals
+from .occupancy import Occupancy
 from .signals import Outcome, Sample, WindowStats
 
 ERROR_DECREASE = 0.7
@@ -88,6 +94,7 @@ class Reason(enum.Enum):
     PROBE_DONE = "baseline probe done"
     SLOTS = "engine slot count"
     ENGINE_QUEUE = "engine queue"
+    OTHERS = "engine slots full (ours and others')"
     CONFIG = "configuration"
     SHARED = "shared cap from another host"
 
@@ -146,6 +153,13 @@ class AdaptiveCap:
         self._shrunk_at: float | None = None
         self._next_probe = now + settings.probe_interval_s
         self._probe_return = self.cap
+        #: the engine's slot count, fullness and others' share (``occupancy.py``)
+        self.occupancy = Occupancy(relearn_s=settings.probe_interval_s)
+        #: whether engine readings are of this controller's own engine and our in-flight
+        #: count is all of ours there (off for a GPU fed by several upstreams, and once the
+        #: shared lease holder feeds the pool's count: others' share is then unknown)
+        self.owns_engine = True
+        self._poll_peak = 0  # our peak in flight since the engine poll began
         #: listeners called with every change (the capacity manager applies it to the store)
         self.listeners: list[Callable[[AdaptiveCap, Change], None]] = []
 
@@ -155,10 +169,16 @@ class AdaptiveCap:
         """A request of this upstream went out (for the in-window peak)."""
         self.in_flight += 1
         self._window_peak = max(self._window_peak, self.in_flight)
+        self._poll_peak = max(self._poll_peak, self.in_flight)
+
+    def polling(self) -> None:
+        """The engine poller is about to read: ours at the engine are counted from now."""
+        self._poll_peak = self.in_flight
 
     def observe_in_flight(self, count: int) -> None:
         """In flight across every host (the shared lease holder reads the pool's count)."""
         self._window_peak = max(self._window_peak, count)
+        self.owns_engine = False  # other hosts' requests count as ours: others unknown
 
     def finished(self, sample: Sample) -> None:
         self.in_flight = max(0, self.in_flight - 1)
@@ -179,9 +199,18 @@ class AdaptiveCap:
 
     def set_engine(self, signals: EngineSignals | None) -> None:
         self.engine = signals
+        if signals is not None:
+            ours = max(self._poll_peak, self.in_flight) if self.owns_engine else None
+            self.occupancy.observe(signals, ours)
+        self._poll_peak = self.in_flight
         ceiling = self.ceiling
         if self.cap > ceiling:
             self._set(ceiling, Reason.SLOTS)
+            return
+        room = self.occupancy.room(self._clock(), self.settings.engine_stale_s)
+        if room is not None and self.owns_engine and self.fresh_engine() is not None and \
+                max(self.settings.floor, room) < self.cap:
+            self._set(max(self.settings.floor, room), Reason.OTHERS)  # others hold the rest
 
     def adopt(self, cap: int, reason: Reason = Reason.SHARED) -> None:
         """Take a cap decided elsewhere (another host's controller, a reload)."""
@@ -211,15 +240,18 @@ class AdaptiveCap:
             return f"engine queue {e.waiting}"
         if e.kv_usage is not None and e.kv_usage >= KV_FULL:
             return f"KV cache {e.kv_usage:.0%}"
-        if e.fetched_at < self._changed_at:
+        if e.fetched_at < self._changed_at or (
+                e.running is not None and not self.occupancy.read_since_change):
             return "engine not read since the last change"
-        return None
+        return self.occupancy.growth_blocked(self._clock(), self.settings.engine_stale_s,
+                                             self.cap)
 
     def _engine_queue_since_change(self) -> int:
         """The engine's waiting queue in a fresh reading taken under the current cap."""
         e = self.fresh_engine()
-        if e is None or e.fetched_at < self._changed_at or not e.waiting:
-            return 0
+        if e is None or e.fetched_at < self._changed_at or not e.waiting or (
+                e.running is not None and not self.occupancy.read_since_change):
+            return 0  # (a reading that made the last change is not one taken under it)
         return e.waiting
 
     # -- decisions ---------------------------------------------------------------------------
@@ -349,6 +381,7 @@ class AdaptiveCap:
         self._window_start = now
         self._window_peak = self.in_flight
         self._changed_at = now
+        self.occupancy.changed()
         if new == self.cap:
             return
         change = Change(now, self.cap, new, reason)
@@ -377,6 +410,8 @@ class AdaptiveCap:
                 "ratio": self.last_ratio,
             },
             "knee": self._knee,
+            "engine_slots": self.occupancy.slots(now),
+            "engine_others": self.occupancy.others(now, self.settings.engine_stale_s),
             "growth_blocked": self.growth_blocked(),
             "engine": None if e is None else e.to_dict(now - e.fetched_at),
             "last_change": {

@@ -214,6 +214,8 @@ class EnginePoller:
         self._deliver = deliver
         self._task: asyncio.Task[None] | None = None
         self.last: dict[str, EngineSignals] = {}
+        #: called as each poll begins (the controllers count their requests at the engine)
+        self.before: Callable[[], None] | None = None
 
     def start(self) -> None:
         if self.probes and self._task is None:
@@ -224,6 +226,8 @@ class EnginePoller:
         await cancel_and_wait(task)
 
     async def poll_once(self, session: aiohttp.ClientSession) -> None:
+        if self.before is not None:
+            self.before()
         names = list(self.probes)
         results = await asyncio.gather(*(self.probes[n].read(session) for n in names),
                                        return_exceptions=True)

@@ -96,6 +96,10 @@ class CapacityManager:
             fed = tuple(controllers[n] for n in names if n in controllers)
             if fed:
                 self._fed_by[up.name] = fed
+        feeders = [c for fed in self._fed_by.values() for c in fed]
+        for ctrl in controllers.values():
+            # a GPU behind several engines: no one engine's readings are its occupancy
+            ctrl.owns_engine = feeders.count(ctrl) == 1
         probes = {
             up.name: EngineProbe(up.url, Engine(up.engine), up.api_key, clock=self._clock)
             for up in config.upstreams.values()
@@ -110,6 +114,7 @@ class CapacityManager:
             self.poller.interval_s = config.adaptive.engine_poll_s
         else:
             self.poller = EnginePoller(probes, config.adaptive.engine_poll_s, self.engine_signals)
+            self.poller.before = self._polling
 
     def apply(self, spec: LimitSpec) -> LimitSpec:
         """``spec`` with every adaptive resource's cap set to its controller's."""
@@ -162,6 +167,10 @@ class CapacityManager:
         """A sample another host measured (the lease holder feeds its controllers)."""
         for ctrl in self._fed_by.get(upstream, ()):
             ctrl.record(sample)
+
+    def _polling(self) -> None:
+        for ctrl in self.controllers.values():
+            ctrl.polling()
 
     def engine_signals(self, upstream: str, signals: EngineSignals) -> None:
         for ctrl in self._fed_by.get(upstream, ()):

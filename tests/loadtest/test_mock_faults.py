@@ -97,3 +97,23 @@ async def test_every_route_refuses_429_the_same_way(mock: MockLLM, path: str) ->
     assert doc["error"]["code"] == "rate_limit_exceeded"
     assert down.status == 503
     assert mock.state.started == 0
+
+
+@pytest.mark.parametrize(("header", "code"), [
+    ({"x-mock-fault": "delay:soon"}, "bad_fault"),
+    ({"x-mock-pause-after-first": "later"}, "bad_fault"),
+    ({"x-mock-fault": "explode"}, "unknown_fault"),
+])
+@pytest.mark.parametrize("route", ["chat", "embeddings"])
+async def test_a_malformed_fault_header_is_a_400_on_every_route(
+        client: AsyncOpenAI, mock: MockLLM, header: dict[str, str], code: str,
+        route: str) -> None:
+    """Hazard: the fault header is read by one helper for both routes; a number that does not
+    parse must stay an OpenAI-shaped 400, never a 500, on each of them."""
+    with pytest.raises(openai.BadRequestError) as exc:
+        if route == "chat":
+            await client.chat.completions.create(model="m", messages=MSG, extra_headers=header)
+        else:
+            await client.embeddings.create(model="m", input="hi", extra_headers=header)
+    assert exc.value.code == code
+    assert mock.state.started == 0

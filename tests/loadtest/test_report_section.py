@@ -8,7 +8,8 @@ from typing import Any
 import loadtest.analysis
 from loadtest.findings import Findings
 from loadtest.report_section import render_section, splice
-from loadtest.scenario import RunRecord, ScenarioResult, load_scenario
+from loadtest.scenario_file import load_scenario
+from loadtest.scenario_model import RunRecord, ScenarioResult
 
 
 def _run(target: str, repeat: int, rps: float, lost: int = 0) -> RunRecord:

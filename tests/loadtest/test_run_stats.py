@@ -19,7 +19,8 @@ from loadtest.run_stats import (
     server_cpu_ms,
     targets_of,
 )
-from loadtest.scenario import RunRecord, load_scenario
+from loadtest.scenario_file import load_scenario
+from loadtest.scenario_model import RunRecord
 
 
 def _run(phase: str, target: str, repeat: int, rps: float, *, count: int = 100,

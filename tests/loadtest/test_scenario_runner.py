@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.__main__ import main
-from loadtest.scenario import SCENARIO_DIR, scenario_files, scenario_path
+from loadtest.scenario_file import SCENARIO_DIR, scenario_files, scenario_path
 from loadtest.scenario_runner import RunnerFileError, read_runner_file, runner_args
 
 

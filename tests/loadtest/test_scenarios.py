@@ -14,16 +14,9 @@ import pytest
 from loadtest.analysis import Findings, analyze, splice, write_section
 from loadtest.demo import run_demo
 from loadtest.processes import child_pids, cpu_seconds, find_nginx, redis_store_available
-from loadtest.scenario import (
-    RunRecord,
-    Scenario,
-    ScenarioError,
-    ScenarioResult,
-    load_scenario,
-    parse_scenario,
-    run_scenario,
-    scenario_files,
-)
+from loadtest.scenario import run_scenario
+from loadtest.scenario_file import ScenarioError, load_scenario, parse_scenario, scenario_files
+from loadtest.scenario_model import RunRecord, Scenario, ScenarioResult
 
 EXPECTED = {"overhead", "streaming", "overload", "priority", "multihost", "fairness"}
 

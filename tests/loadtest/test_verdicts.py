@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.findings import INFO, MISS, PASS
-from loadtest.scenario import ANALYSES, RunRecord, ScenarioResult, load_scenario
+from loadtest.scenario_file import load_scenario
+from loadtest.scenario_model import ANALYSES, RunRecord, ScenarioResult
 from loadtest.verdicts import analyze, required_phases
 
 
