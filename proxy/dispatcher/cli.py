@@ -20,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .backlog import BacklogError, BacklogSource, HttpStatusBacklog, RedisStatusBacklog
+from .helper import helper_for
 from .hermes import BoardProbe, HermesCLI, MaxSemantics, SQLiteProbe, kanban_root
 from .lock import (
     GATEWAY_LOCK,
@@ -158,6 +159,11 @@ def add_dispatch_arguments(parser: argparse.ArgumentParser) -> None:
     her.add_argument("--max-semantics", choices=("auto", "running", "spawns"), default="auto",
                      help="what `dispatch --max N` means: caps running tasks (Hermes >= "
                      "0.13.0) or spawns per pass (older); auto asks `hermes --version`")
+    her.add_argument("--dispatch-helper", choices=("auto", "off"), default="auto",
+                     help="run the dispatch passes in one long-lived helper inside Hermes's own "
+                     "Python (milliseconds, no process per pass) when the hermes executable is "
+                     "a Python script; off: one `hermes kanban dispatch` call per pass "
+                     "(default: %(default)s)")
     her.add_argument("--ignore-stderr", type=_regex, action="append", default=[],
                      metavar="REGEX", help="stderr lines of hermes that do not mean failure "
                      "(repeatable; by default any stderr text fails the call)")
@@ -264,8 +270,11 @@ async def _main(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     env = _hermes_env(args)
     root = kanban_root(args.hermes_home, env)
+    helper = None
+    if args.dispatch_helper == "auto" and not args.dry_run:
+        helper = helper_for(args.hermes, env, args.hermes_timeout, None)
     hermes = HermesCLI(args.hermes, timeout_s=args.hermes_timeout, env=env,
-                       ignore_stderr=args.ignore_stderr)
+                       ignore_stderr=args.ignore_stderr, helper=helper)
     probe: BoardProbe = SQLiteProbe(root) if args.probe == "sqlite" else hermes
     backlog: BacklogSource
     if args.redis and not args.status_url:
@@ -347,6 +356,7 @@ async def _main(args: argparse.Namespace) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewal
         await locks.release_all()
+        await hermes.close()
         if gateway_lock is not None:
             await gateway_lock.release()
         if runner is not None:

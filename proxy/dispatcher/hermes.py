@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .helper import DispatchHelper, HelperFailed, HelperUnavailable
+
 #: first release whose ``dispatch --max`` counts already-running tasks (PR #23295)
 LIVE_CAP_SINCE = (0, 13, 0)
 #: statuses a dispatch pass can start a worker for
@@ -42,6 +44,9 @@ SPAWNABLE = ("ready", "review")
 UNFINISHED = ("todo", "ready", "review", "running", "blocked", "scheduled", "triage")
 #: statuses always exported on /metrics (0 when a board has none)
 REPORTED = ("triage", "todo", "ready", "running", "blocked", "done", "archived")
+#: a run that ended longer ago than this is not looked at for a live worker (a pid that old
+#: may belong to another process by now)
+FINISHING_WINDOW_S = 600
 #: fields of ``dispatch --json`` that name workers that failed: died, ran past their limit,
 #: or were blocked after too many failures
 WORKER_FAILURES = ("crashed", "timed_out", "auto_blocked")
@@ -124,6 +129,10 @@ class BoardCounts:
     #: Unix time since which the oldest ready task is ready; None: unknown (the CLI does not
     #: say) or nothing ready
     oldest_ready_at: float | None = None
+    #: tasks no longer running whose worker process is still alive: a worker makes its final
+    #: LLM call after ``kanban_complete`` has already marked its task done, so each of these
+    #: may still ask the GPU; empty when not known (the CLI's counts cannot tell)
+    finishing: frozenset[str] = frozenset()
 
     @property
     def running(self) -> int:
@@ -208,11 +217,14 @@ class HermesCLI:
         timeout_s: float = 30.0,
         env: Mapping[str, str] | None = None,
         ignore_stderr: Sequence[re.Pattern[str]] = (),
+        helper: DispatchHelper | None = None,
     ) -> None:
         self.executable = executable
         self.timeout_s = timeout_s
         self.env = dict(env) if env is not None else None
         self.ignore_stderr = tuple(ignore_stderr)
+        #: runs the dispatch passes in Hermes's interpreter (see :mod:`.helper`); None: the CLI
+        self.helper = helper
 
     # -- commands -------------------------------------------------------------------------------
 
@@ -229,9 +241,12 @@ class HermesCLI:
             await self._reap(proc)
         text = line.decode(errors="replace")
         try:
-            return HermesVersion.parse(text)
+            version = HermesVersion.parse(text)
         except ValueError:
             raise HermesError(argv, f"printed no version: {text.strip()[:80]!r}") from None
+        if self.helper is not None and self.helper.expect_version is None:
+            self.helper.expect_version = str(version)
+        return version
 
     async def board_counts(self) -> dict[str, BoardCounts]:
         argv = ["kanban", "boards", "list", "--json"]
@@ -257,7 +272,9 @@ class HermesCLI:
 
     async def dispatch(self, board: str, max_spawn: int) -> DispatchOutcome:
         argv = ["kanban", "--board", board, "dispatch", "--max", str(max_spawn), "--json"]
-        doc = await self.run_json(argv)
+        doc = await self._helper_pass(argv, board, max_spawn) if self.helper else None
+        if doc is None:
+            doc = await self.run_json(argv)
         if not isinstance(doc, dict) or not isinstance(doc.get("spawned"), list):
             raise HermesError(self._argv(argv), "returned JSON without a 'spawned' list")
         spawned = tuple(
@@ -273,6 +290,29 @@ class HermesCLI:
         return DispatchOutcome(board=board, max_arg=max_spawn, spawned=spawned,
                                reclaimed=reclaimed, crashed=crashed, promoted=promoted, raw=doc,
                                failures=failures)
+
+    async def _helper_pass(self, argv: list[str], board: str, max_spawn: int) -> Any:
+        """The pass through the helper, held to the CLI's success rules; None: the helper
+        cannot run here, use the CLI."""
+        assert self.helper is not None
+        try:
+            doc, stderr = await self.helper.dispatch(board, max_spawn)
+        except HelperUnavailable:
+            if self.helper.given_up is not None:
+                self.helper = None
+            return None
+        except HelperFailed as exc:
+            raise HermesError(self._argv(argv), f"failed in the dispatch helper: {exc}") \
+                from None
+        unexpected = self._unexpected_stderr(stderr)
+        if unexpected:
+            raise HermesError(self._argv(argv), "wrote to stderr", unexpected)
+        return doc
+
+    async def close(self) -> None:
+        """Stops the dispatch helper, if one runs (the workers it started keep running)."""
+        if self.helper is not None:
+            await self.helper.close()
 
     def command_line(self, args: Sequence[str]) -> str:
         return " ".join(self._argv(args))
@@ -396,6 +436,13 @@ class SQLiteProbe:
                 " FROM task_links l JOIN tasks p ON p.id = l.parent_id"
                 " WHERE l.child_id = t.id), 0))) FROM tasks t WHERE t.status = 'ready'"
             ).fetchone()[0]
+            # Ending a run clears its worker_pid; the pid stays in the run's "spawned" event.
+            ended = conn.execute(
+                "SELECT e.task_id, e.payload FROM task_events e"
+                " JOIN task_runs r ON r.id = e.run_id JOIN tasks t ON t.id = e.task_id"
+                " WHERE e.kind = 'spawned' AND t.status != 'running' AND r.ended_at >= ?",
+                (int(time.time()) - FINISHING_WINDOW_S,)
+            ).fetchall()
         except sqlite3.Error as exc:
             waited = time.monotonic() - started
             raise HermesError(["sqlite", str(db)], f"read failed after {waited:.1f}s: {exc}") \
@@ -408,6 +455,8 @@ class SQLiteProbe:
             promotable=int(promotable),
             db_path=str(db),
             oldest_ready_at=None if oldest is None else float(oldest),
+            finishing=frozenset(str(task) for task, payload in ended
+                                if process_alive(_event_pid(payload))),
         )
 
 
@@ -416,3 +465,32 @@ def _archived(board_dir: Path) -> bool:
         meta = json.loads((board_dir / "board.json").read_text(encoding="utf-8"))
         return bool(isinstance(meta, dict) and meta.get("archived"))
     return False
+
+
+def _event_pid(payload: Any) -> int:
+    """The pid of a ``spawned`` event's payload (``{"pid": N}``); 0 when there is none."""
+    with contextlib.suppress(TypeError, ValueError):
+        doc = json.loads(payload)
+        if isinstance(doc, dict) and isinstance(doc.get("pid"), int):
+            return int(doc["pid"])
+    return 0
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs on this host (a zombie, exited but not yet reaped, does not)."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (not Linux): ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")

@@ -66,7 +66,14 @@ from .ramp import Ramp
 from .ratio import TasksPerSlot
 from .report import BoardTick, TickReport
 from .settings import DispatchSettings
-from .signals import open_requests, outside_requests, pending_workers, starting_workers
+from .signals import (
+    FinishingTracker,
+    finishing_tasks,
+    open_requests,
+    outside_requests,
+    pending_workers,
+    starting_workers,
+)
 from .status_view import status_document
 
 log = logging.getLogger("llm_throttle.dispatch")
@@ -113,6 +120,8 @@ class Dispatcher:
         self.lead = LeadTime(settings.lead_time_s)
         #: the queue's recent drain, to end a hold one start-up before the queue is empty
         self.trend = BacklogTrend()
+        #: which finished tasks' workers already made their final call
+        self.finishing = FinishingTracker()
         #: proxy reads that failed in a row (ticks and watcher alike)
         self.failed_reads = 0
         #: ticks run since start
@@ -169,17 +178,23 @@ class Dispatcher:
             raise
         self.failed_reads = 0
         now = self.clock()
-        running = sum(b.running for b in self._loads(self._last_counts, set()).values())
+        loads = self._loads(self._last_counts, set())
+        running = sum(b.running for b in loads.values())
+        finishing = finishing_tasks(self._last_counts, loads)
         self._reached_gpu |= open_requests(backlog) > 0
         # Before any worker's first request every running task is starting at once: a ratio
         # read then says "infinitely many tasks per slot" (clamped to the bound). And at most
         # one sample per RATIO_SAMPLE_S: pushed reads come at every change, and samples bunched
-        # around busy moments would weigh them over quiet ones.
+        # around busy moments would weigh them over quiet ones. The ratio is of the running
+        # tasks' own requests: a finished task's final call is not one (counting it read as
+        # fewer tasks per slot, and the target held the last ready tasks back at the end).
         if self._reached_gpu and now - self._ratio_sampled_at >= RATIO_SAMPLE_S:
             self._ratio_sampled_at = now
-            self.ratio.observe(now, running, open_requests(backlog))
+            final_calls = len(finishing & backlog.attributed_values)
+            self.ratio.observe(now, running, max(open_requests(backlog) - final_calls, 0))
         self.trend.observe(now, backlog.queued)
         self.lead.observe(now, backlog.attributed_values)
+        self.finishing.saw_asking(finishing, backlog.attributed_values)
         return backlog
 
     # -- one tick ---------------------------------------------------------------------------
@@ -287,7 +302,9 @@ class Dispatcher:
     def _policy(self, backlog: Backlog, counts: Mapping[str, BoardCounts], owned: set[str],
                 now: float) -> Decision:
         loads = self._loads(counts, owned)
-        pending = pending_workers(backlog, counts, loads)
+        finishing = self.finishing.observe(finishing_tasks(counts, loads),
+                                           backlog.attributed_values)
+        pending = pending_workers(backlog, loads, finishing)
         return decide(
             holding=self.holding, backlog=backlog.queued, marks=self.settings.marks,
             boards=loads, max_running=self.settings.max_running,
@@ -296,7 +313,8 @@ class Dispatcher:
             allowance=self.ramp.allowance(now), tiebreak=self._order(owned),
             forecast=self.trend.forecast(backlog.queued, self.lead.value()),
             starting=starting_workers(backlog, self.lead.starting,
-                                      sum(load.running for load in loads.values())))
+                                      sum(load.running for load in loads.values())
+                                      + finishing.asking))
 
     def _decide(self, report: TickReport, counts: Mapping[str, BoardCounts], owned: set[str],
                 block: Decision | None, backlog: Backlog | None, now: float) -> Decision:

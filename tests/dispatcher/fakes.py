@@ -30,6 +30,8 @@ class FakeHermes:
         self.fail_counts = False
         #: what the next dispatch pass reports as worker failures (crashed, timed_out, ...)
         self.next_failures: dict[str, Any] = {}
+        #: board -> done tasks whose worker still runs (its final turn to come)
+        self.finishing: dict[str, frozenset[str]] = {}
         self._version = version
 
     async def version(self) -> HermesVersion:
@@ -40,7 +42,8 @@ class FakeHermes:
     async def board_counts(self) -> dict[str, BoardCounts]:
         if self.fail_counts:
             raise HermesError(["hermes", "kanban", "boards", "list"], "printed non-JSON output")
-        return {slug: BoardCounts(slug, dict(c)) for slug, c in self.boards.items()}
+        return {slug: BoardCounts(slug, dict(c), finishing=self.finishing.get(slug, frozenset()))
+                for slug, c in self.boards.items()}
 
     async def dispatch(self, board: str, max_spawn: int) -> DispatchOutcome:
         self.calls.append((board, max_spawn))

@@ -10,12 +10,14 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from proxy.dispatcher.backlog import Backlog
 from proxy.dispatcher.hermes import MaxSemantics
 from proxy.dispatcher.lock import BoardLocks, NullLock
 from proxy.dispatcher.loop import Dispatcher
 from proxy.dispatcher.metrics import status_app
-from proxy.dispatcher.policy import Watermarks
+from proxy.dispatcher.policy import BoardLoad, Watermarks
 from proxy.dispatcher.settings import DispatchSettings
+from proxy.dispatcher.signals import Finishing, FinishingTracker, pending_workers
 
 from .fakes import FakeBacklog, FakeClock, FakeHermes, HeldElsewhere
 
@@ -236,6 +238,58 @@ async def test_no_spawn_when_a_burst_arrives_between_the_decision_and_the_call()
     assert skipped == ["backlog reached the high mark before dispatch"] * 2
 
 
+@pytest.mark.parametrize("finishing", [0, 1])
+async def test_a_finished_task_s_live_worker_counts_as_about_to_ask(finishing: int) -> None:
+    """Hazard (issue-14 bench, one spawn at the high mark in 7 runs): a worker makes its final
+    LLM call after ``kanban_complete`` marked its task done, so the board counts no longer
+    show it; a spawn decided at a queue of 2 (room for one below 4) met that call and the
+    queue reached 4. Live workers of finished tasks now count as about to ask."""
+    d, hermes, source, _ = make({"a": {"ready": 5, "running": 5}}, cap=3)
+    source.queued = 2  # 3 in flight and 2 queued: every running task has its request open
+    source.extra.update(in_flight=3, attributed_open=5, attributed_in_flight=3)
+    hermes.finishing = {"a": frozenset({"t-done"})} if finishing else {}
+    report = await d.tick()
+    if finishing:
+        assert report.spawned == 0 and hermes.calls == [("a", 0)]  # maintenance only
+        assert "queue full soon" in report.decision
+    else:
+        assert hermes.calls == [("a", 6)]  # room for one: 5 running + 1
+
+
+async def test_a_finished_worker_that_made_its_final_call_no_longer_holds_spawns() -> None:
+    """A worker lives a second or two after its final call; counting it as about to ask
+    kept a ready task waiting on an idle slot (seen in a bench run). Once seen asking
+    after its task finished, it is not counted again."""
+    d, hermes, source, _ = make({"a": {"ready": 5, "running": 5}}, cap=3)
+    hermes.finishing = {"a": frozenset({"t-done"})}
+    source.queued = 3  # no room below the high mark (4) this tick
+    # its final call is open: 3 in flight, 3 queued, of which 4 are the running tasks'
+    source.extra.update(in_flight=3, attributed_open=6, attributed_in_flight=3,
+                        attributed_values=frozenset({"t-done", "r1", "r2", "r3", "r4"}))
+    assert (await d.tick()).spawned == 0
+    # the call ended; the process has not exited yet
+    source.queued = 2
+    source.extra.update(attributed_open=5,
+                        attributed_values=frozenset({"r1", "r2", "r3", "r4"}))
+    report = await d.tick()
+    assert report.spawned == 1, report.decision
+
+
+def test_a_running_task_s_first_call_is_not_its_final_one() -> None:
+    """Only requests seen after a task finished count as its worker's final call."""
+    tracker = FinishingTracker()
+    tracker.saw_asking(frozenset(), frozenset({"t1"}))  # t1 running, first call open
+    seen = tracker.observe(frozenset({"t1"}), frozenset())  # t1 done, no request open
+    assert seen == Finishing(asking=0, to_ask=1)
+    assert tracker.observe(frozenset({"t1"}), frozenset({"t1"})) == Finishing(1, 0)
+    assert tracker.observe(frozenset({"t1"}), frozenset()) == Finishing(0, 0)
+    backlog = Backlog(queued=0, in_flight=2, attributed_open=2, attributed_in_flight=2)
+    loads = {"a": BoardLoad(running=3, ready=0)}
+    # 3 running, 1 of the 2 open requests is a final call: 2 running tasks have none open
+    assert pending_workers(backlog, loads, Finishing(asking=1, to_ask=1)) == 3
+    assert pending_workers(backlog, loads) == 1
+
+
 async def test_a_draining_hold_ends_one_worker_start_up_before_the_queue_is_empty() -> None:
     """Hazard (issue-14 bench): after the outside burst the hold ended only at an empty queue;
     the workers spawned then took seconds to reach the GPU, which meanwhile went from 3 busy
@@ -332,6 +386,25 @@ async def test_readings_before_the_first_request_do_not_feed_the_ratio() -> None
         clock.now += 1
         await d.watch_once()
     assert d.ratio.learned and abs(d.ratio.value(clock.now) - 2.0) < 0.01
+
+
+async def test_final_calls_of_finished_tasks_do_not_feed_the_ratio() -> None:
+    """Hazard (issue-14 bench, three runs of four): near the end the GPU serves the final calls
+    of tasks already done; counted as the running tasks' requests they read as ~1 task per
+    slot, the target fell to the running count, and the last ready task waited 12-20 s for
+    a running one to finish although the queue had room."""
+    d, hermes, source, clock = make({"a": {"running": 4, "ready": 10}}, cap=3, cheap=True,
+                                    max_running=4)  # at the ceiling: nothing starts
+    hermes.finishing = {"a": frozenset({"d1", "d2"})}
+    await d.tick()
+    # 4 open requests: the final calls of d1 and d2, and 2 of the 4 running tasks'
+    source.extra.update(in_flight=3, attributed_open=4, attributed_in_flight=3,
+                        attributed_values=frozenset({"d1", "d2", "r1", "r2"}))
+    source.queued = 1
+    for _ in range(40):
+        clock.now += 1
+        await d.watch_once()
+    assert d.ratio.learned and abs(d.ratio.value(clock.now) - 2.0) < 0.01  # 4 running / 2
 
 
 async def test_pushed_reads_feed_the_ratio_at_the_poll_s_cadence() -> None:

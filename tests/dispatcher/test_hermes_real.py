@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,34 @@ async def test_max_counts_tasks_already_running(hermes_home: HermesHome) -> None
     assert len(outcome.spawned) == 1
     statuses = hh.statuses("default")
     assert sum(1 for s in statuses.values() if s == "running") == 2
+
+
+async def test_the_probe_sees_a_done_task_whose_worker_still_runs(
+    hermes_home: HermesHome,
+) -> None:
+    """A worker's final LLM call comes after ``kanban_complete`` marked its task done: the
+    probe reports such tasks (their recorded worker pid alive) as ``finishing``, and stops
+    once the process is gone."""
+    hh = hermes_home
+    task = hh.create_task("default", "one", assignee=None)
+    claimed = hh.run("kanban", "claim", task)
+    assert not claimed.stderr.strip(), claimed.stderr
+    worker = subprocess.Popen(["sleep", "60"])  # noqa: ASYNC220 - returns at once
+    try:
+        with contextlib.closing(sqlite3.connect(hh.db_path("default"))) as conn, conn:
+            # what Hermes's dispatch records for the worker it spawned
+            run_id = conn.execute("SELECT current_run_id FROM tasks WHERE id = ?",
+                                  (task,)).fetchone()[0]
+            conn.execute("UPDATE tasks SET worker_pid = ? WHERE id = ?", (worker.pid, task))
+            conn.execute("UPDATE task_runs SET worker_pid = ? WHERE id = ?", (worker.pid, run_id))
+            conn.execute("INSERT INTO task_events (task_id, run_id, kind, payload, created_at)"
+                         " VALUES (?, ?, 'spawned', ?, strftime('%s', 'now'))",
+                         (task, run_id, json.dumps({"pid": worker.pid})))
+        hh.run("kanban", "complete", task, "--result", "ok")
+        assert hh.statuses("default")[task] == "done"
+        probe = SQLiteProbe(hh.root)
+        assert (await probe.board_counts())["default"].finishing == {task}
+    finally:
+        worker.kill()
+        worker.wait()
+    assert (await probe.board_counts())["default"].finishing == frozenset()
