@@ -20,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .backlog import BacklogError, BacklogSource, HttpStatusBacklog, RedisStatusBacklog
+from .endpoints import status_app
 from .helper import helper_for
 from .hermes import BoardProbe, HermesCLI, MaxSemantics, SQLiteProbe, kanban_root
 from .lock import (
@@ -32,7 +33,6 @@ from .lock import (
     redis_lock_factory,
 )
 from .loop import Dispatcher
-from .metrics import status_app
 from .policy import Watermarks
 from .pushed import PushedBacklog, events_url_for
 from .ratio import RatioSettings

@@ -212,7 +212,7 @@ class Dispatcher:
             self._ticking = False
             self.last = report
             self.recent.append(report)
-            self.metrics.observe(report, self)
+            self.metrics.observe(report, self.failed_reads)
             (log.info if report.ok else log.warning)("%s", report.log_line())
         return report
 

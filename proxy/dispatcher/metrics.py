@@ -1,20 +1,17 @@
-"""The companion's own ``/metrics`` (a private registry, never the process-global one) and
-``/status`` JSON, served on a port of its own so it can run beside the proxy."""
+"""The companion's own ``/metrics`` series, in a private registry (never the process-global
+one) so that two companions in one process, or one beside the proxy, do not mix; served by
+:mod:`.endpoints`."""
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .hermes import REPORTED, WORKER_FAILURES
 from .policy import HoldReason
 
 if TYPE_CHECKING:
-    from .loop import Dispatcher
     from .report import TickReport
 
 
@@ -72,7 +69,8 @@ class DispatcherMetrics:
         for reason in HoldReason:
             self.holding.labels(reason=reason.value).set(0)
 
-    def observe(self, report: TickReport, dispatcher: Dispatcher | None = None) -> None:
+    def observe(self, report: TickReport, failed_reads: int | None = None) -> None:
+        """One tick's report; ``failed_reads``: the proxy reads failed in a row so far."""
         nan = float("nan")
         self.ticks.labels(outcome="ok" if report.ok else "failed").inc()
         self.tick_seconds.observe(report.duration_s)
@@ -88,8 +86,8 @@ class DispatcherMetrics:
         self.capacity.labels(kind="cap").set(nan if report.cap is None else report.cap)
         self.capacity.labels(kind="in_flight").set(
             nan if report.in_flight is None else report.in_flight)
-        if dispatcher is not None:
-            self.failed_reads.set(dispatcher.failed_reads)
+        if failed_reads is not None:
+            self.failed_reads.set(failed_reads)
         for slug, board in report.boards.items():
             self.running.labels(board=slug).set(board.running)
             self.ready.labels(board=slug).set(board.ready)
@@ -111,43 +109,3 @@ class DispatcherMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-STATUS_APP_KEY: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    dispatcher = request.app[STATUS_APP_KEY]
-    return web.Response(body=dispatcher.metrics.render(),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def _status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATUS_APP_KEY].status())
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    """200 while ticks keep coming and the proxy can be read; 503 once no tick came for three
-    intervals, or ``--unhealthy-after`` reads of the proxy failed in a row."""
-    dispatcher = request.app[STATUS_APP_KEY]
-    last = dispatcher.last
-    age = None if last is None else time.time() - last.at
-    limit = 3 * dispatcher.settings.interval_s + dispatcher.hermes.timeout_s
-    fresh = age is None or age <= limit
-    healthy = fresh and dispatcher.healthy
-    status = "ok" if healthy else ("stale" if not fresh else "proxy_unreadable")
-    body: dict[str, Any] = {"status": status, "last_tick_age_s": age,
-                            "last_tick_ok": last.ok if last else None,
-                            "failed_reads": dispatcher.failed_reads,
-                            "hold_reason": dispatcher.hold_reason.value
-                            if dispatcher.hold_reason else None}
-    return web.json_response(body, status=200 if healthy else 503)
-
-
-def status_app(dispatcher: Dispatcher) -> web.Application:
-    app = web.Application()
-    app[STATUS_APP_KEY] = dispatcher
-    app.router.add_get("/metrics", _metrics)
-    app.router.add_get("/status", _status)
-    app.router.add_get("/healthz", _healthz)
-    return app

@@ -2,22 +2,69 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
+from .backlog import BacklogSource
+from .forecast import LeadTime
+from .hermes import HermesCLI, HermesVersion, MaxSemantics
+from .lock import BoardLocks
+from .policy import HoldReason
 from .pushed import PushedBacklog
+from .ramp import Ramp
+from .ratio import TasksPerSlot
+from .report import TickReport
+from .settings import DispatchSettings
 
-if TYPE_CHECKING:
-    from .loop import Dispatcher
+
+class DispatcherState(Protocol):
+    """What the document reads of a running companion (a :class:`.loop.Dispatcher`); a
+    protocol, so that this view need not import the loop that serves it. Read-only."""
+
+    @property
+    def settings(self) -> DispatchSettings: ...
+    @property
+    def clock(self) -> Callable[[], float]: ...
+    @property
+    def backlog(self) -> BacklogSource: ...
+    @property
+    def hermes(self) -> HermesCLI: ...
+    @property
+    def locks(self) -> BoardLocks: ...
+    @property
+    def hold_reason(self) -> HoldReason | None: ...
+    @property
+    def healthy(self) -> bool: ...
+    @property
+    def failed_reads(self) -> int: ...
+    @property
+    def ratio(self) -> TasksPerSlot: ...
+    @property
+    def ramp(self) -> Ramp: ...
+    @property
+    def lead(self) -> LeadTime: ...
+    @property
+    def version(self) -> HermesVersion | None: ...
+    @property
+    def semantics(self) -> MaxSemantics | None: ...
+    @property
+    def warnings(self) -> Iterable[str]: ...
+    @property
+    def ticks(self) -> int: ...
+    @property
+    def last(self) -> TickReport | None: ...
+    @property
+    def recent(self) -> Iterable[TickReport]: ...
 
 
-def _events(d: Dispatcher) -> dict[str, Any] | None:
+def _events(d: DispatcherState) -> dict[str, Any] | None:
     source = d.backlog
     if not isinstance(source, PushedBacklog):
         return None
     return {"url": source.url, "connected": source.connected, "received": source.events,
             "down_reason": source.down_reason}
 
-def status_document(d: Dispatcher) -> dict[str, Any]:
+def status_document(d: DispatcherState) -> dict[str, Any]:
     """What the companion is doing and why, from its public state."""
     s = d.settings
     now = d.clock()

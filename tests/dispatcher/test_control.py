@@ -11,10 +11,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from proxy.dispatcher.backlog import Backlog
+from proxy.dispatcher.endpoints import status_app
 from proxy.dispatcher.hermes import MaxSemantics
 from proxy.dispatcher.lock import BoardLocks, NullLock
 from proxy.dispatcher.loop import Dispatcher
-from proxy.dispatcher.metrics import status_app
 from proxy.dispatcher.policy import BoardLoad, Watermarks
 from proxy.dispatcher.settings import DispatchSettings
 from proxy.dispatcher.signals import Finishing, FinishingTracker, pending_workers

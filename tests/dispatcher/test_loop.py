@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from proxy.dispatcher.endpoints import status_app
 from proxy.dispatcher.hermes import MaxSemantics
 from proxy.dispatcher.lock import BoardLocks, NullLock
 from proxy.dispatcher.loop import Dispatcher
-from proxy.dispatcher.metrics import status_app
 from proxy.dispatcher.policy import Watermarks
 from proxy.dispatcher.settings import DispatchSettings
 
