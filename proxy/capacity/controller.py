@@ -35,11 +35,10 @@ Stability at the knee: a shrink right after a growth marks the cap that failed a
 (up to ``MAX_BACKOFF_WINDOWS``), reset by a try that holds. Under steady load the cap sits
 at the knee minus one and visits the knee once per backoff: one step of movement at most.
 
-Baseline: the first window's medians, then a slow moving average of the windows that stay
-within half the tolerance (a lucky fast window moves it a little, an overloaded one not at all),
-re-probed every ``probe_interval_s``: for one
-window the cap drops by a quarter, that window's medians replace the baseline, and the previous
-cap comes back. A cap stuck at the floor with a high ratio also takes its medians as the new
+Baseline (``baseline.py``): the first window's medians, then a slow moving average of the
+windows that stay within half the tolerance (a lucky fast window moves it a little, an
+overloaded one not at all), re-probed every ``probe_interval_s``: for one window the cap drops
+by a quarter, that window's medians replace the baseline, and the previous cap comes back. A cap stuck at the floor with a high ratio also takes its medians as the new
 baseline (the engine got slower at any load: a model change, a slower GPU).
 
 Engine occupancy (``occupancy.py``): the slot count, reported (llama.cpp ``--parallel``, which
@@ -58,6 +57,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .baseline import Baseline
 from .engines import EngineSignals
 from .occupancy import Occupancy
 from .signals import Outcome, Sample, WindowStats
@@ -69,10 +69,6 @@ MAX_BACKOFF_WINDOWS = 8
 KV_FULL = 0.9
 #: a baseline probe lowers the cap by a quarter (at least one) for one window
 PROBE_DROP = 4
-#: weight of a window near the baseline in the baseline's moving average
-BASELINE_ALPHA = 0.1
-#: share of the TTFT ratio's excess that counts (TPOT counts whole)
-TTFT_WEIGHT = 0.5
 #: a shrink relieved the latency when the ratio's excess fell below this share of what it was
 NO_RELIEF = 0.75
 
@@ -133,8 +129,7 @@ class AdaptiveCap:
         start = settings.initial if settings.initial is not None else settings.floor
         self.cap = min(max(start, settings.floor), settings.ceiling)
         self.phase = Phase.STARTING
-        self.baseline_tpot: float | None = None
-        self.baseline_ttft: float | None = None
+        self.baseline = Baseline()
         self.last: WindowStats | None = None
         self.last_ratio: float | None = None
         self.last_change = Change(now, self.cap, self.cap, Reason.START)
@@ -271,15 +266,15 @@ class AdaptiveCap:
         if stats.tpot_s is None and stats.ttft_s is None:
             return
         if self.phase is Phase.PROBING:
-            self._take_baseline(stats)
+            self.baseline = self.baseline.taken(stats)
             self.phase = Phase.STEADY
             self._set(max(self.settings.floor, min(self._probe_return, self.ceiling)),
                       Reason.PROBE_DONE)
             return
         if self.phase is Phase.STARTING:
-            self._take_baseline(stats)
+            self.baseline = self.baseline.taken(stats)
             self.phase = Phase.STEADY
-        ratio = self._ratio(stats)
+        ratio = self.baseline.ratio(stats)
         self.last_ratio = ratio
         tolerance = self.settings.tolerance
         queued = self._engine_queue_since_change()
@@ -293,7 +288,7 @@ class AdaptiveCap:
             self._set(max(self.settings.floor, self.cap - shrink), Reason.ENGINE_QUEUE)
             return
         if ratio <= 1.0 + tolerance / 2:
-            self._follow_baseline(stats)
+            self.baseline = self.baseline.followed(stats)
         self._bad_streak = self._bad_streak + 1 if ratio > 1.0 + tolerance else 0
         if not self._bad_streak:
             self._shrunk_at = None
@@ -308,7 +303,7 @@ class AdaptiveCap:
                     and not (engine is not None and engine.waiting)):
                 # slower at any load (a smaller cap did not help): the baseline moved
                 self._shrunk_at = None
-                self._take_baseline(stats)
+                self.baseline = self.baseline.taken(stats)
                 return
             if self._grew_last:
                 self._knee = self.cap
@@ -345,33 +340,6 @@ class AdaptiveCap:
         self._set(self.cap + 1, Reason.GROW)
         self._grew_last = True
 
-    def _ratio(self, stats: WindowStats) -> float:
-        ratios = [1.0]
-        if stats.tpot_s is not None and self.baseline_tpot:
-            ratios.append(stats.tpot_s / self.baseline_tpot)
-        if stats.ttft_s is not None and self.baseline_ttft:
-            # TTFT is short and noisy (one scheduler hiccup is a large share of it): half weight
-            ratios.append(1.0 + (stats.ttft_s / self.baseline_ttft - 1.0) * TTFT_WEIGHT)
-        return max(ratios)
-
-    def _follow_baseline(self, stats: WindowStats) -> None:
-        """Windows near the baseline move it a little (both ways): one lucky fast window
-        must not make every normal one look overloaded."""
-        if stats.tpot_s is not None:
-            self.baseline_tpot = (stats.tpot_s if self.baseline_tpot is None else
-                                  self.baseline_tpot + BASELINE_ALPHA *
-                                  (stats.tpot_s - self.baseline_tpot))
-        if stats.ttft_s is not None:
-            self.baseline_ttft = (stats.ttft_s if self.baseline_ttft is None else
-                                  self.baseline_ttft + BASELINE_ALPHA *
-                                  (stats.ttft_s - self.baseline_ttft))
-
-    def _take_baseline(self, stats: WindowStats) -> None:
-        if stats.tpot_s is not None:
-            self.baseline_tpot = stats.tpot_s
-        if stats.ttft_s is not None:
-            self.baseline_ttft = stats.ttft_s
-
     def _set(self, new: int, reason: Reason) -> None:
         now = self._clock()
         if reason is not Reason.GROW:
@@ -403,7 +371,7 @@ class AdaptiveCap:
             "configured_ceiling": self.settings.ceiling,
             "floor": self.settings.floor,
             "phase": self.phase.value,
-            "baseline": {"tpot_s": self.baseline_tpot, "ttft_s": self.baseline_ttft},
+            "baseline": {"tpot_s": self.baseline.tpot_s, "ttft_s": self.baseline.ttft_s},
             "current": {
                 "tpot_s": last.tpot_s if last else None,
                 "ttft_s": last.ttft_s if last else None,

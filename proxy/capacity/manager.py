@@ -84,8 +84,7 @@ class CapacityManager:
                 continue
             ctrl = AdaptiveCap(settings, self._clock)
             if previous is not None:
-                ctrl.baseline_tpot = previous.baseline_tpot
-                ctrl.baseline_ttft = previous.baseline_ttft
+                ctrl.baseline = previous.baseline
                 ctrl.last_change = Change(self._clock(), previous.cap, ctrl.cap, Reason.CONFIG)
             ctrl.listeners.append(self._changed(resource))
             controllers[resource] = ctrl
