@@ -22,7 +22,8 @@ from aiohttp import web
 from .backlog import BacklogError, BacklogSource, HttpStatusBacklog, RedisStatusBacklog
 from .endpoints import status_app
 from .helper import helper_for
-from .hermes import BoardProbe, HermesCLI, MaxSemantics, SQLiteProbe, kanban_root
+from .hermes import HermesCLI
+from .hermes_model import BoardProbe, MaxSemantics
 from .lock import (
     GATEWAY_LOCK,
     BoardLocks,
@@ -37,6 +38,7 @@ from .policy import Watermarks
 from .pushed import PushedBacklog, events_url_for
 from .ratio import RatioSettings
 from .settings import DispatchSettings
+from .sqlite_probe import SQLiteProbe, kanban_root
 
 log = logging.getLogger("llm_throttle.dispatch")
 

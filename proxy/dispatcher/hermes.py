@@ -1,4 +1,4 @@
-"""A small async client for the real ``hermes`` CLI, and a read-only probe of its board files.
+"""A small async client for the real ``hermes`` CLI.
 
 What the CLI does, measured on hermes-agent 0.19.0 (see docs/hermes.md):
 
@@ -7,11 +7,11 @@ What the CLI does, measured on hermes-agent 0.19.0 (see docs/hermes.md):
   stderr is empty (minus lines the operator chose to ignore); the exit status is checked too;
 * ``kanban list`` recomputes ready tasks (a write), so running/ready counts come from
   ``kanban boards list --json`` (per-status counts of every board, no recompute) or from
-  :class:`SQLiteProbe`, which opens each board database with ``mode=ro`` and never writes;
+  :class:`.sqlite_probe.SQLiteProbe`, which opens each board database with ``mode=ro``;
 * ``kanban dispatch --max N`` caps the board's *running* tasks at N (a live cap, PR #23295,
   every PyPI release since 0.13.0); earlier builds capped only the spawns of one pass. The
-  translation lives in :func:`max_argument`; when the version is unknown we assume the old
-  meaning, which can only under-spawn;
+  translation lives in :func:`.hermes_model.max_argument`; when the version is unknown we
+  assume the old meaning, which can only under-spawn;
 * ``dispatch --max 0`` spawns nothing under either meaning: a maintenance pass that reclaims
   crashed or stale workers and promotes tasks whose parents finished;
 * workers are started detached (their own session), so killing a timed-out ``hermes`` call
@@ -22,147 +22,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import json
 import os
 import re
 import signal
-import sqlite3
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from .helper import DispatchHelper, HelperFailed, HelperUnavailable
-
-#: first release whose ``dispatch --max`` counts already-running tasks (PR #23295)
-LIVE_CAP_SINCE = (0, 13, 0)
-#: statuses a dispatch pass can start a worker for
-SPAWNABLE = ("ready", "review")
-#: statuses that still need the dispatcher (reclaim, promotion, spawning)
-UNFINISHED = ("todo", "ready", "review", "running", "blocked", "scheduled", "triage")
-#: statuses always exported on /metrics (0 when a board has none)
-REPORTED = ("triage", "todo", "ready", "running", "blocked", "done", "archived")
-#: a run that ended longer ago than this is not looked at for a live worker (a pid that old
-#: may belong to another process by now)
-FINISHING_WINDOW_S = 600
-#: fields of ``dispatch --json`` that name workers that failed: died, ran past their limit,
-#: or were blocked after too many failures
-WORKER_FAILURES = ("crashed", "timed_out", "auto_blocked")
-
-_VERSION_RE = re.compile(r"\bv?(\d+)\.(\d+)\.(\d+)\b")
-_STDERR_EXCERPT = 300
-
-
-class HermesError(Exception):
-    """A ``hermes`` call failed: non-JSON stdout, text on stderr, bad exit, or unexpected shape."""
-
-    def __init__(self, command: Sequence[str], reason: str, stderr: str = "") -> None:
-        self.command = tuple(command)
-        self.reason = reason
-        self.stderr = stderr
-        detail = f": {stderr.strip()[:_STDERR_EXCERPT]}" if stderr.strip() else ""
-        super().__init__(f"`{' '.join(self.command)}` {reason}{detail}")
-
-
-class HermesTimeout(HermesError):
-    """A ``hermes`` call ran past its timeout and was killed."""
-
-
-class MaxSemantics(enum.Enum):
-    """What ``hermes kanban dispatch --max N`` means for the installed Hermes."""
-
-    #: N caps running tasks on the board (0.13.0 and later)
-    RUNNING = "running"
-    #: N caps the spawns of one pass (builds before PR #23295)
-    SPAWNS = "spawns"
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class HermesVersion:
-    major: int
-    minor: int
-    patch: int
-
-    @classmethod
-    def parse(cls, text: str) -> HermesVersion:
-        match = _VERSION_RE.search(text)
-        if match is None:
-            raise ValueError(f"no version number in {text[:80]!r}")
-        return cls(int(match[1]), int(match[2]), int(match[3]))
-
-    @property
-    def max_semantics(self) -> MaxSemantics:
-        if (self.major, self.minor, self.patch) >= LIVE_CAP_SINCE:
-            return MaxSemantics.RUNNING
-        return MaxSemantics.SPAWNS
-
-    def __str__(self) -> str:
-        return f"{self.major}.{self.minor}.{self.patch}"
-
-
-def max_argument(semantics: MaxSemantics, running: int, grant: int) -> int:
-    """The ``--max`` that lets a board start at most ``grant`` workers beyond ``running``.
-
-    Under the live-cap meaning Hermes recounts running tasks itself; if some finished since we
-    counted, it may start more than ``grant``, but the board still ends at or below
-    ``running + grant``, which is what the global cap was computed with.
-    """
-    if grant <= 0:
-        return 0
-    if semantics is MaxSemantics.RUNNING:
-        return running + grant
-    return grant
-
-
-@dataclass(frozen=True, slots=True)
-class BoardCounts:
-    """Task counts of one board, by status."""
-
-    slug: str
-    by_status: Mapping[str, int] = field(default_factory=dict)
-    #: ``todo`` tasks whose parents are all done, ready at the next pass; None: not known
-    #: (the CLI does not say, the SQLite probe does)
-    promotable: int | None = None
-    db_path: str | None = None
-    #: Unix time since which the oldest ready task is ready; None: unknown (the CLI does not
-    #: say) or nothing ready
-    oldest_ready_at: float | None = None
-    #: tasks no longer running whose worker process is still alive: a worker makes its final
-    #: LLM call after ``kanban_complete`` has already marked its task done, so each of these
-    #: may still ask the GPU; empty when not known (the CLI's counts cannot tell)
-    finishing: frozenset[str] = frozenset()
-
-    @property
-    def running(self) -> int:
-        return self.by_status.get("running", 0)
-
-    @property
-    def ready(self) -> int:
-        """Tasks the next dispatch pass may start a worker for."""
-        return sum(self.by_status.get(s, 0) for s in SPAWNABLE) + (self.promotable or 0)
-
-    @property
-    def todo(self) -> int:
-        return self.by_status.get("todo", 0)
-
-    @property
-    def unfinished(self) -> int:
-        return sum(self.by_status.get(s, 0) for s in UNFINISHED)
-
-
-@dataclass(frozen=True, slots=True)
-class DispatchOutcome:
-    board: str
-    max_arg: int
-    spawned: tuple[str, ...]
-    reclaimed: int
-    crashed: tuple[str, ...]
-    promoted: int
-    raw: Mapping[str, Any]
-    #: worker failures the pass found, by kind (see :data:`WORKER_FAILURES`)
-    failures: Mapping[str, int] = field(default_factory=dict)
+from .hermes_model import (
+    WORKER_FAILURES,
+    BoardCounts,
+    DispatchOutcome,
+    HermesError,
+    HermesTimeout,
+    HermesVersion,
+)
 
 
 def _how_many(value: Any) -> int:
@@ -172,32 +48,6 @@ def _how_many(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return max(value, 0)
     return 0
-
-
-class BoardProbe(Protocol):
-    """Counts running and ready tasks per board without changing any board."""
-
-    async def board_counts(self) -> dict[str, BoardCounts]: ...
-
-
-def kanban_root(hermes_home: str | os.PathLike[str] | None = None,
-                environ: Mapping[str, str] | None = None) -> Path:
-    """The directory holding ``kanban.db`` and ``kanban/boards``, resolved as Hermes does."""
-    env = os.environ if environ is None else environ
-    override = env.get("HERMES_KANBAN_HOME", "").strip()
-    if override:
-        return Path(override).expanduser()
-    native = Path(env.get("HOME") or Path.home()) / ".hermes"
-    home = str(hermes_home) if hermes_home else env.get("HERMES_HOME", "")
-    if not home:
-        return native
-    path = Path(home).expanduser()
-    with contextlib.suppress(ValueError, OSError):
-        path.resolve().relative_to(native.resolve())
-        return native
-    if path.parent.name == "profiles":
-        return path.parent.parent
-    return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,119 +228,3 @@ class HermesCLI:
                 os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             await proc.wait()
-
-
-class SQLiteProbe:
-    """Counts tasks by opening each board database read-only (``mode=ro``); never writes.
-
-    Board layout as Hermes 0.19.0 keeps it: ``<root>/kanban.db`` is the ``default`` board,
-    ``<root>/kanban/boards/<slug>/kanban.db`` the others, ``board.json`` marks archived ones.
-    Unlike the CLI counts it also sees ``todo`` tasks whose parents are all done, which the next
-    dispatch pass will promote and may start at once.
-    """
-
-    #: cheap enough for the watcher to read between ticks (no process is started)
-    cheap = True
-
-    def __init__(self, root: Path, *, busy_timeout_s: float = 2.0) -> None:
-        self.root = root
-        self.busy_timeout_s = busy_timeout_s
-
-    async def board_counts(self) -> dict[str, BoardCounts]:
-        return await asyncio.to_thread(self._read_all)
-
-    def board_paths(self) -> dict[str, Path]:
-        paths: dict[str, Path] = {}
-        default = self.root / "kanban.db"
-        if default.exists():
-            paths["default"] = default
-        boards = self.root / "kanban" / "boards"
-        if boards.is_dir():
-            for board_dir in sorted(boards.iterdir()):
-                db = board_dir / "kanban.db"
-                if board_dir.name == "default" or not db.exists() or _archived(board_dir):
-                    continue
-                paths[board_dir.name] = db
-        return paths
-
-    def _read_all(self) -> dict[str, BoardCounts]:
-        return {slug: self._read(slug, db) for slug, db in self.board_paths().items()}
-
-    def _read(self, slug: str, db: Path) -> BoardCounts:
-        uri = db.resolve().as_uri() + "?mode=ro"
-        started = time.monotonic()
-        try:
-            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s)
-        except sqlite3.Error as exc:
-            raise HermesError(["sqlite", str(db)], f"cannot open read-only: {exc}") from exc
-        try:
-            rows = conn.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall()
-            promotable = conn.execute(
-                "SELECT COUNT(*) FROM tasks t WHERE t.status = 'todo' AND NOT EXISTS ("
-                " SELECT 1 FROM task_links l JOIN tasks p ON p.id = l.parent_id"
-                " WHERE l.child_id = t.id AND p.status NOT IN ('done', 'archived'))"
-            ).fetchone()[0]
-            # A ready task became ready when it was created or when its last parent finished.
-            oldest = conn.execute(
-                "SELECT MIN(MAX(t.created_at, COALESCE((SELECT MAX(p.completed_at)"
-                " FROM task_links l JOIN tasks p ON p.id = l.parent_id"
-                " WHERE l.child_id = t.id), 0))) FROM tasks t WHERE t.status = 'ready'"
-            ).fetchone()[0]
-            # Ending a run clears its worker_pid; the pid stays in the run's "spawned" event.
-            ended = conn.execute(
-                "SELECT e.task_id, e.payload FROM task_events e"
-                " JOIN task_runs r ON r.id = e.run_id JOIN tasks t ON t.id = e.task_id"
-                " WHERE e.kind = 'spawned' AND t.status != 'running' AND r.ended_at >= ?",
-                (int(time.time()) - FINISHING_WINDOW_S,)
-            ).fetchall()
-        except sqlite3.Error as exc:
-            waited = time.monotonic() - started
-            raise HermesError(["sqlite", str(db)], f"read failed after {waited:.1f}s: {exc}") \
-                from exc
-        finally:
-            conn.close()
-        return BoardCounts(
-            slug=slug,
-            by_status={str(status): int(n) for status, n in rows},
-            promotable=int(promotable),
-            db_path=str(db),
-            oldest_ready_at=None if oldest is None else float(oldest),
-            finishing=frozenset(str(task) for task, payload in ended
-                                if process_alive(_event_pid(payload))),
-        )
-
-
-def _archived(board_dir: Path) -> bool:
-    with contextlib.suppress(OSError, ValueError):
-        meta = json.loads((board_dir / "board.json").read_text(encoding="utf-8"))
-        return bool(isinstance(meta, dict) and meta.get("archived"))
-    return False
-
-
-def _event_pid(payload: Any) -> int:
-    """The pid of a ``spawned`` event's payload (``{"pid": N}``); 0 when there is none."""
-    with contextlib.suppress(TypeError, ValueError):
-        doc = json.loads(payload)
-        if isinstance(doc, dict) and isinstance(doc.get("pid"), int):
-            return int(doc["pid"])
-    return 0
-
-
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` runs on this host (a zombie, exited but not yet reaped, does not)."""
-    if pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc (not Linux): ask the kernel
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")

@@ -44,14 +44,8 @@ from typing import Any
 
 from .backlog import Backlog, BacklogError, BacklogSource, ChangeSignal, ProxyUnreachable
 from .forecast import BacklogTrend, LeadTime
-from .hermes import (
-    BoardCounts,
-    BoardProbe,
-    HermesCLI,
-    HermesError,
-    HermesVersion,
-    MaxSemantics,
-)
+from .hermes import HermesCLI
+from .hermes_model import BoardCounts, BoardProbe, HermesError, HermesVersion, MaxSemantics
 from .lock import BoardLocks
 from .metrics import DispatcherMetrics
 from .passes import BoardPasses

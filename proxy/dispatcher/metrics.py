@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .hermes import REPORTED, WORKER_FAILURES
+from .hermes_model import REPORTED, WORKER_FAILURES
 from .policy import HoldReason
 
 if TYPE_CHECKING:

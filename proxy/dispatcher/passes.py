@@ -15,7 +15,8 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable, Mapping
 
-from .hermes import BoardCounts, HermesCLI, HermesError, MaxSemantics, max_argument
+from .hermes import HermesCLI
+from .hermes_model import BoardCounts, HermesError, MaxSemantics, max_argument
 from .lock import BoardLocks
 from .metrics import DispatcherMetrics
 from .policy import Decision

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .hermes import MaxSemantics
+from .hermes_model import MaxSemantics
 from .policy import Watermarks
 from .ratio import RatioSettings
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .backlog import Backlog
-from .hermes import BoardCounts
+from .hermes_model import BoardCounts
 from .policy import BoardLoad
 
 

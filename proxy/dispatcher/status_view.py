@@ -7,7 +7,8 @@ from typing import Any, Protocol
 
 from .backlog import BacklogSource
 from .forecast import LeadTime
-from .hermes import HermesCLI, HermesVersion, MaxSemantics
+from .hermes import HermesCLI
+from .hermes_model import HermesVersion, MaxSemantics
 from .lock import BoardLocks
 from .policy import HoldReason
 from .pushed import PushedBacklog

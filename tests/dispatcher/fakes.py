@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.dispatcher.backlog import Backlog, BacklogError, ProxyUnreachable
-from proxy.dispatcher.hermes import BoardCounts, DispatchOutcome, HermesError, HermesVersion
+from proxy.dispatcher.hermes_model import BoardCounts, DispatchOutcome, HermesError, HermesVersion
 
 
 class FakeClock:

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from proxy.dispatcher.backlog import Backlog
 from proxy.dispatcher.endpoints import status_app
-from proxy.dispatcher.hermes import MaxSemantics
+from proxy.dispatcher.hermes_model import MaxSemantics
 from proxy.dispatcher.lock import BoardLocks, NullLock
 from proxy.dispatcher.loop import Dispatcher
 from proxy.dispatcher.policy import BoardLoad, Watermarks

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from proxy.dispatcher.helper import DispatchHelper, helper_for, hermes_interpreter
-from proxy.dispatcher.hermes import HermesCLI, HermesError
+from proxy.dispatcher.hermes import HermesCLI
+from proxy.dispatcher.hermes_model import HermesError
 
 from .conftest import HermesHome
 from .test_hermes_real import DEAD_LLM_PROFILE

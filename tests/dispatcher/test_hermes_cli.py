@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from proxy.dispatcher.hermes import (
+from proxy.dispatcher.hermes import HermesCLI
+from proxy.dispatcher.hermes_model import (
     BoardCounts,
-    HermesCLI,
     HermesError,
     HermesTimeout,
     HermesVersion,
     MaxSemantics,
-    kanban_root,
     max_argument,
 )
+from proxy.dispatcher.sqlite_probe import kanban_root
 
 FAKE = r'''
 import json, os, sys, time

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.dispatcher.hermes import HermesCLI, HermesError, MaxSemantics, SQLiteProbe
+from proxy.dispatcher.hermes import HermesCLI
+from proxy.dispatcher.hermes_model import HermesError, MaxSemantics
+from proxy.dispatcher.sqlite_probe import SQLiteProbe
 
 from .conftest import HermesHome
 

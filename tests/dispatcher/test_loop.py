@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from proxy.dispatcher.endpoints import status_app
-from proxy.dispatcher.hermes import MaxSemantics
+from proxy.dispatcher.hermes_model import MaxSemantics
 from proxy.dispatcher.lock import BoardLocks, NullLock
 from proxy.dispatcher.loop import Dispatcher
 from proxy.dispatcher.policy import Watermarks

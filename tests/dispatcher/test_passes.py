@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.dispatcher.hermes import BoardCounts, MaxSemantics
+from proxy.dispatcher.hermes_model import BoardCounts, MaxSemantics
 from proxy.dispatcher.lock import BoardLocks, NullLock
 from proxy.dispatcher.metrics import DispatcherMetrics
 from proxy.dispatcher.passes import BoardPasses

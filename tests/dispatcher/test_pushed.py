@@ -110,7 +110,7 @@ async def test_the_watcher_wakes_on_a_pushed_change_not_at_its_poll(mock_llm, ma
                                                                     openai_client):
     """The push channel's point: with a 30 s poll, a slot freed at the proxy is still filled
     within a few seconds, because the change arrives on the stream and wakes the watcher."""
-    from proxy.dispatcher.hermes import MaxSemantics
+    from proxy.dispatcher.hermes_model import MaxSemantics
     from proxy.dispatcher.lock import BoardLocks, NullLock
     from proxy.dispatcher.loop import Dispatcher
     from proxy.dispatcher.policy import Watermarks
