@@ -110,8 +110,8 @@ async def test_dashboard_selectors_and_groupings_use_exported_labels(mock_llm, m
 
 def _dispatcher_scrape_after_a_tick() -> str:
     """The dispatcher's exposition after one tick over one board (every labelled series)."""
-    from proxy.dispatcher.loop import BoardTick, TickReport
     from proxy.dispatcher.metrics import DispatcherMetrics
+    from proxy.dispatcher.report import BoardTick, TickReport
 
     metrics = DispatcherMetrics()
     board = BoardTick(running=1, ready=2, todo=0, spawned=("t1",), reclaimed=1,

@@ -21,8 +21,8 @@ One tick, in order:
 A failing ``hermes`` call fails that board's step only; it is logged and retried next tick.
 The pieces live in their own modules: the settings (:mod:`.settings`), the decision
 (:mod:`.policy`), the slow start (:mod:`.ramp`), the look ahead (:mod:`.forecast`), the
-dispatch calls (:mod:`.passes`), the ``/status`` document (:mod:`.status_view`); this module
-runs them in order, and decides when.
+dispatch calls (:mod:`.passes`), the boards' loads and order (:mod:`.boards`), the ``/status``
+document (:mod:`.status_view`); this module runs them in order, and decides when.
 
 Between ticks a watcher reads the proxy every ``react_s``, or at each change the proxy pushes
 (:mod:`.pushed`), and the boards too when the probe is the cheap read-only SQLite one, and
@@ -39,10 +39,11 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .backlog import Backlog, BacklogError, BacklogSource, ChangeSignal, ProxyUnreachable
+from .boards import board_loads, board_ticks, locked_out, rotation, select_boards
 from .forecast import BacklogTrend, LeadTime
 from .hermes import HermesCLI
 from .hermes_model import BoardCounts, BoardProbe, HermesError, HermesVersion, MaxSemantics
@@ -50,7 +51,6 @@ from .lock import BoardLocks
 from .metrics import DispatcherMetrics
 from .passes import BoardPasses
 from .policy import (
-    BoardLoad,
     Decision,
     HoldReason,
     blocked,
@@ -58,7 +58,7 @@ from .policy import (
 )
 from .ramp import Ramp
 from .ratio import TasksPerSlot
-from .report import BoardTick, TickReport
+from .report import TickReport
 from .settings import DispatchSettings
 from .signals import (
     FinishingTracker,
@@ -69,6 +69,7 @@ from .signals import (
     starting_workers,
 )
 from .status_view import status_document
+from .waits import first_done
 
 log = logging.getLogger("llm_throttle.dispatch")
 
@@ -172,7 +173,7 @@ class Dispatcher:
             raise
         self.failed_reads = 0
         now = self.clock()
-        loads = self._loads(self._last_counts, set())
+        loads = board_loads(self.settings.boards, self._last_counts, ())
         running = sum(b.running for b in loads.values())
         finishing = finishing_tasks(self._last_counts, loads)
         self._reached_gpu |= open_requests(backlog) > 0
@@ -251,51 +252,23 @@ class Dispatcher:
             report.decision = "board locks unavailable: skipped"
             return
         self._owned = set(owned)
-        wall = self.wall_clock()
-        for slug in selected:
-            c = counts[slug]
-            report.boards[slug] = BoardTick(
-                running=c.running, ready=c.ready, todo=c.todo, by_status=dict(c.by_status),
-                oldest_ready_s=None if c.oldest_ready_at is None
-                else max(wall - c.oldest_ready_at, 0.0))
-            if slug in taken:
-                report.boards[slug].skipped = "another dispatcher holds its lock"
-        if block is None and taken and not any(counts[s].ready for s in owned) \
-                and any(counts[s].ready for s in taken):
-            ready_elsewhere = sum(counts[s].ready for s in taken)
-            block = blocked(HoldReason.LOCKED_OUT,
-                            f"locked out: {ready_elsewhere} ready on boards another "
-                            f"dispatcher holds ({','.join(sorted(taken))})")
+        report.boards.update(board_ticks(selected, counts, taken, self.wall_clock()))
+        if block is None:
+            block = locked_out(counts, owned, taken)
         decision = self._decide(report, counts, owned, block, backlog, now)
         await self._dispatch(report, decision, counts, owned, now)
         self.ramp.spawned(report.spawned)
 
     def _select(self, counts: Mapping[str, BoardCounts], report: TickReport) -> list[str]:
-        wanted = self.settings.boards
-        if wanted is None:
-            return sorted(counts)
-        missing = [slug for slug in wanted if slug not in counts]
+        selected, missing = select_boards(self.settings.boards, counts)
         if missing:
             note = "boards not found: " + ",".join(missing)
             report.error = f"{report.error}; {note}" if report.error else note
-        return [slug for slug in wanted if slug in counts]
-
-    def _loads(self, counts: Mapping[str, BoardCounts], owned: set[str]) -> dict[str, BoardLoad]:
-        selected = self.settings.boards or tuple(counts)
-        return {slug: BoardLoad(running=counts[slug].running,
-                                ready=counts[slug].ready if slug in owned else 0)
-                for slug in selected if slug in counts}
-
-    def _order(self, owned: set[str]) -> list[str]:
-        order = sorted(owned)
-        if order:
-            shift = self.ticks % len(order)
-            order = order[shift:] + order[:shift]
-        return order
+        return selected
 
     def _policy(self, backlog: Backlog, counts: Mapping[str, BoardCounts], owned: set[str],
                 now: float) -> Decision:
-        loads = self._loads(counts, owned)
+        loads = board_loads(self.settings.boards, counts, owned)
         finishing = self.finishing.observe(finishing_tasks(counts, loads),
                                            backlog.attributed_values)
         pending = pending_workers(backlog, loads, finishing)
@@ -304,7 +277,7 @@ class Dispatcher:
             boards=loads, max_running=self.settings.max_running,
             cap=backlog.cap, outside=outside_requests(backlog), in_flight=backlog.in_flight,
             pending=pending, tasks_per_slot=self.ratio.value(now),
-            allowance=self.ramp.allowance(now), tiebreak=self._order(owned),
+            allowance=self.ramp.allowance(now), tiebreak=rotation(owned, self.ticks),
             forecast=self.trend.forecast(backlog.queued, self.lead.value()),
             starting=starting_workers(backlog, self.lead.starting,
                                       sum(load.running for load in loads.values())
@@ -322,13 +295,7 @@ class Dispatcher:
             self.holding = decision.holding
         self.ramp.observe(decision, now)
         self.hold_reason = decision.hold_reason
-        report.holding = decision.holding
-        report.hold_reason = decision.hold_reason.value if decision.hold_reason else None
-        report.decision = decision.reason
-        report.free_slots = decision.free_slots
-        report.target = decision.target
-        report.tasks_per_slot = self.ratio.value(now)
-        report.ramp_allowance = self.ramp.allowance(now)
+        report.decided(decision, self.ratio.value(now), self.ramp.allowance(now))
         return decision
 
     async def _dispatch(self, report: TickReport, decision: Decision,
@@ -392,7 +359,8 @@ class Dispatcher:
             except Exception:  # a bug in the watcher must not end the companion
                 log.exception("dispatch watcher failed")
             if signal is not None:
-                await _first(stop.wait(), signal.wait_changed(self.settings.react_s))
+                await first_done({"stop": stop.wait(),
+                                  "changed": signal.wait_changed(self.settings.react_s)})
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.react_s)
@@ -424,26 +392,9 @@ class Dispatcher:
 
     async def _sleep(self, stop: asyncio.Event, delay: float) -> str:
         """Wait for the next tick; returns what ends the wait."""
-        waits = {asyncio.ensure_future(stop.wait()): "stop",
-                 asyncio.ensure_future(self._wake.wait()): "watch"}
-        done, pending = await asyncio.wait(waits, timeout=delay,
-                                           return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        for task in done:
-            return waits[task]
-        return "interval"
+        return await first_done({"stop": stop.wait(), "watch": self._wake.wait()},
+                                timeout=delay, default="interval")
 
     def status(self) -> dict[str, Any]:
         """The ``/status`` document (see :mod:`.status_view`)."""
         return status_document(self)
-
-
-async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
-    """Until the first of ``waits`` is done; the others are cancelled."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

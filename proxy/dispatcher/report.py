@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .policy import Decision
+
 
 @dataclass(slots=True)
 class BoardTick:
@@ -53,6 +55,17 @@ class TickReport:
     error: str | None = None
     dry_run: bool = False
     duration_s: float = 0.0
+
+    def decided(self, decision: Decision, tasks_per_slot: float, ramp_allowance: int | None,
+                ) -> None:
+        """Records the tick's decision, with the estimates it was taken on."""
+        self.holding = decision.holding
+        self.hold_reason = decision.hold_reason.value if decision.hold_reason else None
+        self.decision = decision.reason
+        self.free_slots = decision.free_slots
+        self.target = decision.target
+        self.tasks_per_slot = tasks_per_slot
+        self.ramp_allowance = ramp_allowance
 
     @property
     def ok(self) -> bool:
