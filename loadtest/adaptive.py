@@ -34,7 +34,14 @@ from typing import Any
 import aiohttp
 
 from loadtest import adaptive_tenant
-from loadtest.adaptive_common import cap_sampler, per_second, phase_figures, plot
+from loadtest.adaptive_common import (
+    before_after,
+    cap_sampler,
+    ms_cell,
+    per_second,
+    phase_figures,
+    plot,
+)
 from loadtest.adaptive_tenant import TENANT_MODEL, cap_trace, engine_figures, engine_samples
 from loadtest.generator import LoadSpec, RequestRecord, run_load
 from loadtest.processes import ServiceGroup
@@ -42,6 +49,8 @@ from loadtest.runtime import loop_factory
 
 MOCK = {"ttft_s": 0.02, "tpot_s": 0.005, "output_tokens": 16}
 SLOWDOWN_PER_REQUEST = 0.05
+#: the unit after each millisecond figure in the summary tables
+MS = " ms"
 
 
 def mock_for(batch: int, engine_queue: bool = False) -> dict[str, Any]:
@@ -187,13 +196,10 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         for name, run in tenant_runs.items():
             b, a, t = run["before"], run["after"], run["tenant"]
             lines.append(
-                f"| {name} | {_ms(b['ttft_p99_s'])} / {_ms(a['ttft_p99_s'])} "
-                f"({_ratio(a['ttft_p99_s'], b['ttft_p99_s'])}) | "
-                f"{_ms(b['engine_ttft_p50_s'])} / {_ms(a['engine_ttft_p50_s'])} "
-                f"({_ratio(a['engine_ttft_p50_s'], b['engine_ttft_p50_s'])}) | "
-                f"{_ms(b['engine_ttft_p99_s'])} / {_ms(a['engine_ttft_p99_s'])} "
-                f"({_ratio(a['engine_ttft_p99_s'], b['engine_ttft_p99_s'])}) | "
-                f"{_ms(t['ttft_p50_s'])} / {_ms(t['ttft_p99_s'])} | "
+                f"| {name} | {before_after(b, a, 'ttft_p99_s', MS)} | "
+                f"{before_after(b, a, 'engine_ttft_p50_s', MS)} | "
+                f"{before_after(b, a, 'engine_ttft_p99_s', MS)} | "
+                f"{ms_cell(t['ttft_p50_s'], MS)} / {ms_cell(t['ttft_p99_s'], MS)} | "
                 f"{a['goodput_tokens_per_s']:.0f} tok/s |")
     lines += adaptive_tenant.summary_lines(results)
     for name, run in results.items():
@@ -204,14 +210,6 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
 
         lines += engine_lines(results["llamacpp/adaptive"])
     return lines
-
-
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
-
-
-def _ratio(after: float | None, before: float | None) -> str:
-    return "-" if not after or not before else f"{after / before:.2f}x"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

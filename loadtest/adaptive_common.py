@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,20 @@ def plot(run: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def ms_cell(seconds: float | None, unit: str = "") -> str:
+    """Seconds as whole milliseconds for a table cell; "-" when unknown."""
+    return "-" if seconds is None else f"{seconds * 1000:.0f}{unit}"
+
+
+def ratio_cell(after: float | None, before: float | None) -> str:
+    """``after`` over ``before`` for a table cell; "-" when either is unknown or zero."""
+    return "-" if not after or not before else f"{after / before:.2f}x"
+
+
+def before_after(before: Mapping[str, Any], after: Mapping[str, Any], key: str,
+                 unit: str = "") -> str:
+    """One figure of two phases, ``before / after (ratio)``, in milliseconds."""
+    return (f"{ms_cell(before[key], unit)} / {ms_cell(after[key], unit)} "
+            f"({ratio_cell(after[key], before[key])})")

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from loadtest.adaptive_common import before_after, ms_cell
 from loadtest.mock_ttft import FirstToken, figures
 
 OUR_MODEL = "mock-model"
@@ -61,18 +62,6 @@ def cap_trace(caps: list[tuple[float, int | None]], phase: float,
     }
 
 
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.0f}"
-
-
-def _ratio(after: float | None, before: float | None) -> str:
-    return "-" if not after or not before else f"{after / before:.2f}x"
-
-
-def _pair(before: dict[str, Any], after: dict[str, Any], key: str) -> str:
-    return f"{_ms(before[key])} / {_ms(after[key])} ({_ratio(after[key], before[key])})"
-
-
 def summary_lines(results: dict[str, Any]) -> list[str]:
     """Two tables per tenant run: the engine's record, then the clients' view and the cap."""
     runs = {n: r for n, r in results.items() if r.get("engine_before")}
@@ -84,11 +73,11 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     for name, run in runs.items():
         b, a = run["engine_before"], run["engine_after"]
         lines.append(
-            f"| {name} | {_pair(b['ours'], a['ours'], 'ttft_p50_s')} "
-            f"| {_pair(b['ours'], a['ours'], 'ttft_p99_s')} "
-            f"| {_pair(b['all'], a['all'], 'ttft_p50_s')} "
-            f"| {_pair(b['all'], a['all'], 'ttft_p99_s')} "
-            f"| {_ms(a['tenant']['ttft_p50_s'])} / {_ms(a['tenant']['ttft_p99_s'])} "
+            f"| {name} | {before_after(b['ours'], a['ours'], 'ttft_p50_s')} "
+            f"| {before_after(b['ours'], a['ours'], 'ttft_p99_s')} "
+            f"| {before_after(b['all'], a['all'], 'ttft_p50_s')} "
+            f"| {before_after(b['all'], a['all'], 'ttft_p99_s')} "
+            f"| {ms_cell(a['tenant']['ttft_p50_s'])} / {ms_cell(a['tenant']['ttft_p99_s'])} "
             f"| {b['ours']['waited']}/{b['ours']['count']} / "
             f"{a['ours']['waited']}/{a['ours']['count']} |")
     lines += ["", ("| run | client TTFT p99 before / after, ms | our goodput before / after "
@@ -97,7 +86,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     for name, run in runs.items():
         b, a, cap = run["before"], run["after"], run["cap_trace"]
         lines.append(
-            f"| {name} | {_pair(b, a, 'ttft_p99_s')} "
+            f"| {name} | {before_after(b, a, 'ttft_p99_s')} "
             f"| {b['goodput_tokens_per_s']:.0f} / {a['goodput_tokens_per_s']:.0f} "
             f"| {run['tenant_requests']} | {cap['before_median']} / {cap['after_median']} "
             f"({cap['after_range']}) | {run['mock_peak_before']} | {run['lost']} |")

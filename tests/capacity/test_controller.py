@@ -248,12 +248,15 @@ def test_one_noisy_window_does_not_shrink_the_cap():
     assert ctrl.cap >= cap
 
 
+#: the engine-queue runs' request: first token, whole service time, tokens
+QUEUE_TTFT_S, QUEUE_SERVICE_S, QUEUE_TOKENS = 0.02, 0.095, 16
+
+
 def queue_run(ctrl: AdaptiveCap, clock: Clock, seconds: float, other: int = 0,
               slots: int = 8, poll_s: float = 2.0) -> list[tuple[float, int]]:
     """The mock's engine queue (``max_running``) in closed form: at most ``slots`` run at once
     at full speed, the rest (ours and ``other`` tenant requests alike) wait one service time
     before their first token; the poller reads the engine's waiting count every ``poll_s``."""
-    ttft, service, tokens = 0.02, 0.095, 16
     end, next_poll, trace = clock.t + seconds, clock.t, []
     while clock.t < end:
         n = ctrl.cap
@@ -262,21 +265,29 @@ def queue_run(ctrl: AdaptiveCap, clock: Clock, seconds: float, other: int = 0,
             ctrl.set_engine(EngineSignals(EngineKind.VLLM, clock.t, waiting=waiting,
                                           running=min(n + other, slots)))
             next_poll = clock.t + poll_s
-        ours_waiting = round(waiting * n / (n + other))
         start = clock.t
         for _ in range(n):
             ctrl.started()
-        clock.t = start + service
-        for _ in range(n - ours_waiting):
-            ctrl.finished(make_sample(Outcome.OK, start, clock.t, start + ttft, 20, tokens))
-        if ours_waiting:
-            clock.t = start + 2 * service
-            for _ in range(ours_waiting):
-                ctrl.finished(make_sample(Outcome.OK, start, clock.t,
-                                          start + service + ttft, 20, tokens))
-        clock.t += 0.001
+        finish_round(ctrl, clock, start, n, waiting, other)
         trace.append((clock.t, ctrl.cap))
     return trace
+
+
+def finish_round(ctrl: AdaptiveCap, clock: Clock, start: float, n: int, waiting: int,
+                 other: int) -> None:
+    """Our ``n`` requests started at ``start`` end: those the engine ran at once after one
+    service time, our share of its ``waiting`` queue one service time later."""
+    ours_waiting = round(waiting * n / (n + other)) if n + other else 0
+    clock.t = start + QUEUE_SERVICE_S
+    for _ in range(n - ours_waiting):
+        ctrl.finished(make_sample(Outcome.OK, start, clock.t, start + QUEUE_TTFT_S, 20,
+                                  QUEUE_TOKENS))
+    if ours_waiting:
+        clock.t = start + 2 * QUEUE_SERVICE_S
+        for _ in range(ours_waiting):
+            ctrl.finished(make_sample(Outcome.OK, start, clock.t,
+                                      start + QUEUE_SERVICE_S + QUEUE_TTFT_S, 20, QUEUE_TOKENS))
+    clock.t += 0.001
 
 
 @pytest.mark.parametrize("poll_s", [2.0, 3.0])

@@ -16,7 +16,7 @@ from proxy.capacity.engines import EngineSignals
 from proxy.capacity.occupancy import Occupancy
 from proxy.capacity.signals import Outcome, make_sample
 
-from .test_controller import Clock
+from .test_controller import Clock, finish_round
 
 
 def make(clock: Clock, **kw: float) -> AdaptiveCap:
@@ -30,7 +30,6 @@ def occupied_run(ctrl: AdaptiveCap, clock: Clock, seconds: float, other: int = 0
                  kind: EngineKind = EngineKind.VLLM) -> list[tuple[float, int]]:
     """At most ``slots`` run at once at full speed; the rest (ours and ``other`` tenant
     requests alike) wait one service time before their first token. Returns (time, cap)."""
-    ttft, service, tokens = 0.02, 0.095, 16
     end, next_poll, trace = clock.t + seconds, clock.t, []
     while clock.t < end:
         n = ctrl.cap if load is None else min(load, ctrl.cap)
@@ -44,16 +43,7 @@ def occupied_run(ctrl: AdaptiveCap, clock: Clock, seconds: float, other: int = 0
                 kind, clock.t, waiting=waiting, running=min(n + other, slots),
                 slots_total=slots if kind is EngineKind.LLAMACPP else None))
             next_poll = clock.t + poll_s
-        ours_waiting = round(waiting * n / (n + other)) if n + other else 0
-        clock.t = start + service
-        for _ in range(n - ours_waiting):
-            ctrl.finished(make_sample(Outcome.OK, start, clock.t, start + ttft, 20, tokens))
-        if ours_waiting:
-            clock.t = start + 2 * service
-            for _ in range(ours_waiting):
-                ctrl.finished(make_sample(Outcome.OK, start, clock.t,
-                                          start + service + ttft, 20, tokens))
-        clock.t += 0.001
+        finish_round(ctrl, clock, start, n, waiting, other)
         trace.append((clock.t, ctrl.cap))
     return trace
 
