@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .backlog import BacklogSource
@@ -20,42 +21,27 @@ from .settings import DispatchSettings
 
 class DispatcherState(Protocol):
     """What the document reads of a running companion (a :class:`.loop.Dispatcher`); a
-    protocol, so that this view need not import the loop that serves it. Read-only."""
+    protocol, so that this view need not import the loop that serves it."""
+
+    settings: DispatchSettings
+    clock: Callable[[], float]
+    backlog: BacklogSource
+    hermes: HermesCLI
+    locks: BoardLocks
+    hold_reason: HoldReason | None
+    failed_reads: int
+    ratio: TasksPerSlot
+    ramp: Ramp
+    lead: LeadTime
+    version: HermesVersion | None
+    semantics: MaxSemantics | None
+    warnings: list[str]
+    ticks: int
+    last: TickReport | None
+    recent: deque[TickReport]
 
     @property
-    def settings(self) -> DispatchSettings: ...
-    @property
-    def clock(self) -> Callable[[], float]: ...
-    @property
-    def backlog(self) -> BacklogSource: ...
-    @property
-    def hermes(self) -> HermesCLI: ...
-    @property
-    def locks(self) -> BoardLocks: ...
-    @property
-    def hold_reason(self) -> HoldReason | None: ...
-    @property
     def healthy(self) -> bool: ...
-    @property
-    def failed_reads(self) -> int: ...
-    @property
-    def ratio(self) -> TasksPerSlot: ...
-    @property
-    def ramp(self) -> Ramp: ...
-    @property
-    def lead(self) -> LeadTime: ...
-    @property
-    def version(self) -> HermesVersion | None: ...
-    @property
-    def semantics(self) -> MaxSemantics | None: ...
-    @property
-    def warnings(self) -> Iterable[str]: ...
-    @property
-    def ticks(self) -> int: ...
-    @property
-    def last(self) -> TickReport | None: ...
-    @property
-    def recent(self) -> Iterable[TickReport]: ...
 
 
 def _events(d: DispatcherState) -> dict[str, Any] | None:
