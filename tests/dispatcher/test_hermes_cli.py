@@ -15,15 +15,7 @@ from pathlib import Path
 import pytest
 
 from proxy.dispatcher.hermes import HermesCLI
-from proxy.dispatcher.hermes_model import (
-    BoardCounts,
-    HermesError,
-    HermesTimeout,
-    HermesVersion,
-    MaxSemantics,
-    max_argument,
-)
-from proxy.dispatcher.sqlite_probe import kanban_root
+from proxy.dispatcher.hermes_model import HermesError, HermesTimeout, HermesVersion, MaxSemantics
 
 FAKE = r'''
 import json, os, sys, time
@@ -88,26 +80,6 @@ async def test_version_from_the_first_line_without_waiting_for_the_rest(
     assert time.monotonic() - started < 5
 
 
-def test_version_semantics_boundary() -> None:
-    assert HermesVersion.parse("Hermes Agent v0.13.0").max_semantics is MaxSemantics.RUNNING
-    assert HermesVersion.parse("Hermes Agent v0.12.9 (x)").max_semantics is MaxSemantics.SPAWNS
-    with pytest.raises(ValueError):
-        HermesVersion.parse("Hermes Agent (dev)")
-
-
-@pytest.mark.parametrize(
-    ("semantics", "running", "grant", "expected"),
-    [
-        (MaxSemantics.RUNNING, 3, 2, 5),
-        (MaxSemantics.SPAWNS, 3, 2, 2),
-        (MaxSemantics.RUNNING, 3, 0, 0),  # --max 0: a maintenance pass, spawns nothing
-        (MaxSemantics.SPAWNS, 3, 0, 0),
-    ],
-)
-def test_max_argument(semantics: MaxSemantics, running: int, grant: int, expected: int) -> None:
-    assert max_argument(semantics, running, grant) == expected
-
-
 async def test_board_counts(fake_hermes: tuple[str, Path]) -> None:
     boards = await _cli(fake_hermes).board_counts()
     assert set(boards) == {"default", "alpha"}  # archived boards are not dispatched
@@ -156,22 +128,3 @@ async def test_timeout_kills_the_call(fake_hermes: tuple[str, Path]) -> None:
 async def test_missing_executable(tmp_path: Path) -> None:
     with pytest.raises(HermesError, match="could not start"):
         await HermesCLI(str(tmp_path / "nope")).board_counts()
-
-
-def test_kanban_root_resolution(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    native = home / ".hermes"
-    assert kanban_root(environ={"HOME": str(home)}) == native
-    assert kanban_root(environ={"HOME": str(home),
-                                "HERMES_HOME": str(native / "profiles" / "w")}) == native
-    assert kanban_root(environ={"HOME": str(home), "HERMES_HOME": "/opt/data"}) == \
-        Path("/opt/data")
-    assert kanban_root(environ={"HOME": str(home),
-                                "HERMES_HOME": "/opt/data/profiles/w"}) == Path("/opt/data")
-    assert kanban_root(environ={"HOME": str(home), "HERMES_KANBAN_HOME": "/k"}) == Path("/k")
-    assert kanban_root("/srv/h", environ={"HOME": str(home)}) == Path("/srv/h")
-
-
-def test_board_counts_ready_includes_review_and_promotable() -> None:
-    c = BoardCounts("a", {"ready": 1, "review": 2, "todo": 3}, promotable=2)
-    assert c.ready == 5

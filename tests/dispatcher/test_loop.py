@@ -8,12 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
-from proxy.dispatcher.endpoints import status_app
 from proxy.dispatcher.hermes_model import MaxSemantics
 from proxy.dispatcher.lock import BoardLocks, NullLock
 from proxy.dispatcher.loop import Dispatcher
@@ -223,24 +220,6 @@ async def test_each_dispatcher_has_its_own_registry() -> None:
     text = d1.metrics.render().decode()
     assert 'llm_throttle_dispatch_spawned_total{board="a"} 1.0' in text
     assert 'llm_throttle_dispatch_holding{reason="backlog_high"} 0.0' in text
-
-
-async def test_status_endpoints(aiohttp_client: Any) -> None:
-    d, _, _, _ = make({"a": {"ready": 1}}, backlog=9)
-    await d.start()
-    client: TestClient = await aiohttp_client(status_app(d))
-    resp = await client.get("/healthz")
-    assert resp.status == 200  # no tick yet: starting, not stale
-    await d.tick()
-    doc = await (await client.get("/status")).json()
-    assert doc["holding"] is True
-    assert doc["last_tick"]["backlog"] == 9
-    assert doc["hermes"]["max_semantics"] == "running"
-    assert doc["settings"]["max_running"] == 6
-    metrics = await (await client.get("/metrics")).text()
-    assert "llm_throttle_dispatch_backlog 9.0" in metrics
-    assert "llm_throttle_dispatch_hold_transitions_total{to=\"hold\"} 1.0" in metrics
-    assert (await client.get("/healthz")).status == 200
 
 
 async def test_run_stops_on_the_event() -> None:
