@@ -3,7 +3,7 @@
 What ``--max`` means for each Hermes version (:func:`max_argument`), a board's task counts,
 what one dispatch pass did, and the error of a failed call: shared by the CLI client
 (:mod:`.hermes`), the read-only probe (:mod:`.sqlite_probe`), the loop and its views, so that
-none of these needs the others.
+the two readers of Hermes stay apart, and a module that only handles the values needs neither.
 """
 
 from __future__ import annotations
