@@ -62,7 +62,8 @@ def test_the_companion_keeps_the_gpu_busier_than_the_cron_wrapper(hermes_exe: st
     results = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
     cron, companion = results["cron"], results["dispatch"]
     summary = {mode: {k: r[k] for k in ("makespan_s", "idle_after_first_request_s",
-                                          "spawns_at_high", "max_running", "done")}
+                                          "spawns_at_high", "spawns_crossing_high",
+                                          "max_running", "done")}
                for mode, r in results.items()}
     assert cron["done"] == companion["done"] == 6, summary
     assert companion["max_running"] <= CEILING, summary
