@@ -57,8 +57,7 @@ async def embeddings(request: web.Request) -> web.Response:
     if isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= 65536:
         return error_response(400, "dimensions must be a positive integer",
                               "invalid_request_error", "invalid_value")
-    active = ActiveRequest(state, model)
-    try:
+    with ActiveRequest(state, model) as active:
         if faults is not None and faults.delay > 0:
             await asyncio.sleep(faults.delay)
         await active.first_step(request, config.ttft_s)
@@ -81,8 +80,3 @@ async def embeddings(request: web.Request) -> web.Response:
         state.prompt_tokens += tokens
         active.finish("completed")
         return web.Response(body=payload, content_type="application/json")
-    except (asyncio.CancelledError, ConnectionResetError):
-        active.finish("cancelled")
-        raise
-    finally:
-        active.finish("failed")

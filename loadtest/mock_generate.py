@@ -91,8 +91,7 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
     )
 
     tool = wanted_tool(body, request.headers, config.tool_call) if chat else None
-    active = ActiveRequest(state, model)
-    try:
+    with ActiveRequest(state, model) as active:
         if faults is not None and faults.hang:
             await hold_until_gone(request)
         if tool is not None:  # tool-calling mode (loadtest/mock_tools.py)
@@ -140,11 +139,6 @@ async def _generate(request: web.Request, *, chat: bool) -> web.StreamResponse:
         )
         active.complete(prompt_tokens, n_tokens, finish_reason)
         return web.Response(body=payload, content_type="application/json")
-    except (asyncio.CancelledError, ConnectionResetError):
-        active.finish("cancelled")
-        raise
-    finally:
-        active.finish("failed")
 
 
 def _abort(request: web.Request) -> None:

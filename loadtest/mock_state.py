@@ -18,7 +18,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
@@ -400,6 +400,17 @@ class ActiveRequest:
         if self.open:
             self.open = False
             self.state.end(self.model, outcome, time.perf_counter() - self.started_at)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        """A handler that left without finishing: a client gone is ``cancelled``, anything
+        else ``failed`` (a finished request is already released and this does nothing)."""
+        cancelled = kind is not None and issubclass(kind, (asyncio.CancelledError,
+                                                             ConnectionResetError))
+        self.finish("cancelled" if cancelled else "failed")
 
     def complete(self, prompt_tokens: int, n_tokens: int, finish_reason: str) -> None:
         """Count a finished generation; called before its last bytes go out."""
