@@ -97,8 +97,10 @@ class CapacityManager:
                 self._fed_by[up.name] = fed
         feeders = [c for fed in self._fed_by.values() for c in fed]
         for ctrl in controllers.values():
-            # a GPU behind several engines: no one engine's readings are its occupancy
-            ctrl.owns_engine = feeders.count(ctrl) == 1
+            # a GPU behind several engines: no one engine's readings are its occupancy; with
+            # caps shared over Redis, other hosts' requests are in the readings too (a reload
+            # must not turn the rule back on until the next shared tick)
+            ctrl.owns_engine = feeders.count(ctrl) == 1 and self._shared is None
         probes = {
             up.name: EngineProbe(up.url, Engine(up.engine), up.api_key, clock=self._clock)
             for up in config.upstreams.values()
