@@ -308,7 +308,7 @@ class MemoryStore(LimitStore):
                     first_class[name] = priority
             return missing
 
-        self._fair.serve(attempt)
+        self._fair.serve(attempt, now, self.spec.starvation_s)
         fifo = self.spec.fairness is Fairness.FIFO
         for p, blocked_set in enumerate(self._blocked):
             blocked_set.clear()
@@ -349,6 +349,7 @@ class MemoryStore(LimitStore):
                     oldest[resource] = waiter.enqueued_at
         names = dict.fromkeys(self.spec.caps)
         names.update(dict.fromkeys(self._in_flight))
+        names.update(dict.fromkeys(self._queued))  # run-time names with only waiters, too
         resources = {
             name: ResourceState(
                 in_flight=self._in_flight.get(name, 0),
@@ -391,6 +392,7 @@ class MemoryStore(LimitStore):
             buckets[name] = bucket
         self._buckets = buckets
         self.spec = spec
+        self._fair.reconfigure(spec.fairness, spec.class_weights)
         self._scan()
 
     async def cancel_waiters(self, reason: Exception) -> int:

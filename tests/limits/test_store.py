@@ -201,3 +201,25 @@ async def test_status_counts_queued_and_oldest_wait(make_store):
     assert snap.oldest_wait_s >= 0.09
     await store.release(held)
     await store.release(await asyncio.wait_for(waiter, 2))
+
+
+async def test_status_lists_a_run_time_resource_that_only_has_waiters(make_store):
+    """Hazard: the memory store listed only configured caps and resources with something in
+    flight, so an attributed identity (``attr:<client>/<value>``, named at run time) whose one
+    request was queued was missing from ``/throttle/status``. The dispatcher then counted a
+    finished Kanban task's queued final call as still to come *and* in the queue: no room to
+    spawn for 6-8 s per wave in issue 14's bench. Redis listed it; both must."""
+    spec = LimitSpec(caps={"model:a": 1}, prefix_caps={"attr:": 4})
+    store = await make_store(spec)
+    held = await store.acquire(demand("model:a", "attr:anonymous/t_a"))
+    waiter = asyncio.create_task(store.acquire(demand("model:a", "attr:anonymous/t_b")))
+    await waiting(store, 1)
+    snap = await store.snapshot()
+    assert snap.resources["attr:anonymous/t_b"].queued == 1
+    assert snap.resources["attr:anonymous/t_b"].in_flight == 0
+    assert snap.resources["attr:anonymous/t_b"].cap == 4
+    await store.release(held)
+    await store.release(await asyncio.wait_for(waiter, 2))
+    snap = await store.snapshot()
+    assert "attr:anonymous/t_b" not in snap.resources or \
+        snap.resources["attr:anonymous/t_b"].queued == 0
