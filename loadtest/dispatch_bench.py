@@ -85,6 +85,8 @@ class Workload:
     burst_s: float = 5.0
     high: int = 4
     low: int = 1
+    #: the proxy's queue order (``queue.fairness``)
+    fairness: str = "tokens"
 
 
 @dataclass(slots=True)
@@ -241,7 +243,7 @@ async def run_mode(mode: str, w: Workload, hermes: str, workdir: Path, *, timeou
             proxy = await group.start_proxy("proxy", {
                 "upstreams": {"gpu": {"url": f"http://127.0.0.1:{gpu_port}"}},
                 "models": {MODEL: {"upstreams": ["gpu"], "max_in_flight": w.cap}},
-                "queue": {"max_depth": 500, "max_wait_s": 170},
+                "queue": {"max_depth": 500, "max_wait_s": 170, "fairness": w.fairness},
                 "attribution": {"header": "x-hermes-task", "max_in_flight": 4},
             }, env={})
             gpu.durations = await _setup_hermes(h, proxy.url, w)
@@ -407,6 +409,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--burst-seconds", type=float, default=d.burst_s)
     p.add_argument("--high-watermark", type=int, default=d.high)
     p.add_argument("--low-watermark", type=int, default=d.low)
+    p.add_argument("--fairness", default=d.fairness,
+                   help="the proxy's queue.fairness (both modes)")
     p.add_argument("--cron-every", type=float, default=15.0)
     p.add_argument("--cron-parallel", type=int, default=3)
     p.add_argument("--dispatch-args", default="", help="more flags for the dispatcher")
@@ -433,7 +437,7 @@ def cli_main(args: argparse.Namespace) -> int:
     w = Workload(boards=args.boards, tasks=args.tasks, short_s=args.short, long_s=args.long,
                  long_every=args.long_every, cap=args.cap, burst=args.burst,
                  burst_at_s=args.burst_at, burst_s=args.burst_seconds,
-                 high=args.high_watermark, low=args.low_watermark)
+                 high=args.high_watermark, low=args.low_watermark, fairness=args.fairness)
     return asyncio.run(_main(args, w, os.path.abspath(exe)))
 
 

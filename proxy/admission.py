@@ -84,6 +84,7 @@ def build_limit_spec(config: Config) -> LimitSpec:
         prefix_caps=prefix_caps,
         live=frozenset(live),
         fairness=Fairness(config.queue.fairness),
+        starvation_s=config.queue.starvation_s,
         class_weights={Priority.parse(name): weight
                        for name, weight in config.queue.class_weights.items()},
     )

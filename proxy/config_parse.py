@@ -266,6 +266,7 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> Config:
                            exclusive=False),
         max_wait_s=q.number("max_wait_s", qd["max_wait_s"]),
         fairness=q.str("fairness", qd["fairness"], choices=FAIRNESS_MODES),
+        starvation_s=q.number("starvation_s", qd["starvation_s"]),
         class_weights=_class_weights(q),
         keepalive_after_s=q.number("keepalive_after_s", qd["keepalive_after_s"]),
         keepalive_interval_s=q.number("keepalive_interval_s", qd["keepalive_interval_s"]),

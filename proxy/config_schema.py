@@ -17,7 +17,7 @@ DEFAULT_PASSTHROUGH_PATHS = frozenset({"/tokenize", "/detokenize", "/apply-templ
 PRIORITIES = ("interactive", "batch")
 STORE_ERROR_POLICIES = ("local_share", "local_split", "open", "closed")
 ENGINES = ("auto", "vllm", "llamacpp", "ollama", "none")
-FAIRNESS_MODES = ("tokens", "requests", "fifo")
+FAIRNESS_MODES = ("tokens", "requests", "fifo", "attained")
 ACCESS_LOG_FORMATS = ("plain", "json")
 
 
@@ -88,7 +88,8 @@ class ClientConfig:
 class QueueConfig:
     max_depth: int = 1000
     max_wait_s: float = 120.0
-    fairness: str = "tokens"  # tokens | requests | fifo (strict priority, then arrival)
+    fairness: str = "tokens"  # tokens | requests | fifo | attained (least served flow first)
+    starvation_s: float = 30.0  # attained: a waiter queued this long goes first, oldest first
     class_weights: Mapping[str, float] = field(
         default_factory=lambda: {"interactive": 9.0, "batch": 1.0})
     keepalive_after_s: float = 5.0  # a kept-alive stream's head goes after this long queued

@@ -58,6 +58,7 @@ class Fairness(enum.Enum):
     TOKENS = "tokens"
     REQUESTS = "requests"
     FIFO = "fifo"
+    ATTAINED = "attained"
 
 
 DEFAULT_CLASS_WEIGHTS: Mapping[Priority, float] = {Priority.INTERACTIVE: 9.0, Priority.BATCH: 1.0}
@@ -85,6 +86,8 @@ class LimitSpec:
     #: obeys the one live cap stored there, whatever cap its own spec holds
     live: frozenset[str] = frozenset()
     fairness: Fairness = Fairness.TOKENS
+    #: in attained order, a waiter queued this long goes first (None: never)
+    starvation_s: float | None = 30.0
     class_weights: Mapping[Priority, float] = field(
         default_factory=lambda: dict(DEFAULT_CLASS_WEIGHTS))
 

@@ -33,6 +33,15 @@ in Serving Large Language Models", OSDI 2024):
 ``Fairness.REQUESTS`` is the same with every request costing 1. ``Fairness.FIFO`` is the old
 order: strict priority, then arrival (flows and weights are ignored).
 
+``Fairness.ATTAINED`` is least attained service between flows (after Autellix's program-level
+scheduling, Luo et al. 2025): the same counters, but a flow is never lifted -- its counter is
+the tokens it was served since it was first seen, so the flow served least goes next. Meant
+for flows that are programs (``attribution.header`` naming a task): an agent task's later
+calls wait behind the first calls of tasks that have had less, so tasks finish as wholes
+sooner instead of all advancing together. Against starvation, a head queued ``starvation_s``
+or longer goes first, oldest first. Idle flows are remembered (up to ``MAX_IDLE_FLOWS``, then
+all idle ones are forgotten at once and start again from 0).
+
 Cost: a round costs O(units + grants) (units: distinct flows x routes, not waiters).
 The Redis store runs the same rules in ``lua/lib.lua``; one contract test covers both.
 """
@@ -58,6 +67,8 @@ class Queued(Protocol):
     demand: Demand
     seq: int
     gone: bool
+    #: when it joined the queue (the store's clock, seconds)
+    enqueued_at: float
 
 
 W = TypeVar("W", bound=Queued)
@@ -86,7 +97,7 @@ def flow_states(counters: Mapping[tuple[int, str], float], waiting: Mapping[tupl
 
 
 def cost_of(demand: Demand, mode: Fairness) -> float:
-    return demand.cost if mode is Fairness.TOKENS else 1.0
+    return demand.cost if mode in (Fairness.TOKENS, Fairness.ATTAINED) else 1.0
 
 
 class _Unit(Generic[W]):
@@ -121,6 +132,15 @@ class FairQueue(Generic[W]):
         #: tokens (or requests) served per flow since start, for status and metrics
         self.served: dict[tuple[int, str], float] = {}
 
+    def reconfigure(self, mode: Fairness, class_weights: Mapping[Priority, float]) -> None:
+        """A reload: the new weights, and the new order unless it is to or from ``fifo`` (whose
+        units have no flows: the waiters queued now could not be found again)."""
+        if (mode is Fairness.FIFO) == (self.mode is Fairness.FIFO):
+            self.mode = mode
+        weights = dict(DEFAULT_CLASS_WEIGHTS)
+        weights.update(class_weights or {})
+        self.class_weights = {p: float(weights.get(p, 1.0)) for p in Priority}
+
     def _flow_of(self, demand: Demand) -> str:
         return "" if self.mode is Fairness.FIFO else demand.flow
 
@@ -141,7 +161,7 @@ class FairQueue(Generic[W]):
         """Count a waiter in; a flow or class coming back from idle is lifted (no banked credit)."""
         fkey = (int(priority), flow)
         count = self._waiting.get(fkey, 0)
-        if count == 0:
+        if count == 0 and self.mode is not Fairness.ATTAINED:  # attained: credit is the point
             self.counters[fkey] = max(self.counters.get(fkey, 0.0), self.vtime[priority])
         self._waiting[fkey] = count + 1
         if self._class_waiting[priority] == 0:
@@ -159,8 +179,9 @@ class FairQueue(Generic[W]):
         self._class_waiting[priority] -= 1
 
     def _forget_if_idle(self, fkey: tuple[int, str]) -> None:
-        # A flow at or behind virtual time would be lifted anyway: nothing to remember.
-        if self.counters.get(fkey, 0.0) <= self.vtime[fkey[0]]:
+        # A flow at or behind virtual time would be lifted anyway: nothing to remember (in
+        # attained order the counter is the flow's history: kept, within the bound).
+        if self.mode is not Fairness.ATTAINED and self.counters.get(fkey, 0.0) <= self.vtime[fkey[0]]:
             self.counters.pop(fkey, None)
         elif len(self.counters) > MAX_IDLE_FLOWS + len(self._waiting):
             for old in [k for k in self.counters if k not in self._waiting]:
@@ -206,7 +227,7 @@ class FairQueue(Generic[W]):
         # it starts at virtual time, as joining the queue would lift it. A counter kept from
         # before may lag virtual time; charged from there, the lift at its first queued waiter
         # would wipe these grants (free slots: banked credit).
-        if fkey not in self._waiting:
+        if fkey not in self._waiting and self.mode is not Fairness.ATTAINED:
             counter = max(counter, self.vtime[priority])
         if not self._class_waiting[priority]:
             class_counter = max(class_counter, self._class_vtime)
@@ -221,7 +242,7 @@ class FairQueue(Generic[W]):
 
     def settle(self, priority: Priority, flow: str, weight: float, delta: float) -> None:
         """The real usage differs from the reservation by ``delta`` tokens."""
-        if self.mode is not Fairness.TOKENS or not delta:
+        if self.mode not in (Fairness.TOKENS, Fairness.ATTAINED) or not delta:
             return
         fkey = (int(priority), flow)
         if fkey in self.counters:
@@ -233,11 +254,14 @@ class FairQueue(Generic[W]):
 
     # -- serving -----------------------------------------------------------------------------------
 
-    def serve(self, attempt: Callable[[W], list[str] | None]) -> None:
+    def serve(self, attempt: Callable[[W], list[str] | None], now: float = 0.0,
+              starvation_s: float | None = None) -> None:
         """One round: offer unit heads in fair order to ``attempt``.
 
         ``attempt(waiter)`` returns None when it granted the waiter (it leaves the queue), or
-        what the waiter lacks: its unit then sits out the rest of the round.
+        what the waiter lacks: its unit then sits out the rest of the round. ``now`` and
+        ``starvation_s``: in attained order, heads queued since ``now - starvation_s`` or
+        before go first.
         """
         if not self._units:
             return
@@ -245,6 +269,8 @@ class FairQueue(Generic[W]):
         for unit in self._units.values():
             by_class[unit.priority].append(unit)
         fifo = self.mode is Fairness.FIFO
+        starved = (-math.inf if self.mode is not Fairness.ATTAINED or starvation_s is None
+                   else now - starvation_s)
         while True:
             live = [p for p in Priority if by_class[p]]
             if not live:
@@ -254,7 +280,7 @@ class FairQueue(Generic[W]):
             else:
                 priority = min(live, key=lambda p: (self.class_counters[p], p))
             units = by_class[priority]
-            unit = min(units, key=self._unit_order)
+            unit = min(units, key=lambda u: self._unit_order(u, starved))
             head = unit.waiters[0]
             if head.gone:
                 unit.waiters.popleft()
@@ -272,9 +298,14 @@ class FairQueue(Generic[W]):
                 units.remove(unit)
             self._leave(unit.priority, unit.flow)
 
-    def _unit_order(self, unit: _Unit[W]) -> tuple[float, int]:
+    def _unit_order(self, unit: _Unit[W], starved: float) -> tuple[int, float, int]:
+        """(rank, counter, arrival): gone heads first (to drop them), then starved heads
+        (queued at ``starved`` or before), then the smallest counter."""
         head = unit.waiters[0]
+        if head.gone:
+            return (0, 0.0, head.seq)
         if self.mode is Fairness.FIFO:
-            return (0.0, -1 if head.gone else head.seq)
-        counter = self.counters.get((int(unit.priority), unit.flow), 0.0)
-        return (-math.inf if head.gone else counter, head.seq)
+            return (2, 0.0, head.seq)
+        if head.enqueued_at <= starved:
+            return (1, 0.0, head.seq)
+        return (2, self.counters.get((int(unit.priority), unit.flow), 0.0), head.seq)

@@ -31,7 +31,8 @@ KEY_NAMES = (
     "blocked", "buckets", "grants", "hold", "config", "units", "fq", "fair",
 )
 #: the fairness mode as the scripts spell it
-FAIRNESS_CODES = {Fairness.TOKENS: "t", Fairness.REQUESTS: "r", Fairness.FIFO: "f"}
+FAIRNESS_CODES = {Fairness.TOKENS: "t", Fairness.REQUESTS: "r", Fairness.FIFO: "f",
+                  Fairness.ATTAINED: "a"}
 SCRIPT_NAMES = ("admit", "release", "cancel", "scan", "heartbeat", "register", "prune",
                 "leave", "snapshot", "setcap")
 #: bounds the cache of encoded resource parts (resource names can be made at run time)
@@ -103,7 +104,7 @@ class DemandEncoder:
             cap = self.spec.cap_of(name)
             if cap is not None:
                 caps[name] = cap
-        body = json.dumps({
+        fields: dict[str, object] = {
             "p": int(demand.priority),
             "r": list(demand.resources),
             "o": [list(option.resources) for option in demand.options],
@@ -112,7 +113,10 @@ class DemandEncoder:
             "w": demand.weight,
             "cw": self.spec.class_weights.get(demand.priority, 1.0),
             "m": FAIRNESS_CODES[self.spec.fairness],
-        }, separators=(",", ":"))
+        }
+        if self.spec.fairness is Fairness.ATTAINED and self.spec.starvation_s is not None:
+            fields["sv"] = self.spec.starvation_s * 1000.0  # ms, as the scripts' clock
+        body = json.dumps(fields, separators=(",", ":"))
         # An empty Python dict or list must still decode as a Lua table: JSON gives that.
         return body[:-1]
 

@@ -291,8 +291,11 @@ end
 
 local function fifo(d) return d.m == 'f' end
 
+-- attained order: flows are never lifted (their counter is what they were served)
+local function attained(d) return d.m == 'a' end
+
 local function cost_of(d)
-  if d.m == 't' then return d.n or 1 end
+  if d.m == 't' or d.m == 'a' then return d.n or 1 end
   return 1
 end
 
@@ -315,8 +318,10 @@ local function fnum(field, default)
   return num(redis.call('HGET', K.fair, field), default)
 end
 
--- A flow at or behind its class's virtual time would be lifted anyway: nothing to remember.
-local function forget_if_idle(p, flow)
+-- A flow at or behind its class's virtual time would be lifted anyway: nothing to remember
+-- (in attained order the counter is the flow's history: kept, within FAIR_FIELDS_MAX).
+local function forget_if_idle(d, p, flow)
+  if attained(d) then return end
   local fkey = 'f' .. p .. US .. flow
   if fnum(fkey, 0) <= fnum('v' .. p, 0) then redis.call('HDEL', K.fair, fkey) end
 end
@@ -324,7 +329,7 @@ end
 -- A waiter comes in; a flow (or class) back from idle is lifted: no banked credit.
 local function join(d)
   local p, flow = d.p, flow_of(d)
-  if redis.call('HINCRBY', K.fair, 'n' .. p .. US .. flow, 1) == 1 then
+  if redis.call('HINCRBY', K.fair, 'n' .. p .. US .. flow, 1) == 1 and not attained(d) then
     local fkey = 'f' .. p .. US .. flow
     local lifted = math.max(fnum(fkey, 0), fnum('v' .. p, 0))
     redis.call('HSET', K.fair, fkey, string.format('%.17g', lifted))
@@ -340,7 +345,7 @@ local function leave(d)
   local nkey = 'n' .. p .. US .. flow
   if redis.call('HINCRBY', K.fair, nkey, -1) <= 0 then
     redis.call('HDEL', K.fair, nkey)
-    forget_if_idle(p, flow)
+    forget_if_idle(d, p, flow)
   end
   if redis.call('HINCRBY', K.fair, 'k' .. p, -1) <= 0 then redis.call('HDEL', K.fair, 'k' .. p) end
 end
@@ -360,7 +365,7 @@ local function charge_fair(d, queued)
   -- lift at its first queued waiter would wipe these grants (free slots: banked credit).
   -- (A queued grant's waiter has left already: its flow was lifted when it joined.)
   if not queued then
-    if v[5] == false then counter = math.max(counter, num(v[2], 0)) end
+    if v[5] == false and not attained(d) then counter = math.max(counter, num(v[2], 0)) end
     if v[6] == false then class_counter = math.max(class_counter, num(v[7], 0)) end
   end
   local cost = cost_of(d)
@@ -368,7 +373,8 @@ local function charge_fair(d, queued)
   if queued then
     fields = {'v' .. p, string.format('%.17g', counter), 'V', string.format('%.17g', class_counter)}
   end
-  local idle = not queued and v[5] == false and counter + cost / (d.w or 1) <= num(v[2], 0)
+  local idle = not queued and v[5] == false and not attained(d)
+    and counter + cost / (d.w or 1) <= num(v[2], 0)
   if not idle then
     fields[#fields + 1] = fkey
     fields[#fields + 1] = string.format('%.17g', counter + cost / (d.w or 1))
@@ -397,7 +403,7 @@ end
 
 -- The release knows the real usage: move the counters by (used - reserved).
 local function settle_fair(fair, used)
-  if not fair or fair[6] ~= 't' then return end
+  if not fair or (fair[6] ~= 't' and fair[6] ~= 'a') then return end
   local delta = used - fair[5]
   if delta == 0 then return end
   local p, flow = fair[1], fair[2]
@@ -459,7 +465,8 @@ local function unit_head(g)
 end
 
 -- Serve unit heads in fair order (fairness.py: the class with the smallest counter, then the
--- flow with the smallest counter, then the oldest head; fifo: priority, then arrival). Each
+-- flow with the smallest counter, then the oldest head; fifo: priority, then arrival;
+-- attained: starved heads first). Each
 -- head not served blocks what it lacks for every unit after it, and its unit sits the round
 -- out. Cost: O(units + grants), not O(waiters). Mirrors FairQueue.serve + MemoryStore._scan.
 -- Returns ms until a bucket-blocked waiter could be served (or nil). Skipped during a
@@ -535,17 +542,25 @@ local function scan(now)
     end
     if best_p == nil then break end
     local list = by_class[best_p]
-    local best_i, best_c, best_s = nil, nil, nil
+    local best_i, best_r, best_c, best_s = nil, nil, nil, nil
     local i = 1
     while i <= #list do
       local unit = list[i]
       if unit.w == nil and not load(unit) then
         table.remove(list, i)
       else
-        local c = 0
-        if not is_fifo then c = flow_counter(unit.p, unit.flow) end
-        if best_i == nil or c < best_c or (c == best_c and unit.score < best_s) then
-          best_i, best_c, best_s = i, c, unit.score
+        -- (rank, counter, arrival): a head starved in attained order (queued ``sv`` ms or
+        -- longer) goes first, oldest first; then the smallest counter
+        local rank, c = 2, 0
+        local d = unit.w.d
+        if attained(d) and d.sv and now - unit.w.t >= d.sv then
+          rank = 1
+        elseif not is_fifo then
+          c = flow_counter(unit.p, unit.flow)
+        end
+        if best_i == nil or rank < best_r or (rank == best_r and (c < best_c
+            or (c == best_c and unit.score < best_s))) then
+          best_i, best_r, best_c, best_s = i, rank, c, unit.score
         end
         i = i + 1
       end
