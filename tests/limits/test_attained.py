@@ -119,4 +119,4 @@ async def test_attained_many_distinct_flows_leave_bounded_state(make_store, stor
         finally:
             await client.aclose()
     else:
-        assert len(store._fair.counters) <= 4096 + 8  # noqa: SLF001 - the bound under test
+        assert len(store._fair.counters) <= 4096 + 8  # the bound under test
