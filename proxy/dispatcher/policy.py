@@ -31,8 +31,10 @@ per board, how many tasks run and how many are ready. From those alone, :func:`d
    fewest tasks running (counting the grants so far) that still has ready work. That is
    max-min fairness over running tasks: boards with ready work converge to equal shares, and
    a board that grew alone while others were idle receives nothing until the others catch up
-   (its workers are never stopped). Ties go by ``tiebreak`` order, which the loop rotates every
-   tick so no board always wins the odd slot.
+   (its workers are never stopped). Ties go to the board with the most ready work left, so the
+   boards drain together (a board left behind ends the run with its last tasks alone on the
+   GPU), then by ``tiebreak`` order, which the loop rotates every tick so no board always wins
+   the odd slot.
 
 Guarantee: no grant while holding (so none from the moment the backlog reaches ``high`` until
 it is below ``low``, or below ``high`` with a forecast below ``low``; never one while the
@@ -119,7 +121,10 @@ def next_holding(holding: bool, backlog: int, marks: Watermarks,
 def fair_grants(
     free: int, boards: Mapping[str, BoardLoad], tiebreak: Sequence[str] = ()
 ) -> dict[str, int]:
-    """Hand ``free`` slots one by one to the least-loaded board that still has ready work."""
+    """Hand ``free`` slots one by one to the least-loaded board that still has ready work;
+    between boards equally loaded, to the one with the most ready work left (the boards drain
+    together, so none is left with its last long task to start alone at the end), then by
+    ``tiebreak``."""
     order = {slug: i for i, slug in enumerate(tiebreak)}
     last = len(order)
     load = {slug: b.running for slug, b in boards.items() if b.ready > 0}
@@ -128,7 +133,7 @@ def fair_grants(
     for _ in range(max(free, 0)):
         if not load:
             break
-        slug = min(load, key=lambda s: (load[s], order.get(s, last), s))
+        slug = min(load, key=lambda s: (load[s], -left[s], order.get(s, last), s))
         grants[slug] = grants.get(slug, 0) + 1
         load[slug] += 1
         left[slug] -= 1

@@ -72,6 +72,16 @@ def test_grants_never_exceed_ready() -> None:
     assert fair_grants(6, boards) == {"a": 1, "b": 5}
 
 
+def test_the_odd_slot_goes_to_the_board_with_the_most_ready_work() -> None:
+    """Hazard: by rotation alone one board fell behind (4 ready against 2 on the others) and
+    its last long task started alone at the end (issue 14's bench: the run's last 15 s). At
+    equal running, the board with more work left gets the odd slot, whatever the rotation."""
+    boards = {"a": BoardLoad(1, 2), "b": BoardLoad(1, 4), "c": BoardLoad(1, 2)}
+    assert fair_grants(1, boards, tiebreak=["a", "c", "b"]) == {"b": 1}
+    assert fair_grants(3, boards, tiebreak=["a", "c", "b"]) == {"a": 1, "b": 1, "c": 1}
+    assert fair_grants(1, {"a": BoardLoad(0, 2), "b": BoardLoad(1, 9)}) == {"a": 1}
+
+
 def test_the_odd_slot_follows_the_tiebreak_order() -> None:
     boards = {"a": BoardLoad(0, 10), "b": BoardLoad(0, 10)}
     assert fair_grants(1, boards, tiebreak=["b", "a"]) == {"b": 1}
