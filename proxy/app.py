@@ -134,8 +134,11 @@ class Proxy:
     async def status_json(self) -> dict:
         """The ``GET /throttle/status`` document."""
         snapshot = await self.snapshot()
+        listed = bool(self.config.attribution.header
+                      and self.config.attribution.max_in_flight is not None)
         doc = status_document(snapshot, self.saturation, self.rates,
-                              self.config.queue.max_depth, self.config.queue.max_wait_s)
+                              self.config.queue.max_depth, self.config.queue.max_wait_s,
+                              attribution_listed=listed)
         annotate(doc, self.capacity.status())
         shares = self.flow_shares.shares()
         for name, entry in doc["flows"].items():

@@ -55,7 +55,8 @@ def slim_state(doc: Mapping[str, Any]) -> dict[str, Any]:
     }
     state: dict[str, Any] = {"models": models, "attributed": attributed,
                              "queue": {"depth": (doc.get("queue") or {}).get("depth", 0)},
-                             "degraded": bool(doc.get("degraded", False))}
+                             "degraded": bool(doc.get("degraded", False)),
+                             "attribution_listed": bool(doc.get("attribution_listed", False))}
     if "hosts" in doc:
         state["hosts"] = doc["hosts"]
     return state

@@ -81,11 +81,14 @@ class RequestRates:
 
 def status_document(
     snapshot: Snapshot, saturation: SaturationTracker, rates: RequestRates,
-    max_depth: int, max_wait_s: float,
+    max_depth: int, max_wait_s: float, *, attribution_listed: bool = False,
 ) -> dict[str, Any]:
-    """The JSON status: per model, upstream, GPU and client."""
+    """The JSON status: per model, upstream, GPU and client. ``attribution_listed``: every
+    attributed request is under ``attributed`` (a capped attribution), so an empty table
+    means none -- a dispatcher can then tell outside traffic from its workers'."""
     doc: dict[str, Any] = {
         "store": snapshot.store,
+        "attribution_listed": attribution_listed,
         "degraded": snapshot.degraded,
         "degraded_reason": snapshot.degraded_reason,
         "hosts": snapshot.hosts,

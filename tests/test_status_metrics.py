@@ -51,6 +51,39 @@ async def test_status_json_while_saturated(mock_llm, make_proxy):
     assert 'llm_throttle_queue_depth{kind="model",name="m"} 2.0' in metrics
 
 
+async def test_status_lists_queued_attributed_requests_and_says_so(mock_llm, make_proxy):
+    """Hazard (issue 14's bench): a task whose one request was queued was missing from
+    ``attributed``, and an empty table read as "attribution unknown", so the dispatcher counted
+    outside traffic as its workers' and a queued final call as still to come. With a capped
+    attribution the status lists queued requests too and says it lists them all."""
+    mock = await mock_llm(ttft_s=0, tpot_s=0)
+    config = one_model_config(mock.url, max_in_flight=1)
+    config["attribution"] = {"header": "x-hermes-task", "max_in_flight": 4}
+    proxy = await make_proxy(config)
+    body = {"model": "m", "messages": MESSAGES, "max_tokens": 1}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(proxy.url + "/throttle/status") as response:
+            idle = await response.json()
+        assert idle["attribution_listed"] is True and idle["attributed"] == {}
+        tasks = [asyncio.create_task(session.post(
+            proxy.url + "/v1/chat/completions", json=body,
+            headers={"x-mock-fault": "delay:0.5", "x-hermes-task": task}))
+            for task in ("t_1", "t_2")]
+        doc = await wait_for_status(proxy, lambda d: d["queue"]["depth"] == 1)
+        for task in tasks:
+            (await task).close()
+    entries = {name.rpartition("/")[2]: entry for name, entry in doc["attributed"].items()}
+    assert sorted((e["in_flight"], e["queued"]) for e in entries.values()) == [(0, 1), (1, 0)]
+
+
+async def test_status_without_capped_attribution_does_not_claim_a_full_list(mock_llm, make_proxy):
+    mock = await mock_llm(ttft_s=0, tpot_s=0)
+    config = one_model_config(mock.url)
+    config["attribution"] = {"header": "x-hermes-task"}
+    proxy = await make_proxy(config)
+    assert (await proxy.proxy.status_json())["attribution_listed"] is False
+
+
 async def test_metrics_count_requests_tokens_and_ttft(mock_llm, make_proxy, openai_client):
     mock = await mock_llm(ttft_s=0, tpot_s=0, output_tokens=5)
     proxy = await make_proxy(one_model_config(mock.url))

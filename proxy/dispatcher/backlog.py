@@ -99,9 +99,12 @@ def _entry(table: Mapping[str, Any], route: str) -> Mapping[str, Any]:
 
 def _attributed(doc: Mapping[str, Any]) -> tuple[int | None, int | None, frozenset[str]]:
     """(in flight + queued, in flight, values with a request open) over the attributed
-    entries; None: there are none."""
+    entries; None: there are none, and the proxy does not say it lists every one (an empty
+    table from a proxy with ``attribution_listed`` is 0: only outside traffic is open)."""
     table = doc.get("attributed")
     if not isinstance(table, Mapping) or not table:
+        if doc.get("attribution_listed") is True and isinstance(table, Mapping):
+            return 0, 0, frozenset()
         return None, None, frozenset()
     total = in_flight = 0
     values: set[str] = set()

@@ -107,4 +107,5 @@ async def read_status_document(url: str, key_prefix: str = "llmthrottle") -> dic
 
     snapshot, spec = await read_snapshot(url, key_prefix)
     return status_document(snapshot, SaturationTracker(), RequestRates(),
-                           spec.max_queue_depth, spec.max_wait_s)
+                           spec.max_queue_depth, spec.max_wait_s,
+                           attribution_listed="attr:" in spec.prefix_caps)

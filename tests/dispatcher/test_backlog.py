@@ -22,6 +22,7 @@ from proxy.dispatcher.backlog import (
     RedisStatusBacklog,
     backlog_from_status,
 )
+from proxy.dispatcher.signals import open_requests, outside_requests
 
 STATUS: dict[str, Any] = {
     "store": "memory",
@@ -90,6 +91,18 @@ def test_attributed_requests_are_the_workers_open_requests() -> None:
     b = backlog_from_status(doc, ["qwen"])
     assert (b.attributed_open, b.attributed_in_flight) == (2, 1)
     assert backlog_from_status(STATUS, ["qwen"]).attributed_open is None
+
+
+def test_an_empty_attributed_table_from_a_listing_proxy_is_zero_not_unknown() -> None:
+    """Hazard: with only outside traffic in flight (the bench's burst) the table is empty;
+    read as "no attribution" every request counted as the workers'. A proxy that says it
+    lists every attributed request makes it 0; one that does not keeps it unknown."""
+    doc = {**STATUS, "attributed": {}, "attribution_listed": True}
+    b = backlog_from_status(doc, ["qwen"])
+    assert (b.attributed_open, b.attributed_in_flight) == (0, 0)
+    assert outside_requests(b) == b.in_flight and open_requests(b) == 0
+    b = backlog_from_status({**STATUS, "attributed": {}}, ["qwen"])
+    assert b.attributed_open is None and outside_requests(b) == 0
 
 
 def test_the_attributed_values_with_a_request_open_are_named() -> None:
