@@ -3,7 +3,9 @@ the real ``hermes`` CLI and real workers.
 
 The workload (issue 14): ``--boards`` boards of ``--tasks`` tasks; each task's worker makes two
 LLM calls of ``--short`` or ``--long`` seconds of "GPU time" (every ``--long-every``-th task is
-long); the proxy caps the model at ``--cap`` requests in flight, standing for the GPU; at
+long); the proxy caps the model at ``--cap`` requests in flight, standing for the GPU, attributes
+requests by task and orders its queue by ``--fairness`` (default ``attained``, as docs/hermes.md
+recommends; ``tokens`` is the proxy's default order); at
 ``--burst-at`` seconds an outside client sends ``--burst`` requests of ``--burst-seconds`` each.
 Each mode gets a fresh ``HOME`` with its own Hermes boards, the same upstream and proxy config:
 
@@ -85,8 +87,9 @@ class Workload:
     burst_s: float = 5.0
     high: int = 4
     low: int = 1
-    #: the proxy's queue order (``queue.fairness``)
-    fairness: str = "tokens"
+    #: the proxy's queue order (``queue.fairness``): what docs/hermes.md recommends for Kanban
+    #: workers attributed by task
+    fairness: str = "attained"
 
 
 @dataclass(slots=True)
