@@ -120,3 +120,24 @@ async def test_attained_many_distinct_flows_leave_bounded_state(make_store, stor
             await client.aclose()
     else:
         assert len(store._fair.counters) <= 4096 + 8  # the bound under test
+
+
+async def test_a_reload_applies_new_class_weights_to_the_queue(make_store):
+    """Hazard: the memory queue kept the class weights (and order) it was built with, so a
+    reload that changed ``queue.class_weights`` changed nothing until a restart, while the
+    Redis store applied them to the next request. Both apply them."""
+    from proxy.limits.base import Priority
+
+    even = {Priority.INTERACTIVE: 1.0, Priority.BATCH: 1.0}
+    store = await make_store(LimitSpec(caps={"model:a": 1}, class_weights=even))
+    await store.update_spec(LimitSpec(caps={"model:a": 1}, class_weights={
+        Priority.INTERACTIVE: 1000.0, Priority.BATCH: 1.0}))
+    holder = await store.acquire(demand("holder"))
+    rec = Recorder(store)
+    await rec.queue([demand("worker", cost=100) for _ in range(4)] + [
+        demand("chat", cost=100, priority=Priority.INTERACTIVE) for _ in range(4)])
+    await store.release(holder)
+    await rec.finish()
+    # 1000:1 -- all four interactive before the second batch request (1:1 would alternate)
+    classes = [p for _, _, p in rec.order]
+    assert classes[:5].count(Priority.INTERACTIVE) == 4, classes
