@@ -13,13 +13,14 @@ from typing import Any
 from aiohttp import web
 
 from loadtest.mock_faults import read_request, refusal
+from loadtest.mock_gpu import ActiveRequest
 from loadtest.mock_protocol import (
     BadRequest,
     dumps,
     error_response,
     tokens_for_chars,
 )
-from loadtest.mock_state import MOCK_STATE, ActiveRequest
+from loadtest.mock_state import MOCK_STATE
 
 
 def _embedding(text: str, dim: int) -> list[float]:

@@ -1,6 +1,6 @@
 """The generation routes: chat and text completions, plain or streamed as SSE.
 
-Each request holds the simulated GPU (:class:`loadtest.mock_state.ActiveRequest`) for one
+Each request holds the simulated GPU (:class:`loadtest.mock_gpu.ActiveRequest`) for one
 time-to-first-token step and one step per further token; faults (``mock_faults``) refuse,
 delay, hang or cut it; the tool-calling mode is in ``mock_tools``.
 """
@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from loadtest.mock_faults import Faults, read_request, refusal
+from loadtest.mock_gpu import ActiveRequest, check_alive, gpu_step, hold_until_gone
 from loadtest.mock_protocol import (
     DONE,
     SSE_HEADERS,
@@ -25,15 +26,7 @@ from loadtest.mock_protocol import (
     completion_prompt_tokens,
     dumps,
 )
-from loadtest.mock_state import (
-    MOCK_STATE,
-    ActiveRequest,
-    MockLLMConfig,
-    MockState,
-    check_alive,
-    gpu_step,
-    hold_until_gone,
-)
+from loadtest.mock_state import MOCK_STATE, MockLLMConfig, MockState
 from loadtest.mock_tools import tool_call_response, wanted_tool
 
 _DIE_AFTER_CHUNKS = 3

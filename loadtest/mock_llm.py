@@ -25,8 +25,9 @@ it received.
 Layout: this module builds the app (:func:`create_app`), runs it (:class:`MockLLM`) and holds
 the command line; the routes are in ``mock_generate`` (chat, completions), ``mock_embeddings``,
 ``mock_probes`` (models, engine probes, metrics) and ``mock_control`` (``/mock/*``); the wire
-format in ``mock_protocol``, fault parsing in ``mock_faults``, and the whole engine simulation
-(contention model, GPU steps, per-request hold) in ``mock_state``.
+format in ``mock_protocol``, fault parsing in ``mock_faults``, the engine simulation in
+``mock_state`` (contention model, engine queue, counters) and ``mock_gpu`` (GPU steps,
+per-request hold).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ socket buffer is full). The connection then serves the next request, or closes w
 side asked for it or the request body was not read whole.
 
 The connection's life is ``ConnState``, its transitions kept as data in
-``proxy/connection_state.py``.
+``proxy/connection_state.py``; how it ends (lingering close, idle guards, draining, abort) is
+``proxy/connection_close.py``.
 
 Memory stays bounded whatever the client does (``proxy/flow_control.py`` holds the pauses):
 a read is parsed in slices of ``FEED_SLICE`` bytes, and between slices the rest is held
@@ -22,15 +23,13 @@ unparsed while reading is paused; reading pauses while the answers' unsent outpu
 the transport's high-water mark (a client that pipelines and never reads: the next request is
 not even started), while ``_MAX_PIPELINED`` requests wait behind the one being answered, and
 while a request parsed ahead has a body (bodies are read one at a time). An error answer is
-followed by a lingering close, so the client reads it instead of a reset.
+followed by a lingering close (``connection_close``), so the client reads it, not a reset.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -46,7 +45,8 @@ from .answer_framing import (
     stream_framing_header,
     whole_framing,
 )
-from .connection_state import READING, ConnState, check_move
+from .connection_close import ConnectionClosing
+from .connection_state import READING, ConnState
 from .errors import ProxyError, TooManyConnections
 from .flow_control import FlowControl, ReadPause
 from .messages import Request, Response, StreamResponse
@@ -56,11 +56,6 @@ log = logging.getLogger("llm_throttle.server")
 
 #: pipelined requests parsed ahead of the one being answered before reading pauses
 _MAX_PIPELINED = 8
-#: after an error answer, input is read and dropped this long before the close, so the
-#: client reads the answer instead of a reset (lingering close, as nginx does)
-_LINGER_S = 1.0
-#: SO_LINGER on, timeout 0: close() sends an RST
-_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 Handler = Callable[["Request"], Awaitable["Response | StreamResponse"]]
 
@@ -89,7 +84,7 @@ class ConnectionHost(Protocol):
     def status_line(self, status: int, reason: str | None) -> bytes: ...
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(ConnectionClosing):
     """One client connection: parses requests, runs the handler, writes the answers.
 
     Implements ``messages.Channel`` (``flow``, ``limits``, ``local_port``, ``write``,
@@ -121,10 +116,6 @@ class ClientConnection(asyncio.Protocol):
     def answer_task(self) -> asyncio.Task[None] | None:
         """The handler task of the request being answered, if any."""
         return self._task
-
-    def _move(self, state: ConnState) -> None:
-        check_move(self.state, state)
-        self.state = state
 
     # -- asyncio protocol ----------------------------------------------------------------------
 
@@ -359,56 +350,3 @@ class ClientConnection(asyncio.Protocol):
         self._move(ConnState.ERROR)
         self._write_error(error)
         self._linger()
-
-    def _linger(self) -> None:
-        """Close once the client had time to read the last answer: half-close now (the
-        answer is flushed, then FIN), drop what still arrives, close at the client's EOF or
-        after ``_LINGER_S``. Closing with unread input would send a reset, and the client
-        would lose the answer."""
-        if self.state is ConnState.CLOSED:
-            return
-        if self.state is not ConnState.ERROR:
-            self._move(ConnState.ERROR)
-        if not self.transport.can_write_eof():
-            self._close()
-            return
-        self.transport.write_eof()
-        self.loop.call_later(_LINGER_S, self._close)
-
-    def _close(self) -> None:
-        if self.state is not ConnState.CLOSED:
-            self._move(ConnState.CLOSED)
-            self.transport.close()
-
-    def close_if_idle(self, now: float, timeout: float) -> None:
-        """Slowloris guards: no whole request head within ``timeout`` of going idle, or
-        answers written and not taken by the client for ``timeout`` (it pipelines and never
-        reads): closed (aborted in the second case: its unsent output cannot be flushed)."""
-        since = self.idle_since
-        if since is None or now - since <= timeout:
-            return
-        if self.state is ConnState.IDLE:
-            self.idle_since = None
-            self._close()
-        elif self._current is None and self.flow.paused_for(ReadPause.OUTPUT):
-            self.idle_since = None
-            self.abort()
-
-    def start_draining(self) -> None:
-        """The server stops: an idle keep-alive connection closes now, a busy one after the
-        answers it owes (``Connection: close``)."""
-        if self.state is ConnState.IDLE:
-            self._close()
-        elif self.state is ConnState.ACTIVE:
-            self._move(ConnState.MUST_CLOSE)
-
-    def abort(self, reset: bool = False) -> None:
-        """Drop the connection now, unsent output and all: a stream that cannot be ended
-        properly, or a client that does not read its answers. ``reset``: with an RST, not a
-        FIN (for a body that ends at the close, a FIN would read as its end)."""
-        if self.state is not ConnState.CLOSED or not self.flow.lost:
-            self.state = ConnState.CLOSED
-            sock = self.transport.get_extra_info("socket")
-            if reset and sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
-            self.transport.abort()

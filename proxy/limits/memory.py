@@ -4,33 +4,24 @@ Atomicity comes free: the event loop runs one callback at a time and nothing her
 between checking a cap and taking a permit. Waiters park on a future; a release (or a bucket
 refill timer) offers the queue's unit heads in fair order (``fairness.FairQueue``) and resolves
 the futures it can serve.
+
+Modules: ``memory_core`` (the fields, ``Waiter``), ``memory_caps`` (live caps, reloads),
+``memory_snapshot`` (snapshots, failing all waiters); this module admits, releases and serves
+the queue: everything on the request path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import replace
+from collections.abc import Iterable
 
 from ..errors import QueueFull, QueueTimeout, RateLimited, ShuttingDown
-from .base import (
-    BucketState,
-    Charge,
-    Demand,
-    Fairness,
-    Grant,
-    LimitSpec,
-    LimitStore,
-    Option,
-    Priority,
-    ResourceState,
-    Snapshot,
-)
-from .bucket import TokenBucket
-from .fairness import FairQueue, cost_of
-from .wakeup import EarliestWakeup
+from .base import Charge, Demand, Fairness, Grant, Option
+from .fairness import cost_of
+from .memory_caps import MemoryCaps
+from .memory_core import Waiter, touched
+from .memory_snapshot import MemorySnapshot
 
 #: assumed permit hold time before any release was seen (for retry-after estimates)
 DEFAULT_HOLD_S = 1.0
@@ -38,48 +29,8 @@ DEFAULT_HOLD_S = 1.0
 HOLD_EWMA_ALPHA = 0.2
 
 
-class _Waiter:
-    __slots__ = ("demand", "enqueued_at", "future", "gone", "seq", "touches")
-
-    def __init__(self, demand: Demand, future: asyncio.Future[Grant], now: float, seq: int):
-        self.demand = demand
-        self.future = future
-        self.enqueued_at = now
-        self.seq = seq  # arrival order
-        self.gone = False  # left the queue (granted, gave up)
-        #: every resource and bucket this waiter could need (for per-resource queue counts)
-        self.touches = _touched(demand)
-
-
-def _touched(demand: Demand) -> tuple[str, ...]:
-    seen = dict.fromkeys(demand.resources)
-    for option in demand.options:
-        seen.update(dict.fromkeys(option.resources))
-    return tuple(seen)
-
-
-class MemoryStore(LimitStore):
+class MemoryStore(MemoryCaps, MemorySnapshot):
     """One process's limits. Never exceeds a cap; serves waiters by fair share (``fairness``)."""
-
-    name = "memory"
-
-    def __init__(self, spec: LimitSpec, clock: Callable[[], float] = time.monotonic):
-        super().__init__(spec)
-        self._clock = clock
-        self._in_flight: dict[str, int] = {}
-        now = clock()
-        self._buckets = {name: TokenBucket(b, now) for name, b in spec.buckets.items()}
-        self._fair: FairQueue[_Waiter] = FairQueue(spec.fairness, spec.class_weights)
-        self._seq = 0
-        self._depth = 0
-        self._queued: dict[str, int] = {}
-        self._held: dict[str, tuple[Grant, float]] = {}
-        #: what waiters of priority <= p are blocked on, as of the last scan (index p)
-        self._blocked: list[set[str]] = [set() for _ in Priority]
-        self._hold_ewma: dict[str, float] = {}
-        self._wakeup = EarliestWakeup(self._scan)  # bucket refills for waiters blocked on them
-        self._rescan_pending = False
-        self._closed = False
 
     # -- admission -----------------------------------------------------------------------
 
@@ -240,9 +191,9 @@ class MemoryStore(LimitStore):
 
     # -- the queue ---------------------------------------------------------------------------
 
-    def _enqueue(self, demand: Demand, now: float, missing: list[str]) -> _Waiter:
+    def _enqueue(self, demand: Demand, now: float, missing: list[str]) -> Waiter:
         self._seq += 1
-        waiter = _Waiter(demand, asyncio.get_running_loop().create_future(), now, self._seq)
+        waiter = Waiter(demand, asyncio.get_running_loop().create_future(), now, self._seq)
         self._fair.push(waiter)
         self._depth += 1
         for resource in waiter.touches:
@@ -256,7 +207,7 @@ class MemoryStore(LimitStore):
             self._wakeup.arm(self._bucket_wait(demand.charges, now))
         return waiter
 
-    def _forget(self, waiter: _Waiter) -> None:
+    def _forget(self, waiter: Waiter) -> None:
         self._depth -= 1
         for resource in waiter.touches:
             left = self._queued[resource] - 1
@@ -265,7 +216,7 @@ class MemoryStore(LimitStore):
             else:
                 del self._queued[resource]  # see _release_now: run-time names are forgotten
 
-    def _dequeue(self, waiter: _Waiter) -> None:
+    def _dequeue(self, waiter: Waiter) -> None:
         """A waiter gave up: drop it, and let those it blocked be reconsidered."""
         if waiter.gone:
             return
@@ -287,7 +238,7 @@ class MemoryStore(LimitStore):
         first_class: dict[str, int] = {}
         next_wake = math.inf
 
-        def attempt(waiter: _Waiter) -> list[str] | None:
+        def attempt(waiter: Waiter) -> list[str] | None:
             nonlocal next_wake
             if waiter.future.done():  # failed by shutdown, not yet counted out
                 self._forget(waiter)
@@ -323,7 +274,7 @@ class MemoryStore(LimitStore):
         ``observed_only``: count only resources whose hold time was measured (no guesses).
         """
         estimate = self._bucket_wait(demand.charges, now)
-        for resource in _touched(demand):
+        for resource in touched(demand):
             cap = self.spec.cap_of(resource)
             if not cap:
                 continue
@@ -336,72 +287,7 @@ class MemoryStore(LimitStore):
             estimate = max(estimate, hold * ahead / cap)
         return min(max(estimate, 0.001), max_wait)
 
-    # -- observation and shutdown ----------------------------------------------------------------
-
-    async def snapshot(self) -> Snapshot:
-        now = self._clock()
-        oldest: dict[str, float] = {}
-        oldest_any = math.inf
-        for waiter in self._fair.waiters():
-            oldest_any = min(oldest_any, waiter.enqueued_at)
-            for resource in waiter.touches:
-                if waiter.enqueued_at < oldest.get(resource, math.inf):
-                    oldest[resource] = waiter.enqueued_at
-        names = dict.fromkeys(self.spec.caps)
-        names.update(dict.fromkeys(self._in_flight))
-        names.update(dict.fromkeys(self._queued))  # run-time names with only waiters, too
-        resources = {
-            name: ResourceState(
-                in_flight=self._in_flight.get(name, 0),
-                cap=self.spec.cap_of(name),
-                queued=self._queued.get(name, 0),
-                oldest_wait_s=now - oldest[name] if name in oldest else 0.0,
-            )
-            for name in names
-        }
-        buckets = {}
-        for name, bucket in self._buckets.items():
-            bucket.refill(now)
-            buckets[name] = BucketState(bucket.level, bucket.spec.capacity, bucket.spec.rate_per_s)
-        return Snapshot(
-            resources=resources,
-            buckets=buckets,
-            queue_depth=self._depth,
-            oldest_wait_s=now - oldest_any if oldest_any < math.inf else 0.0,
-            store=self.name,
-            flows=self._fair.flow_states(),
-        )
-
-    # -- caps that change while running ------------------------------------------------------
-
-    async def set_cap(self, resource: str, cap: int | None) -> None:
-        self.spec = replace(self.spec, caps={**self.spec.caps, resource: cap})
-        self._scan()  # a raised cap serves waiters now; a lowered one blocks the next ones
-
-    async def update_spec(self, spec: LimitSpec) -> None:
-        now = self._clock()
-        buckets = {}
-        for name, bucket_spec in spec.buckets.items():
-            bucket = self._buckets.get(name)
-            if bucket is None:
-                bucket = TokenBucket(bucket_spec, now)
-            else:
-                bucket.refill(now)
-                bucket.spec = bucket_spec
-                bucket.level = min(bucket.level, bucket_spec.capacity)
-            buckets[name] = bucket
-        self._buckets = buckets
-        self.spec = spec
-        self._fair.reconfigure(spec.fairness, spec.class_weights)
-        self._scan()
-
-    async def cancel_waiters(self, reason: Exception) -> int:
-        count = 0
-        for waiter in list(self._fair.waiters()):
-            if not waiter.future.done():
-                waiter.future.set_exception(reason)
-                count += 1
-        return count
+    # -- shutdown ----------------------------------------------------------------------------
 
     async def close(self) -> None:
         self._closed = True

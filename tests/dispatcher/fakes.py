@@ -1,12 +1,23 @@
 """Stand-ins for hermes, the proxy and the lock store in the loop tests: plain objects that
-record calls, with state the tests edit (time is a fake clock too)."""
+record calls, with state the tests edit (time is a fake clock too); ``make_dispatcher`` puts
+a loop on them (``test_control``, ``test_signals``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from proxy.dispatcher.backlog import Backlog, BacklogError, ProxyUnreachable
-from proxy.dispatcher.hermes_model import BoardCounts, DispatchOutcome, HermesError, HermesVersion
+from proxy.dispatcher.hermes_model import (
+    BoardCounts,
+    DispatchOutcome,
+    HermesError,
+    HermesVersion,
+    MaxSemantics,
+)
+from proxy.dispatcher.lock import BoardLocks, NullLock
+from proxy.dispatcher.loop import Dispatcher
+from proxy.dispatcher.policy import Watermarks
+from proxy.dispatcher.settings import DispatchSettings
 
 
 class FakeClock:
@@ -65,6 +76,12 @@ class FakeHermes:
         return "hermes " + " ".join(args)
 
 
+class CheapHermes(FakeHermes):
+    """Counts as cheap as the SQLite probe: the watcher reads the boards between ticks."""
+
+    cheap = True
+
+
 class FakeBacklog:
     def __init__(self, queued: int = 0) -> None:
         self.queued: int | None = queued
@@ -98,3 +115,21 @@ class HeldElsewhere:
 
     async def release(self) -> None:
         return None
+
+
+def make_dispatcher(boards: dict[str, dict[str, int]], *, cap: int | None = 3,
+                    in_flight: int = 0, max_running: int | None = None,
+                    taken: set[str] = frozenset(),  # type: ignore[assignment]
+                    cheap: bool = False, **settings: Any
+                    ) -> tuple[Dispatcher, FakeHermes, FakeBacklog, FakeClock]:
+    """A loop on stand-ins: marks high 4 / low 1, ``--max`` counts running tasks, the proxy
+    reporting ``cap`` and ``in_flight``; boards in ``taken`` are locked by another instance."""
+    hermes = (CheapHermes if cheap else FakeHermes)(boards)
+    source, clock = FakeBacklog(0), FakeClock()
+    source.extra = {"cap": cap, "in_flight": in_flight}
+    locks = BoardLocks(lambda slug: HeldElsewhere() if slug in taken else NullLock())
+    s = DispatchSettings(marks=Watermarks(high=4, low=1), max_running=max_running,
+                         semantics=MaxSemantics.RUNNING, **settings)
+    d = Dispatcher(s, hermes=hermes, probe=hermes, backlog=source,  # type: ignore[arg-type]
+                   locks=locks, clock=clock)
+    return d, hermes, source, clock

@@ -1,5 +1,7 @@
 """The loop's control on what the GPU needs: hold reasons, the ramp, health, reacting between
-ticks, and the Hermes counts on /metrics. Stand-ins for hermes and the proxy; fake time."""
+ticks, the boards' passes and the Hermes counts on /metrics. Stand-ins for hermes and the
+proxy (``fakes``); fake time. What the proxy's reading says about the workers is
+``test_signals``."""
 
 from __future__ import annotations
 
@@ -10,56 +12,20 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from proxy.dispatcher.backlog import Backlog
 from proxy.dispatcher.endpoints import status_app
 from proxy.dispatcher.hermes_model import MaxSemantics
 from proxy.dispatcher.lock import BoardLocks, NullLock
 from proxy.dispatcher.loop import Dispatcher
-from proxy.dispatcher.policy import BoardLoad, Watermarks
+from proxy.dispatcher.policy import Watermarks
 from proxy.dispatcher.settings import DispatchSettings
-from proxy.dispatcher.signals import Finishing, FinishingTracker, pending_workers
 
-from .fakes import FakeBacklog, FakeClock, FakeHermes, HeldElsewhere
-
-
-class CheapHermes(FakeHermes):
-    """Counts as cheap as the SQLite probe: the watcher reads the boards between ticks."""
-
-    cheap = True
-
-
-def make(boards: dict[str, dict[str, int]], *, cap: int | None = 3, in_flight: int = 0,
-         max_running: int | None = None, taken: set[str] = frozenset(),  # type: ignore[assignment]
-         cheap: bool = False, **settings: Any) -> tuple[Dispatcher, FakeHermes, FakeBacklog,
-                                                       FakeClock]:
-    hermes = (CheapHermes if cheap else FakeHermes)(boards)
-    source, clock = FakeBacklog(0), FakeClock()
-    source.extra = {"cap": cap, "in_flight": in_flight}
-    locks = BoardLocks(lambda slug: HeldElsewhere() if slug in taken else NullLock())
-    s = DispatchSettings(marks=Watermarks(high=4, low=1), max_running=max_running,
-                         semantics=MaxSemantics.RUNNING, **settings)
-    d = Dispatcher(s, hermes=hermes, probe=hermes, backlog=source,  # type: ignore[arg-type]
-                   locks=locks, clock=clock)
-    return d, hermes, source, clock
-
-
-async def test_spawns_up_to_cap_times_tasks_per_slot_without_max_running() -> None:
-    d, hermes, source, _ = make({"a": {"ready": 20}}, cap=3)
-    source.extra.update(attributed_open=0, attributed_in_flight=0)  # workers are attributed
-    report = await d.tick()
-    assert report.target == 6 and hermes.calls == [("a", 3)]  # a first wave, one per slot
-    report = await d.tick()
-    assert report.spawned == 0 and "3 are" in report.decision  # still starting
-    source.extra.update(in_flight=3, attributed_open=3, attributed_in_flight=3,
-                        attributed_values=frozenset({"t0", "t1", "t2"}))
-    report = await d.tick()  # the first wave reached the GPU: the surplus starts
-    assert hermes.calls[-1] == ("a", 6) and hermes.boards["a"]["running"] == 6
+from .fakes import FakeBacklog, FakeClock, FakeHermes, make_dispatcher
 
 
 async def test_a_locked_out_instance_says_so() -> None:
     """Hazard: a second instance whose boards are all locked logged "nothing ready" while
     20 tasks were ready."""
-    d, hermes, _, _ = make({"a": {"ready": 20}}, taken={"a"})
+    d, hermes, _, _ = make_dispatcher({"a": {"ready": 20}}, taken={"a"})
     report = await d.tick()
     assert report.holding and report.hold_reason == "locked_out"
     assert "locked out: 20 ready" in report.decision and hermes.calls == []
@@ -73,7 +39,7 @@ async def test_proxy_down_holds_with_its_reason_and_healthz_turns_503(
 ) -> None:
     """Hazard: with the proxy down, `holding` read 0 on /metrics, false on /status, and
     /healthz answered 200."""
-    d, hermes, source, clock = make({"a": {"ready": 5}}, unhealthy_after=2)
+    d, hermes, source, clock = make_dispatcher({"a": {"ready": 5}}, unhealthy_after=2)
     client: TestClient = await aiohttp_client(status_app(d))
     source.queued = None
     await d.tick()
@@ -95,7 +61,7 @@ async def test_proxy_down_holds_with_its_reason_and_healthz_turns_503(
 
 
 async def test_an_unreadable_document_is_backlog_unknown() -> None:
-    d, _, source, _ = make({"a": {"ready": 5}})
+    d, _, source, _ = make_dispatcher({"a": {"ready": 5}})
     source.garbled = True
     report = await d.tick()
     assert report.hold_reason == "backlog_unknown" and report.spawned == 0
@@ -105,7 +71,7 @@ async def test_a_model_the_proxy_does_not_serve_warns_every_tick(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Hazard: a --models name matching no route read as a backlog of 0 (DEBUG line only)."""
-    d, hermes, source, clock = make({"a": {"ready": 5}})
+    d, hermes, source, clock = make_dispatcher({"a": {"ready": 5}})
     source.extra["missing"] = ("stub-model",)
     with caplog.at_level(logging.WARNING, logger="llm_throttle.dispatch"):
         for _ in range(3):
@@ -119,7 +85,7 @@ async def test_a_model_the_proxy_does_not_serve_warns_every_tick(
 
 async def test_after_an_outage_the_ramp_goes_1_2_4() -> None:
     """Hazard: after the proxy came back the dispatcher jumped straight to the full grant."""
-    d, hermes, source, clock = make({"a": {"ready": 30}}, cap=20, max_running=12)
+    d, hermes, source, clock = make_dispatcher({"a": {"ready": 30}}, cap=20, max_running=12)
     source.queued = None
     await d.tick()
     source.queued = 0
@@ -134,13 +100,13 @@ async def test_after_an_outage_the_ramp_goes_1_2_4() -> None:
 
 
 async def test_a_short_hold_resumes_at_once_but_a_long_one_ramps() -> None:
-    d, _, source, clock = make({"a": {"ready": 30}}, cap=3, ramp_after_s=30)
+    d, _, source, clock = make_dispatcher({"a": {"ready": 30}}, cap=3, ramp_after_s=30)
     source.queued = 5
     await d.tick()
     clock.now += 10
     source.queued = 0
     assert (await d.tick()).spawned == 3  # held 10 s: no ramp (a first wave of 3)
-    d, _hermes, source, clock = make({"a": {"ready": 30}}, cap=3, ramp_after_s=30)
+    d, _hermes, source, clock = make_dispatcher({"a": {"ready": 30}}, cap=3, ramp_after_s=30)
     source.queued = 5
     await d.tick()
     clock.now += 40
@@ -149,7 +115,7 @@ async def test_a_short_hold_resumes_at_once_but_a_long_one_ramps() -> None:
 
 
 async def test_the_watcher_wakes_a_tick_when_a_slot_frees() -> None:
-    d, hermes, source, _ = make({"a": {"running": 6, "ready": 5}}, cap=3, in_flight=3,
+    d, hermes, source, _ = make_dispatcher({"a": {"running": 6, "ready": 5}}, cap=3, in_flight=3,
                                 cheap=True)
     report = await d.tick()
     assert report.spawned == 0  # at target, GPU full
@@ -160,7 +126,7 @@ async def test_the_watcher_wakes_a_tick_when_a_slot_frees() -> None:
 
 
 async def test_without_a_cheap_probe_a_finished_request_wakes_a_tick() -> None:
-    d, _hermes, source, _ = make({"a": {"running": 6, "ready": 5}}, cap=3, in_flight=3)
+    d, _hermes, source, _ = make_dispatcher({"a": {"running": 6, "ready": 5}}, cap=3, in_flight=3)
     await d.tick()
     assert not await d.watch_once()
     source.extra["in_flight"] = 2
@@ -168,7 +134,7 @@ async def test_without_a_cheap_probe_a_finished_request_wakes_a_tick() -> None:
 
 
 async def test_run_fills_a_freed_slot_within_a_second_not_at_the_next_interval() -> None:
-    d, hermes, source, _ = make({"a": {"running": 6, "ready": 5}}, cap=3, in_flight=3,
+    d, hermes, source, _ = make_dispatcher({"a": {"running": 6, "ready": 5}}, cap=3, in_flight=3,
                                 cheap=True, interval_s=60, react_s=0.05)
     d.clock = asyncio.get_running_loop().time
     stop = asyncio.Event()
@@ -190,7 +156,7 @@ async def test_run_fills_a_freed_slot_within_a_second_not_at_the_next_interval()
 
 
 async def test_hermes_counts_on_metrics() -> None:
-    d, hermes, _, _ = make({"a": {"ready": 2, "todo": 3, "triage": 1, "blocked": 1,
+    d, hermes, _, _ = make_dispatcher({"a": {"ready": 2, "todo": 3, "triage": 1, "blocked": 1,
                                   "done": 7, "running": 1}}, cap=3)
     hermes.next_failures = {"crashed": ["t_1"], "timed_out": 2}
     await d.tick()
@@ -211,19 +177,11 @@ async def test_hermes_counts_on_metrics() -> None:
         assert line in text, line
 
 
-async def test_an_outside_burst_shrinks_the_target() -> None:
-    """Requests on the model that no task sent take GPU slots away from the workers."""
-    d, hermes, source, _ = make({"a": {"ready": 20}}, cap=3)
-    source.extra.update(in_flight=3, attributed_open=1, attributed_in_flight=1)  # 2 outside
-    report = await d.tick()
-    assert report.target == 2 and hermes.calls == [("a", 1)]  # one free slot: one starts
-
-
 async def test_no_spawn_when_a_burst_arrives_between_the_decision_and_the_call() -> None:
     """Hazard: deciding and counting take time; a burst that reached the high mark after the
     tick decided still got workers started. The passes start together right after one fresh
     read, and a high backlog in it skips every spawning pass."""
-    d, hermes, source, _ = make({"a": {"ready": 5}, "b": {"ready": 5}}, cap=3)
+    d, hermes, source, _ = make_dispatcher({"a": {"ready": 5}, "b": {"ready": 5}}, cap=3)
     real_read = source.read
 
     async def read_then_burst() -> Any:
@@ -238,65 +196,13 @@ async def test_no_spawn_when_a_burst_arrives_between_the_decision_and_the_call()
     assert skipped == ["backlog reached the high mark before dispatch"] * 2
 
 
-@pytest.mark.parametrize("finishing", [0, 1])
-async def test_a_finished_task_s_live_worker_counts_as_about_to_ask(finishing: int) -> None:
-    """Hazard (issue-14 bench, one spawn at the high mark in 7 runs): a worker makes its final
-    LLM call after ``kanban_complete`` marked its task done, so the board counts no longer
-    show it; a spawn decided at a queue of 2 (room for one below 4) met that call and the
-    queue reached 4. Live workers of finished tasks now count as about to ask."""
-    d, hermes, source, _ = make({"a": {"ready": 5, "running": 5}}, cap=3)
-    source.queued = 2  # 3 in flight and 2 queued: every running task has its request open
-    source.extra.update(in_flight=3, attributed_open=5, attributed_in_flight=3)
-    hermes.finishing = {"a": frozenset({"t-done"})} if finishing else {}
-    report = await d.tick()
-    if finishing:
-        assert report.spawned == 0 and hermes.calls == [("a", 0)]  # maintenance only
-        assert "queue full soon" in report.decision
-    else:
-        assert hermes.calls == [("a", 6)]  # room for one: 5 running + 1
-
-
-async def test_a_finished_worker_that_made_its_final_call_no_longer_holds_spawns() -> None:
-    """A worker lives a second or two after its final call; counting it as about to ask
-    kept a ready task waiting on an idle slot (seen in a bench run). Once seen asking
-    after its task finished, it is not counted again."""
-    d, hermes, source, _ = make({"a": {"ready": 5, "running": 5}}, cap=3)
-    hermes.finishing = {"a": frozenset({"t-done"})}
-    source.queued = 3  # no room below the high mark (4) this tick
-    # its final call is open: 3 in flight, 3 queued, of which 4 are the running tasks'
-    source.extra.update(in_flight=3, attributed_open=6, attributed_in_flight=3,
-                        attributed_values=frozenset({"t-done", "r1", "r2", "r3", "r4"}))
-    assert (await d.tick()).spawned == 0
-    # the call ended; the process has not exited yet
-    source.queued = 2
-    source.extra.update(attributed_open=5,
-                        attributed_values=frozenset({"r1", "r2", "r3", "r4"}))
-    report = await d.tick()
-    assert report.spawned == 1, report.decision
-
-
-def test_a_running_task_s_first_call_is_not_its_final_one() -> None:
-    """Only requests seen after a task finished count as its worker's final call."""
-    tracker = FinishingTracker()
-    tracker.saw_asking(frozenset(), frozenset({"t1"}))  # t1 running, first call open
-    seen = tracker.observe(frozenset({"t1"}), frozenset())  # t1 done, no request open
-    assert seen == Finishing(asking=0, to_ask=1)
-    assert tracker.observe(frozenset({"t1"}), frozenset({"t1"})) == Finishing(1, 0)
-    assert tracker.observe(frozenset({"t1"}), frozenset()) == Finishing(0, 0)
-    backlog = Backlog(queued=0, in_flight=2, attributed_open=2, attributed_in_flight=2)
-    loads = {"a": BoardLoad(running=3, ready=0)}
-    # 3 running, 1 of the 2 open requests is a final call: 2 running tasks have none open
-    assert pending_workers(backlog, loads, Finishing(asking=1, to_ask=1)) == 3
-    assert pending_workers(backlog, loads) == 1
-
-
 async def test_a_draining_hold_ends_one_worker_start_up_before_the_queue_is_empty() -> None:
     """Hazard (issue-14 bench): after the outside burst the hold ended only at an empty queue;
     the workers spawned then took seconds to reach the GPU, which meanwhile went from 3 busy
     slots to 0. With the queue draining a request a second and a 5 s start-up, the hold ends
     at 3 queued (below the high mark of 4), the watcher wakes a tick for it, and workers start
     as soon as the queue as it is leaves room (2 queued), not at 0."""
-    d, hermes, source, clock = make({"a": {"ready": 20}}, cap=3, in_flight=3, cheap=True)
+    d, hermes, source, clock = make_dispatcher({"a": {"ready": 20}}, cap=3, in_flight=3, cheap=True)
     source.queued = 9
     assert (await d.tick()).holding
     woke = []
@@ -316,7 +222,7 @@ async def test_a_draining_hold_ends_one_worker_start_up_before_the_queue_is_empt
 
 
 async def test_the_lead_time_is_learned_from_a_spawned_task_s_first_request() -> None:
-    d, _, source, clock = make({"a": {"ready": 20}}, cap=3)
+    d, _, source, clock = make_dispatcher({"a": {"ready": 20}}, cap=3)
     await d.tick()  # spawns t0..t5
     assert d.status()["lead_time_s"] == {"value": 5.0, "learned": False, "prior": 5.0}
     clock.now += 7.5
@@ -358,60 +264,11 @@ async def test_the_boards_passes_run_at_once() -> None:
     assert source.reads == 2  # the tick's read, and one fresh look before the spawning calls
 
 
-async def test_the_first_wave_waits_even_before_any_request_is_attributed() -> None:
-    """Hazard (a bench run): at the start the proxy lists no attributed request yet, the
-    dispatcher read that as "nothing known" and started the second wave of 3 at once, which
-    slowed the first wave's start-up to 20 s."""
-    d, _hermes, source, clock = make({"a": {"ready": 20}}, cap=3)
-    assert (await d.tick()).spawned == 3
-    clock.now += 2
-    report = await d.tick()
-    assert report.spawned == 0 and "3 are" in report.decision
-    source.extra["in_flight"] = 3  # the first wave reached the GPU (unattributed: all count)
-    clock.now += 5
-    assert (await d.tick()).spawned == 3
-
-
-async def test_readings_before_the_first_request_do_not_feed_the_ratio() -> None:
-    """Hazard (a bench run): 20 s of six running workers all starting, no request open, went
-    into the window as "3 tasks per slot" (the bound) and set the target to 9."""
-    d, _hermes, source, clock = make({"a": {"running": 6, "ready": 10}}, cap=3, cheap=True,
-                                     max_running=6)
-    await d.tick()
-    for _ in range(40):  # 40 s of start-up: nothing asked yet
-        clock.now += 1
-        await d.watch_once()
-    source.extra["in_flight"] = 3
-    for _ in range(40):  # then half of them have a request open at any time
-        clock.now += 1
-        await d.watch_once()
-    assert d.ratio.learned and abs(d.ratio.value(clock.now) - 2.0) < 0.01
-
-
-async def test_final_calls_of_finished_tasks_do_not_feed_the_ratio() -> None:
-    """Hazard (issue-14 bench, three runs of four): near the end the GPU serves the final calls
-    of tasks already done; counted as the running tasks' requests they read as ~1 task per
-    slot, the target fell to the running count, and the last ready task waited 12-20 s for
-    a running one to finish although the queue had room."""
-    d, hermes, source, clock = make({"a": {"running": 4, "ready": 10}}, cap=3, cheap=True,
-                                    max_running=4)  # at the ceiling: nothing starts
-    hermes.finishing = {"a": frozenset({"d1", "d2"})}
-    await d.tick()
-    # 4 open requests: the final calls of d1 and d2, and 2 of the 4 running tasks'
-    source.extra.update(in_flight=3, attributed_open=4, attributed_in_flight=3,
-                        attributed_values=frozenset({"d1", "d2", "r1", "r2"}))
-    source.queued = 1
-    for _ in range(40):
-        clock.now += 1
-        await d.watch_once()
-    assert d.ratio.learned and abs(d.ratio.value(clock.now) - 2.0) < 0.01  # 4 running / 2
-
-
 async def test_pushed_reads_feed_the_ratio_at_the_poll_s_cadence() -> None:
     """Hazard: with the event stream a read comes at every change of the proxy's state, so
     busy moments would fill the ratio's window with samples and outweigh quiet ones."""
-    d, _hermes, _source, clock = make({"a": {"running": 4, "ready": 10}}, cap=3, cheap=True,
-                                      in_flight=2)
+    d, _hermes, _source, clock = make_dispatcher({"a": {"running": 4, "ready": 10}},
+                                                 cap=3, cheap=True, in_flight=2)
     await d.tick()
     before = d.ratio.readings
     for _ in range(20):  # twenty changes within one second

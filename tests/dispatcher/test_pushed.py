@@ -116,7 +116,7 @@ async def test_the_watcher_wakes_on_a_pushed_change_not_at_its_poll(mock_llm, ma
     from proxy.dispatcher.policy import Watermarks
     from proxy.dispatcher.settings import DispatchSettings
 
-    from .test_control import CheapHermes
+    from .fakes import CheapHermes
 
     mock = await mock_llm(ttft_s=0, tpot_s=0)
     config = one_model_config(mock.url, max_in_flight=2)
