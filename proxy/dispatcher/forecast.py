@@ -15,6 +15,13 @@ the issue-14 bench: the GPU drained to 0 of 3 busy slots for ~7 s after the outs
   ``ahead_s`` from now -- only ever lower than now (a queue that is draining); a growing queue
   is forecast as it is, so a forecast can end a hold sooner but never start one later.
 
+* :class:`LastingOutside` says how many slots outside traffic (requests on the routes that are
+  not the workers') holds for good: the least it held over the last ``window_s``. Read as it
+  is, a burst that held every slot for a moment set the target to 0, so nothing was starting
+  when it ended (issue 14's bench: 5 GPU-seconds idle after the outside burst); a burst is
+  the watermarks' business (they hold spawns while it queues), steady outside traffic lowers
+  the target.
+
 The policy uses the forecast only below the high watermark; see :mod:`.policy`.
 """
 
@@ -103,3 +110,26 @@ class BacklogTrend:
         if slope is None or slope >= 0 or ahead_s <= 0:
             return backlog
         return min(max(round(backlog + slope * ahead_s), 0), backlog)
+
+
+class LastingOutside:
+    """The least outside traffic (slots) seen over the last ``window_s`` seconds."""
+
+    __slots__ = ("_readings", "window_s")
+
+    def __init__(self, window_s: float = 30.0) -> None:
+        self.window_s = window_s
+        self._readings: deque[tuple[float, int]] = deque()
+
+    def observe(self, now: float, outside: int) -> None:
+        # a monotonic deque: a reading at or above a later one can never be the minimum again
+        while self._readings and self._readings[-1][1] >= outside:
+            self._readings.pop()
+        self._readings.append((now, outside))
+        while self._readings[0][0] < now - self.window_s:
+            self._readings.popleft()
+
+    def value(self, now: float, outside: int) -> int:
+        """The lasting outside traffic given the reading ``outside`` now (never above it)."""
+        self.observe(now, outside)
+        return min(self._readings[0][1], outside)

@@ -44,7 +44,7 @@ from typing import Any
 
 from .backlog import Backlog, BacklogError, BacklogSource, ChangeSignal, ProxyUnreachable
 from .boards import board_loads, board_ticks, locked_out, rotation, select_boards
-from .forecast import BacklogTrend, LeadTime
+from .forecast import BacklogTrend, LastingOutside, LeadTime
 from .hermes import HermesCLI
 from .hermes_model import BoardCounts, BoardProbe, HermesError, HermesVersion, MaxSemantics
 from .lock import BoardLocks
@@ -115,6 +115,8 @@ class Dispatcher:
         self.lead = LeadTime(settings.lead_time_s)
         #: the queue's recent drain, to end a hold one start-up before the queue is empty
         self.trend = BacklogTrend()
+        #: the slots outside traffic holds for good (a burst does not lower the target)
+        self.outside = LastingOutside()
         #: which finished tasks' workers already made their final call
         self.finishing = FinishingTracker()
         #: proxy reads that failed in a row (ticks and watcher alike)
@@ -188,6 +190,7 @@ class Dispatcher:
             final_calls = len(finishing & backlog.attributed_values)
             self.ratio.observe(now, running, max(open_requests(backlog) - final_calls, 0))
         self.trend.observe(now, backlog.queued)
+        self.outside.observe(now, outside_requests(backlog))
         self.lead.observe(now, backlog.attributed_values)
         self.finishing.saw_asking(finishing, backlog.attributed_values)
         return backlog
@@ -275,7 +278,8 @@ class Dispatcher:
         return decide(
             holding=self.holding, backlog=backlog.queued, marks=self.settings.marks,
             boards=loads, max_running=self.settings.max_running,
-            cap=backlog.cap, outside=outside_requests(backlog), in_flight=backlog.in_flight,
+            cap=backlog.cap, outside=self.outside.value(now, outside_requests(backlog)),
+            in_flight=backlog.in_flight,
             pending=pending, tasks_per_slot=self.ratio.value(now),
             allowance=self.ramp.allowance(now), tiebreak=rotation(owned, self.ticks),
             forecast=self.trend.forecast(backlog.queued, self.lead.value()),

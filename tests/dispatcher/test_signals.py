@@ -35,6 +35,23 @@ async def test_an_outside_burst_shrinks_the_target() -> None:
     assert report.target == 2 and hermes.calls == [("a", 1)]  # one free slot: one starts
 
 
+async def test_a_short_outside_burst_does_not_drop_the_target_but_lasting_traffic_does() -> None:
+    """Hazard (issue-14 bench, default queue order): the outside burst held all 3 slots for a
+    moment, the target read 0 ("at target: 0 running of 0"), nothing was starting when the
+    burst ended, and the GPU sat idle 5 GPU-seconds. Outside traffic lowers the target only
+    by what it held for the whole last 30 s."""
+    d, hermes, source, clock = make_dispatcher({"a": {"ready": 20}}, cap=3)
+    source.extra.update(in_flight=0, attributed_open=0, attributed_in_flight=0)
+    assert (await d.tick()).target == 6  # nothing outside
+    clock.now += 5
+    source.extra.update(in_flight=3, attributed_open=0, attributed_in_flight=0)  # a burst
+    assert (await d.tick()).target == 6
+    clock.now += 31  # still there after 30 s: it lasts
+    assert (await d.tick()).target == 0
+    source.extra.update(in_flight=1, attributed_open=0, attributed_in_flight=0)
+    assert (await d.tick()).target == 4  # a drop counts at once
+
+
 @pytest.mark.parametrize("finishing", [0, 1])
 async def test_a_finished_task_s_live_worker_counts_as_about_to_ask(finishing: int) -> None:
     """Hazard (issue-14 bench, one spawn at the high mark in 7 runs): a worker makes its final
