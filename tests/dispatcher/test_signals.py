@@ -40,7 +40,7 @@ async def test_a_short_outside_burst_does_not_drop_the_target_but_lasting_traffi
     moment, the target read 0 ("at target: 0 running of 0"), nothing was starting when the
     burst ended, and the GPU sat idle 5 GPU-seconds. Outside traffic lowers the target only
     by what it held for the whole last 30 s."""
-    d, hermes, source, clock = make_dispatcher({"a": {"ready": 20}}, cap=3)
+    d, _, source, clock = make_dispatcher({"a": {"ready": 20}}, cap=3)
     source.extra.update(in_flight=0, attributed_open=0, attributed_in_flight=0)
     assert (await d.tick()).target == 6  # nothing outside
     clock.now += 5
