@@ -22,7 +22,9 @@ per board, how many tasks run and how many are ready. From those alone, :func:`d
    would make if every running task without an open request (``pending``: starting, running a
    tool) sent one now must stay below ``high`` (the queue as it is, not as forecast: a
    dispatch call takes seconds, and requests keep arriving meanwhile), so the workers do not
-   hold themselves; and under the slots for the
+   hold themselves (when all the ready work fits in that room it may start above the target:
+   the target bounds a surplus drawn from a backlog, and held there a run's last tasks waited
+   for a running one to end); and under the slots for the
    tasks less the workers still ``starting`` (spawned, no request sent yet): workers that
    start together compete for the host's CPUs -- on the bench machine six starting at once
    took 16-25 s to their first request, three took 8-9 s -- and a surplus worker is only
@@ -39,7 +41,8 @@ per board, how many tasks run and how many are ready. From those alone, :func:`d
 Guarantee: no grant while holding (so none from the moment the backlog reaches ``high`` until
 it is below ``low``, or below ``high`` with a forecast below ``low``; never one while the
 backlog is at or above ``high``, whatever the forecast); the grants never take the sum of
-running tasks plus grants over the target nor over ``max_running``, never exceed
+running tasks plus grants over ``max_running``, nor over the target unless all the ready work
+fits in the queue's room, never exceed
 ``allowance``, nor the queue's room, nor a board's ready count, nor (with a cap) the slots for
 the tasks less the workers starting.
 """
@@ -178,6 +181,7 @@ def decide(
     tiebreak: Sequence[str] = (),
     forecast: int | None = None,
     starting: int = 0,
+    pending_known: bool = False,
 ) -> Decision:
     """The whole tick decision; see the module docstring."""
     if forecast is not None:
@@ -199,13 +203,24 @@ def decide(
     running = sum(b.running for b in boards.values())
     ready = sum(b.ready for b in boards.values())
     room = 0 if target is None else max(target - running, 0)
+    queue_room = queue_room_for(marks, backlog, cap, in_flight, pending)
+    # The target bounds a surplus drawn from a backlog of ready work. Ready work that all
+    # fits in the queue's room starts now: held at the target, the last ready tasks of a run
+    # waited 5+ s for a running one to end, and each such wait was the run's end (issue-14
+    # bench); started, they only queue (below the high mark, with every pending worker asking).
+    # Only with ``pending_known`` (the workers' requests attributed): else pending reads 0.
+    fits = (pending_known and target is not None and cap is not None
+            and 0 < ready <= queue_room and ready > room)
+    if fits:
+        ceiling = None if max_running is None else max(max_running - running, 0)
+        room = ready if ceiling is None else max(min(ready, ceiling), room)
     if target is None:
         why = "no target: the models are uncapped and no --max-running is given"
     elif ready == 0:
         why = "nothing ready"
     elif room == 0:
         why = f"at target: {running} running of {target}"
-    elif (queue_room := queue_room_for(marks, backlog, cap, in_flight, pending)) == 0:
+    elif queue_room == 0:
         why = f"queue full soon: {pending} starting would queue behind {in_flight} in flight"
     else:
         free = room if allowance is None else min(room, max(allowance, 0))
@@ -215,6 +230,8 @@ def decide(
             free = min(free, start_room)
         grants = fair_grants(free, boards, tiebreak)
         why = f"spawn {sum(grants.values())}: {room} below target {target}"
+        if fits:
+            why = f"spawn {sum(grants.values())}: the {ready} ready fit in the queue's room"
         if allowance is not None and allowance < room:
             why += f" (ramp allows {max(allowance, 0)})"
         elif queue_room < room and (start_room is None or queue_room <= start_room):

@@ -330,3 +330,21 @@ def test_no_more_workers_start_at_once_than_the_tasks_have_slots() -> None:
     d = decide(holding=False, backlog=0, marks=LOW_MARKS, cap=3, tasks_per_slot=2.0,
                boards=started, in_flight=2, pending=1, starting=1)
     assert sum(d.grants.values()) == 2 and "; 1 are" in d.reason
+
+
+def test_ready_work_that_fits_in_the_queue_room_starts_above_the_target() -> None:
+    """Hazard (issue-14 bench, the slower runs): the last ready task waited 5 s "at target: 5
+    running of 4" while the queue had room, and its first call was then the run's end. When
+    all the ready work fits in the queue's room it starts; a backlog of ready work still
+    stops at the target, and ``--max-running`` still bounds everything."""
+    # 5 running, all with a request open (3 in flight, 2 queued): room for 1 below the mark
+    fit = {"holding": False, "backlog": 2, "marks": LOW_MARKS, "cap": 3,
+           "tasks_per_slot": 1.3, "in_flight": 3, "pending_known": True}
+    d = decide(**fit, boards={"a": BoardLoad(5, 1)})
+    assert d.target == 4 and d.grants == {"a": 1} and "fit in the queue's room" in d.reason
+    d = decide(**{**fit, "pending_known": False}, boards={"a": BoardLoad(5, 1)})
+    assert d.grants == {}  # unattributed: the workers about to ask are not known
+    d = decide(**fit, boards={"a": BoardLoad(5, 2)})  # 2 ready, room for 1
+    assert d.grants == {} and "at target" in d.reason
+    d = decide(**fit, max_running=5, boards={"a": BoardLoad(5, 1)})
+    assert d.grants == {}
