@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from proxy.limits.base import Fairness, LimitSpec
 
 from .test_fairness import Recorder, demand
@@ -30,28 +32,22 @@ async def _order_of_next_round(store, demands) -> list[str]:
     return [flow for flow, _, _ in rec.order]
 
 
-async def test_attained_serves_a_new_flow_before_one_already_served(make_store):
+@pytest.mark.parametrize(("mode", "expected"), [
+    (Fairness.ATTAINED, ["task-b", "task-a"]), (Fairness.TOKENS, ["task-a", "task-b"])])
+async def test_attained_serves_a_new_flow_before_one_already_served(make_store, mode, expected):
     """Hazard: with flows that are agent tasks, the default order (a flow back from idle is
     lifted to virtual time: no banked credit) serves a finished task's final call ahead of a
     new task's first call when it came first -- FIFO between tasks; the last task's first call
     then waits behind final calls (issue 14's bench, 141 s against 126 s). In attained order a
-    flow keeps what it was served: the new task goes first."""
-    store = await make_store(LimitSpec(caps={"model:a": 1}, fairness=Fairness.ATTAINED))
+    flow keeps what it was served: the new task goes first. (In the default order both start
+    level and arrival decides -- and that is why ``attained`` is not the default: between
+    clients, remembering every token served would let a long-idle client take the slots until
+    it caught up.)"""
+    store = await make_store(LimitSpec(caps={"model:a": 1}, fairness=mode))
     await _served_once_then_left_behind(store)
     order = await _order_of_next_round(
         store, [demand("task-a", cost=100), demand("task-b", cost=100)])
-    assert order == ["task-b", "task-a"]
-
-
-async def test_tokens_order_lifts_the_served_flow_level_with_the_new_one(make_store):
-    """The same queue in the default order: both flows start level, so arrival decides. (What
-    ``attained`` changes, and the reason it is not the default: between clients, remembering
-    every token served would let a long-idle client take the slots until it catches up.)"""
-    store = await make_store(LimitSpec(caps={"model:a": 1}, fairness=Fairness.TOKENS))
-    await _served_once_then_left_behind(store)
-    order = await _order_of_next_round(
-        store, [demand("task-a", cost=100), demand("task-b", cost=100)])
-    assert order == ["task-a", "task-b"]
+    assert order == expected
 
 
 async def test_attained_shares_by_tokens_served_with_usage_settled(make_store):
@@ -99,27 +95,6 @@ async def test_attained_without_starvation_bound_keeps_the_least_served_order(ma
     await store.release(holder)
     await rec.finish()
     assert [flow for flow, _, _ in rec.order] == ["task-c", "task-d", "task-a"]
-
-
-async def test_attained_many_distinct_flows_leave_bounded_state(make_store, store_kind, request):
-    """Hazard: attained order remembers idle flows (their history is the point); one counter per
-    task ever seen must still stay bounded."""
-    store = await make_store(LimitSpec(caps={"model:a": 8}, fairness=Fairness.ATTAINED))
-    for i in range(6300):  # 2 fields a flow in Redis: past its 12,288-field bound
-        await store.release(await store.acquire(demand(f"task-{i}")))
-    assert len((await store.snapshot()).flows) <= 100
-    if store_kind == "redis":
-        from redis.asyncio import Redis
-
-        from proxy.limits.redis_scripts import pool_keys
-
-        client = Redis.from_url(request.getfixturevalue("redis_store_url"))
-        try:
-            assert await client.hlen(pool_keys("llmthrottle")[16]) <= 12288 + 8
-        finally:
-            await client.aclose()
-    else:
-        assert len(store._fair.counters) <= 4096 + 8  # the bound under test
 
 
 async def test_a_reload_applies_new_class_weights_to_the_queue(make_store):

@@ -290,10 +290,12 @@ async def test_snapshot_reports_each_flow_queued_counter_and_served(make_store):
     assert flows["batch:bob"].counter >= 150
 
 
-async def test_many_distinct_flows_leave_bounded_state(make_store, store_kind, request):
+@pytest.mark.parametrize("mode", [Fairness.TOKENS, Fairness.ATTAINED])
+async def test_many_distinct_flows_leave_bounded_state(make_store, store_kind, request, mode):
     """Hazard: one counter and one served figure per flow ever seen (attribution values are
-    chosen by callers) would grow the store without bound; state stays bounded."""
-    store = await make_store(LimitSpec(caps={"model:a": 8}))
+    chosen by callers) would grow the store without bound; state stays bounded -- in attained
+    order too, which remembers idle flows (their history is the point)."""
+    store = await make_store(LimitSpec(caps={"model:a": 8}, fairness=mode))
     for i in range(6300):  # 2 fields a flow in Redis: past its 12,288-field bound
         await store.release(await store.acquire(demand(f"caller-{i}")))
     assert len((await store.snapshot()).flows) <= 100
@@ -307,3 +309,5 @@ async def test_many_distinct_flows_leave_bounded_state(make_store, store_kind, r
             assert await client.hlen(pool_keys("llmthrottle")[16]) <= 12288 + 8
         finally:
             await client.aclose()
+    else:
+        assert len(store._fair.counters) <= 4096 + 8  # the memory queue's bound
