@@ -269,8 +269,9 @@ class FairQueue(Generic[W]):
         for unit in self._units.values():
             by_class[unit.priority].append(unit)
         fifo = self.mode is Fairness.FIFO
-        starved = (-math.inf if self.mode is not Fairness.ATTAINED or starvation_s is None
-                   else now - starvation_s)
+        order = self._unit_order
+        if self.mode is Fairness.ATTAINED and starvation_s is not None:
+            order = self._attained_order(now - starvation_s)
         while True:
             live = [p for p in Priority if by_class[p]]
             if not live:
@@ -280,7 +281,7 @@ class FairQueue(Generic[W]):
             else:
                 priority = min(live, key=lambda p: (self.class_counters[p], p))
             units = by_class[priority]
-            unit = min(units, key=lambda u: self._unit_order(u, starved))
+            unit = min(units, key=order)
             head = unit.waiters[0]
             if head.gone:
                 unit.waiters.popleft()
@@ -298,14 +299,21 @@ class FairQueue(Generic[W]):
                 units.remove(unit)
             self._leave(unit.priority, unit.flow)
 
-    def _unit_order(self, unit: _Unit[W], starved: float) -> tuple[int, float, int]:
-        """(rank, counter, arrival): gone heads first (to drop them), then starved heads
-        (queued at ``starved`` or before), then the smallest counter."""
+    def _unit_order(self, unit: _Unit[W]) -> tuple[float, int]:
+        """(counter, arrival): gone heads first (to drop them), then the smallest counter;
+        in fifo order, arrival alone."""
         head = unit.waiters[0]
-        if head.gone:
-            return (0, 0.0, head.seq)
         if self.mode is Fairness.FIFO:
-            return (2, 0.0, head.seq)
-        if head.enqueued_at <= starved:
-            return (1, 0.0, head.seq)
-        return (2, self.counters.get((int(unit.priority), unit.flow), 0.0), head.seq)
+            return (0.0, -1 if head.gone else head.seq)
+        counter = self.counters.get((int(unit.priority), unit.flow), 0.0)
+        return (-math.inf if head.gone else counter, head.seq)
+
+    def _attained_order(self, starved: float) -> Callable[[_Unit[W]], tuple[float, int]]:
+        """The same, but heads queued at ``starved`` or before come right after the gone ones,
+        oldest first (a counter of -1e308: below every real counter, above -inf)."""
+        def order(unit: _Unit[W]) -> tuple[float, int]:
+            head = unit.waiters[0]
+            if not head.gone and head.enqueued_at <= starved:
+                return (-1e308, head.seq)
+            return self._unit_order(unit)
+        return order
