@@ -52,7 +52,7 @@ from .parse import parse_body
 from .paths import checked_target
 from .record import CLIENT_GONE, RequestRecord
 from .relay_accounting import capacity_sample, tokens_used
-from .status import RequestRates, SaturationTracker, status_document
+from .status import RequestRates, SaturationTracker, attribution_listed, status_document
 
 log = logging.getLogger("llm_throttle")
 
@@ -134,11 +134,9 @@ class Proxy:
     async def status_json(self) -> dict:
         """The ``GET /throttle/status`` document."""
         snapshot = await self.snapshot()
-        listed = bool(self.config.attribution.header
-                      and self.config.attribution.max_in_flight is not None)
         doc = status_document(snapshot, self.saturation, self.rates,
                               self.config.queue.max_depth, self.config.queue.max_wait_s,
-                              attribution_listed=listed)
+                              attribution_listed=attribution_listed(self.store.spec))
         annotate(doc, self.capacity.status())
         shares = self.flow_shares.shares()
         for name, entry in doc["flows"].items():

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .limits.base import ResourceState, Snapshot
+from .limits.base import LimitSpec, ResourceState, Snapshot
 from .status_view import render_blocked, render_buckets
 
 _GROUPS = {"model": "models", "upstream": "upstreams", "gpu": "gpus", "client": "clients",
@@ -77,6 +77,12 @@ class RequestRates:
         if window is None:
             window = table[model] = RateWindow(clock=self._clock)
         window.add()
+
+
+def attribution_listed(spec: LimitSpec) -> bool:
+    """Whether every attributed request is a store resource (a capped attribution: the
+    ``attr:`` prefix cap), so the status lists each one, queued or in flight."""
+    return "attr:" in spec.prefix_caps
 
 
 def status_document(

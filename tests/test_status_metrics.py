@@ -126,3 +126,19 @@ def test_rate_window_counts_per_second_over_the_window():
     assert window.rate() == 2.0
     now[0] += 10.5
     assert window.rate() == 0.0
+
+
+async def test_status_read_from_redis_says_whether_attribution_is_listed(make_store, store_kind,
+                                                                         request):
+    """The dispatcher may read the status from Redis alone (no proxy): the flag comes from the
+    pool's stored config there, the same rule as the proxy's (a capped attribution)."""
+    if store_kind != "redis":
+        return
+    from proxy.limits.base import LimitSpec
+    from proxy.limits.redis_status import read_status_document
+
+    url = request.getfixturevalue("redis_store_url")
+    store = await make_store(LimitSpec(caps={"model:m": 1}, prefix_caps={"attr:": 4}))
+    assert (await read_status_document(url))["attribution_listed"] is True
+    await store.update_spec(LimitSpec(caps={"model:m": 1}))  # a reload drops the attribution
+    assert (await read_status_document(url))["attribution_listed"] is False

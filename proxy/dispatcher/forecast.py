@@ -129,7 +129,6 @@ class LastingOutside:
         while self._readings[0][0] < now - self.window_s:
             self._readings.popleft()
 
-    def value(self, now: float, outside: int) -> int:
-        """The lasting outside traffic given the reading ``outside`` now (never above it)."""
-        self.observe(now, outside)
-        return min(self._readings[0][1], outside)
+    def value(self, outside: int) -> int:
+        """The lasting outside traffic, given the latest reading ``outside`` (observed)."""
+        return min(self._readings[0][1], outside) if self._readings else outside

@@ -278,7 +278,7 @@ class Dispatcher:
         return decide(
             holding=self.holding, backlog=backlog.queued, marks=self.settings.marks,
             boards=loads, max_running=self.settings.max_running,
-            cap=backlog.cap, outside=self.outside.value(now, outside_requests(backlog)),
+            cap=backlog.cap, outside=self.outside.value(outside_requests(backlog)),
             in_flight=backlog.in_flight,
             pending=pending, pending_known=backlog.attributed_open is not None,
             tasks_per_slot=self.ratio.value(now),

@@ -96,6 +96,13 @@ def flow_states(counters: Mapping[tuple[int, str], float], waiting: Mapping[tupl
     }
 
 
+def _class_weights(given: Mapping[Priority, float] | None) -> dict[Priority, float]:
+    """Every class's weight: the given ones over the defaults."""
+    weights = dict(DEFAULT_CLASS_WEIGHTS)
+    weights.update(given or {})
+    return {p: float(weights.get(p, 1.0)) for p in Priority}
+
+
 def cost_of(demand: Demand, mode: Fairness) -> float:
     return demand.cost if mode in (Fairness.TOKENS, Fairness.ATTAINED) else 1.0
 
@@ -117,9 +124,7 @@ class FairQueue(Generic[W]):
     def __init__(self, mode: Fairness = Fairness.TOKENS,
                  class_weights: Mapping[Priority, float] | None = None):
         self.mode = mode
-        weights = dict(DEFAULT_CLASS_WEIGHTS)
-        weights.update(class_weights or {})
-        self.class_weights = {p: float(weights.get(p, 1.0)) for p in Priority}
+        self.class_weights = _class_weights(class_weights)
         self._units: dict[tuple[int, str, tuple[str, ...]], _Unit[W]] = {}
         #: (class, flow) -> counter; (class, flow) -> waiters queued
         self.counters: dict[tuple[int, str], float] = {}
@@ -137,9 +142,7 @@ class FairQueue(Generic[W]):
         units have no flows: the waiters queued now could not be found again)."""
         if (mode is Fairness.FIFO) == (self.mode is Fairness.FIFO):
             self.mode = mode
-        weights = dict(DEFAULT_CLASS_WEIGHTS)
-        weights.update(class_weights or {})
-        self.class_weights = {p: float(weights.get(p, 1.0)) for p in Priority}
+        self.class_weights = _class_weights(class_weights)
 
     def _flow_of(self, demand: Demand) -> str:
         return "" if self.mode is Fairness.FIFO else demand.flow

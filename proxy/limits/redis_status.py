@@ -103,9 +103,9 @@ async def read_snapshot(url: str, key_prefix: str = "llmthrottle"
 
 async def read_status_document(url: str, key_prefix: str = "llmthrottle") -> dict[str, Any]:
     """The ``/throttle/status`` document, built from Redis alone (no proxy needed)."""
-    from ..status import RequestRates, SaturationTracker, status_document
+    from ..status import RequestRates, SaturationTracker, attribution_listed, status_document
 
     snapshot, spec = await read_snapshot(url, key_prefix)
     return status_document(snapshot, SaturationTracker(), RequestRates(),
                            spec.max_queue_depth, spec.max_wait_s,
-                           attribution_listed="attr:" in spec.prefix_caps)
+                           attribution_listed=attribution_listed(spec))
